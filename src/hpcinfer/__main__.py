@@ -1,0 +1,3 @@
+from hpcinfer.cli.main import main
+
+main()

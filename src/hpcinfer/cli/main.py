@@ -1,0 +1,322 @@
+"""The `hpcinfer` command: thin Typer commands that build a validated spec and call the library.
+
+Nothing heavy is imported at module level, so `hpcinfer --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from hpcinfer.errors import HpcinferError, SpecError
+from hpcinfer.exitcodes import ExitCode
+
+app = typer.Typer(
+    name="hpcinfer",
+    help="LLM batch inference, server fleets, benchmarks and profiling on HPC machines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+RUN_EPILOG = (
+    "Exit codes: 0 all records ok; 3 finished, some records are error rows; "
+    "4 incomplete (signal or --time-limit): rerun the same command to resume; "
+    "1 the run failed (see the worker log named); 2 bad spec, flags or input paths."
+)
+
+# CLI flag -> dotted spec field. Flags left unset do not override the spec file.
+_FLAG_FIELDS = {
+    "model": "model",
+    "out": "output.dir",
+    "dtype": "engine.dtype",
+    "max_model_len": "engine.max_model_len",
+    "tp": "engine.tensor_parallel_size",
+    "memory_share": "engine.memory_share",
+    "kv_cache_bytes": "engine.kv_cache_bytes",
+    "max_num_seqs": "engine.max_num_seqs",
+    "trust_remote_code": "engine.trust_remote_code",
+    "enforce_eager": "engine.enforce_eager",
+    "temperature": "sampling.temperature",
+    "top_p": "sampling.top_p",
+    "top_k": "sampling.top_k",
+    "max_tokens": "sampling.max_tokens",
+    "seed": "sampling.seed",
+    "stop": "sampling.stop",
+    "ignore_eos": "sampling.ignore_eos",
+    "input_format": "inputs.format",
+    "prompt_field": "inputs.prompt_field",
+    "id_field": "inputs.id_field",
+    "template": "inputs.template",
+    "export": "output.exports",
+    "include_prompt": "output.include_prompt",
+    "workers": "workers.count",
+    "profile": "workers.profile",
+    "placement": "workers.placement",
+    "unit_size": "workers.unit_size",
+    "max_inflight": "workers.max_inflight",
+    "time_limit": "time_limit",
+}
+
+_SPEC_SUFFIXES = (".yaml", ".yml")
+
+
+def build_job_spec(args: list[str], overrides: dict[str, Any], sets: list[str], cwd: Path) -> Any:
+    """Spec file (if the first argument is YAML) + input paths + flags + --set, validated once."""
+    from hpcinfer.spec import build_spec, load_spec_file, parse_set_option, set_dotted
+
+    data: dict[str, Any] = {}
+    source = "command-line options"
+    spec_dir = cwd
+    inputs = list(args)
+    if inputs and inputs[0].endswith(_SPEC_SUFFIXES):
+        spec_path = Path(inputs.pop(0))
+        data = load_spec_file(spec_path)
+        source = str(spec_path)
+        spec_dir = spec_path.resolve().parent
+    bad = [a for a in inputs if a.endswith(_SPEC_SUFFIXES)]
+    if bad:
+        raise SpecError(f"only one spec file can be given, and it must come first: {bad[0]}")
+    if inputs:
+        set_dotted(data, "inputs.paths", inputs)
+    elif isinstance(data.get("inputs"), dict) and data["inputs"].get("paths"):
+        # Paths in a spec file are relative to the file, so a spec works from any directory.
+        paths = data["inputs"]["paths"]
+        if isinstance(paths, str):
+            paths = [paths]
+        if isinstance(paths, list):
+            data["inputs"]["paths"] = [_relative_to(spec_dir, cwd, p) for p in paths]
+        out = data.get("output", {}).get("dir") if isinstance(data.get("output"), dict) else None
+        if isinstance(out, str):
+            data["output"]["dir"] = _relative_to(spec_dir, cwd, out)
+    for name, value in overrides.items():
+        if value is not None and value != []:
+            set_dotted(data, _FLAG_FIELDS[name], value)
+    for item in sets:
+        key, value = parse_set_option(item)
+        set_dotted(data, key, value)
+    return build_spec(data, source)
+
+
+def _relative_to(spec_dir: Path, cwd: Path, value: Any) -> Any:
+    if not isinstance(value, str) or Path(value).is_absolute() or spec_dir == cwd.resolve():
+        return value
+    return str(spec_dir / value)
+
+
+@app.command(epilog=RUN_EPILOG)
+def run(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="SPEC.yaml first (optional), then input files, directories or globs."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model directory or HF id in HF_HOME (default: built-in tiny model)."),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Output directory (resumable).")
+    ] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, float16, bfloat16 or float32.")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Context length.")] = None,
+    tp: Annotated[
+        int | None, typer.Option("--tp", help="Tensor-parallel devices per worker.")
+    ] = None,
+    memory_share: Annotated[
+        float | None,
+        typer.Option(help="vLLM gpu_memory_utilization (CPU: RAM share for KV cache)."),
+    ] = None,
+    kv_cache_bytes: Annotated[
+        int | None, typer.Option(help="Exact KV-cache size in bytes.")
+    ] = None,
+    max_num_seqs: Annotated[
+        int | None, typer.Option(help="Requests one engine runs at once.")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code")
+    ] = None,
+    enforce_eager: Annotated[
+        bool | None, typer.Option("--enforce-eager/--no-enforce-eager")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option()] = None,
+    top_p: Annotated[float | None, typer.Option()] = None,
+    top_k: Annotated[int | None, typer.Option()] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Tokens to generate per record (default 256).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    ignore_eos: Annotated[bool | None, typer.Option("--ignore-eos/--no-ignore-eos")] = None,
+    input_format: Annotated[
+        str | None, typer.Option("--format", help="auto, text, jsonl, csv or tsv.")
+    ] = None,
+    prompt_field: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt-column", "--prompt-field", help="JSONL key / CSV column with the prompt."
+        ),
+    ] = None,
+    id_field: Annotated[
+        str | None, typer.Option("--id-field", help="JSONL key / CSV column with the record id.")
+    ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(help="Jinja2 prompt template over the record's fields, or @file.j2."),
+    ] = None,
+    export: Annotated[
+        list[str] | None,
+        typer.Option(help="jsonl, text (seed-000 .out files), parquet; repeatable."),
+    ] = None,
+    include_prompt: Annotated[
+        bool | None, typer.Option("--include-prompt/--no-include-prompt")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: one per device group).")
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="Hardware profile name or YAML (default: detect).")
+    ] = None,
+    placement: Annotated[str | None, typer.Option(help="compact or scatter.")] = None,
+    unit_size: Annotated[
+        int | None, typer.Option(help="Records per work unit (commit grain).")
+    ] = None,
+    max_inflight: Annotated[
+        int | None, typer.Option(help="Most records queued in one engine.")
+    ] = None,
+    time_limit: Annotated[
+        str | None, typer.Option(help="Stop taking new work after e.g. 90s, 45m, 2h.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Any spec field: --set sampling.top_k=20.")
+    ] = None,
+    restart: Annotated[
+        bool, typer.Option(help="Discard results of a different spec in --out.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Run batch inference over prompt files; rerun the same command to resume."""
+    from hpcinfer.run.job import RunOptions, run_job
+
+    overrides = {k: v for k, v in locals().items() if k in _FLAG_FIELDS}
+    spec = build_job_spec(args or [], overrides, set_ or [], Path.cwd())
+    summary = run_job(spec, RunOptions(restart=restart, quiet=quiet or json_out))
+    if json_out:
+        print(json.dumps(summary.as_dict(), indent=1))
+    elif not quiet:
+        _print_summary(summary)
+    raise typer.Exit(int(summary.exit_code))
+
+
+def _print_summary(summary: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"hpcinfer run: {summary.status}", show_header=False)
+    table.add_row(
+        "records",
+        f"{summary.records_ok} ok, {summary.records_failed} failed of {summary.records_total}",
+    )
+    table.add_row(
+        "this run",
+        f"{summary.records_this_run} records" + (" (resumed)" if summary.resumed else ""),
+    )
+    table.add_row("tokens", f"{summary.prompt_tokens} in, {summary.output_tokens} out")
+    table.add_row("speed", f"{summary.output_tokens_per_s:.0f} output tokens/s")
+    table.add_row("wall time", f"{summary.wall_s:.1f} s")
+    for w in summary.workers:
+        table.add_row(
+            f"worker {w['worker']}",
+            f"{w['records']} records, {w['units']} units on {','.join(w['devices'])}",
+        )
+    table.add_row("results", f"{summary.out_dir}/results.jsonl")
+    err.print(table)
+    if summary.message:
+        err.print(summary.message)
+
+
+@app.command()
+def plan(
+    profile: Annotated[
+        str | None, typer.Option(help="Hardware profile name or YAML (default: detect).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Workers (default: one per device group).")
+    ] = None,
+    tp: Annotated[int, typer.Option("--tp", help="Devices per worker (tensor parallel).")] = 1,
+    placement: Annotated[str, typer.Option(help="compact or scatter.")] = "compact",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Show which devices each worker gets, with its binding environment, and idle devices."""
+    from rich.table import Table
+
+    from hpcinfer.cluster import plan_placement, resolve_profile
+
+    if placement not in ("compact", "scatter"):
+        raise SpecError(f"--placement {placement!r}: choose compact or scatter")
+    hw = resolve_profile(profile)
+    result = plan_placement(hw, workers=workers, tp=tp, mode=placement)  # type: ignore[arg-type]
+    rows = result.table_rows()
+    if json_out:
+        print(json.dumps({"profile": hw.name, "rows": rows, "warnings": result.warnings}, indent=1))
+        return
+    table = Table(title=f"{hw.name}: {hw.devices_per_node} devices, TP={tp}, {placement}")
+    for column in rows[0] if rows else ["worker"]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    Console().print(table)
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+@app.command()
+def spec(
+    schema: Annotated[
+        bool, typer.Option("--schema", help="Print the JSON Schema of the job spec.")
+    ] = False,
+    check: Annotated[
+        Path | None, typer.Option(help="Validate a spec file and print it with defaults.")
+    ] = None,
+) -> None:
+    """Print the job spec's JSON Schema, or validate a spec file."""
+    from hpcinfer.spec import JobSpec, build_spec, load_spec_file, spec_json_schema
+
+    if schema:
+        print(json.dumps(spec_json_schema(), indent=1))
+    elif check is not None:
+        validated = build_spec(load_spec_file(check), str(check))
+        print(json.dumps(validated.model_dump(mode="json"), indent=1))
+    else:
+        print(json.dumps(JobSpec().model_dump(mode="json"), indent=1))
+
+
+def main() -> None:
+    """Console entry point: errors hpcinfer raises on purpose print without a traceback."""
+    try:
+        app(standalone_mode=False)
+    except HpcinferError as exc:
+        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INCOMPLETE))
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

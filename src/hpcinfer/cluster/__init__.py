@@ -1,0 +1,34 @@
+"""Hardware profiles, local detection, and placement of workers onto a node's devices."""
+
+from hpcinfer.cluster.binding import binding_env, cpu_affinity, device_env, format_core_list
+from hpcinfer.cluster.detect import PROFILE_ENV, detect_local
+from hpcinfer.cluster.hardware import HardwareProfile, list_profiles, load_profile, resolve_profile
+from hpcinfer.cluster.placement import (
+    Device,
+    DeviceGroup,
+    Placement,
+    PlacementPlan,
+    device_order,
+    gpu_slot,
+    plan_placement,
+)
+
+__all__ = [
+    "PROFILE_ENV",
+    "Device",
+    "DeviceGroup",
+    "HardwareProfile",
+    "Placement",
+    "PlacementPlan",
+    "binding_env",
+    "cpu_affinity",
+    "detect_local",
+    "device_env",
+    "device_order",
+    "format_core_list",
+    "gpu_slot",
+    "list_profiles",
+    "load_profile",
+    "plan_placement",
+    "resolve_profile",
+]

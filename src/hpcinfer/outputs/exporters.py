@@ -1,0 +1,95 @@
+"""Exports written at the end of every run, from the committed units, in input order."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from hpcinfer.outputs.atomic import atomic_writer
+from hpcinfer.outputs.store import OutputStore
+from hpcinfer.spec import OutputSpec
+
+PROMPT_KEYS = ("prompt", "messages")
+
+
+def parquet_available() -> bool:
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+def export_all(
+    store: OutputStore, unit_ids: Sequence[str], spec: OutputSpec, out_dir: Path
+) -> tuple[int, dict[str, int]]:
+    """Write results.jsonl (always), text `.out` files and parquet when asked; return counts."""
+    counts = {"records": 0, "ok": 0, "error": 0, "prompt_tokens": 0, "output_tokens": 0}
+    text_files: dict[str, IO[str]] = {}
+    text_writers = []
+    try:
+        with atomic_writer(out_dir / "results.jsonl") as results:
+            for row in store.iter_rows(unit_ids):
+                _count(counts, row)
+                results.write(
+                    json.dumps(public_row(row, spec.include_prompt), ensure_ascii=False) + "\n"
+                )
+                if "text" in spec.exports:
+                    source = row["source"]
+                    if source not in text_files:
+                        writer = atomic_writer(out_dir / "text" / text_export_name(source))
+                        text_files[source] = writer.__enter__()
+                        text_writers.append(writer)
+                    text_files[source].write(seed_text_block(row))
+    finally:
+        for writer in text_writers:
+            writer.__exit__(None, None, None)
+    if "parquet" in spec.exports:
+        write_parquet(out_dir / "results.parquet", out_dir / "results.jsonl")
+    return counts["records"], counts
+
+
+def _count(counts: dict[str, int], row: dict[str, Any]) -> None:
+    counts["records"] += 1
+    counts["ok" if row.get("status") == "ok" else "error"] += 1
+    counts["prompt_tokens"] += row.get("prompt_tokens") or 0
+    counts["output_tokens"] += row.get("output_tokens") or 0
+
+
+def public_row(row: dict[str, Any], include_prompt: bool) -> dict[str, Any]:
+    if include_prompt:
+        return row
+    return {k: v for k, v in row.items() if k not in PROMPT_KEYS}
+
+
+def text_export_name(source: str) -> str:
+    """`prompts/3.in` -> `prompts/3.out` (seed 000's `{rank}.in` -> `{rank}.out`)."""
+    path = PurePosixPath(source)
+    if path.is_absolute() or ".." in path.parts:
+        path = PurePosixPath(path.name)
+    return str(path.with_suffix(".out"))
+
+
+def seed_text_block(row: dict[str, Any]) -> str:
+    """Seed 000's format: `Prompt: {prompt!r}, Generated text: {text!r}`; errors are kept."""
+    prompt = row.get("prompt") if "prompt" in row else row.get("messages")
+    if row.get("status") == "ok":
+        return f"Prompt: {prompt!r}, Generated text: {row.get('text')!r}\n"
+    return f"Prompt: {prompt!r}, Error: {row.get('error')!r}\n"
+
+
+def write_parquet(path: Path, jsonl: Path) -> None:
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    table = pj.read_json(str(jsonl))
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, str(tmp))
+    tmp.replace(path)
+
+
+def rows_in(paths: Iterable[Path]) -> Iterable[dict[str, Any]]:
+    for path in paths:
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    yield json.loads(line)

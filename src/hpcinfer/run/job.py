@@ -1,0 +1,328 @@
+"""`hpcinfer run` as a library call: spec in, results and a summary out.
+
+spec -> inputs -> plan (units; committed ones skipped) -> placement -> workers -> exports
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from hpcinfer.cluster import HardwareProfile, PlacementPlan, plan_placement, resolve_profile
+from hpcinfer.engines.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
+from hpcinfer.engines.vllm_offline import EngineSetup, engine_env
+from hpcinfer.errors import EngineError, SpecError
+from hpcinfer.exitcodes import ExitCode
+from hpcinfer.inputs import PromptTemplate, display_name, expand_inputs, read_records
+from hpcinfer.outputs.exporters import export_all
+from hpcinfer.outputs.store import OutputStore, unit_file_name
+from hpcinfer.run.coordinator import Coordinator, WorkerHandle
+from hpcinfer.run.plan import WorkUnit, cut_units, file_digests, mark_duplicates, summarize
+from hpcinfer.run.progress import ProgressView
+from hpcinfer.run.runinfo import write_run_json
+from hpcinfer.run.worker import WorkerConfig
+from hpcinfer.spec import JobSpec, digest_identity
+
+DEFAULT_MAX_INFLIGHT = 256
+
+
+@dataclass
+class RunOptions:
+    """How this invocation behaves; none of it changes what the rows contain."""
+
+    restart: bool = False
+    quiet: bool = False
+    cwd: Path = field(default_factory=Path.cwd)
+
+
+@dataclass
+class RunSummary:
+    status: str
+    exit_code: ExitCode
+    out_dir: str
+    records_total: int
+    records_ok: int
+    records_failed: int
+    records_this_run: int
+    resumed: bool
+    prompt_tokens: int
+    output_tokens: int
+    wall_s: float
+    output_tokens_per_s: float
+    workers: list[dict[str, Any]]
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self), exit_code=int(self.exit_code))
+
+
+@dataclass
+class _Inputs:
+    files: list[Path]
+    names: list[str]
+    template: PromptTemplate | None
+
+
+def resolve_model(spec: JobSpec, cwd: Path) -> tuple[str, str]:
+    """(path or HF id given to vLLM, display name). No model: the built-in tiny model."""
+    if spec.model is None:
+        return str(ensure_tiny_model()), TINY_MODEL_NAME
+    candidate = Path(spec.model).expanduser()
+    if not candidate.is_absolute():
+        candidate = cwd / candidate
+    looks_like_path = spec.model.startswith((".", "/", "~")) or candidate.exists()
+    if looks_like_path:
+        if not candidate.is_dir():
+            raise SpecError(f"model: {spec.model!r} is not a model directory (no such directory)")
+        return str(candidate), spec.model
+    return spec.model, spec.model
+
+
+def _open_inputs(spec: JobSpec, cwd: Path) -> _Inputs:
+    if not spec.inputs.paths:
+        raise SpecError(
+            "inputs.paths is empty: name input files, e.g. `hpcinfer run prompts.txt`, "
+            "or set inputs.paths in the spec"
+        )
+    files = expand_inputs(spec.inputs.paths, cwd=cwd)
+    names = [display_name(f, cwd=cwd) for f in files]
+    return _Inputs(files, names, PromptTemplate.from_option(spec.inputs.template))
+
+
+def _units(spec: JobSpec, inputs: _Inputs, cwd: Path) -> Iterator[WorkUnit]:
+    fmt = None if spec.inputs.format == "auto" else spec.inputs.format
+    records = read_records(
+        inputs.files,
+        cwd=cwd,
+        fmt=fmt,
+        prompt_field=spec.inputs.prompt_field,
+        template=inputs.template,
+        id_field=spec.inputs.id_field,
+    )
+    return cut_units(mark_duplicates(records), spec.workers.unit_size)
+
+
+def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
+    started = time.monotonic()
+    cwd = options.cwd
+    inputs = _open_inputs(spec, cwd)
+    out_dir = Path(spec.output.dir)
+    if not out_dir.is_absolute():
+        out_dir = cwd / out_dir
+    store = OutputStore(out_dir)
+    identity = spec.identity() | {"input_files": file_digests(inputs.files, inputs.names)}
+    fingerprint = digest_identity(identity)
+    resumed = store.prepare(fingerprint, identity, restart=options.restart)
+
+    # Pass 1: the plan, without holding prompts in memory.
+    summaries = [summarize(u) for u in _units(spec, inputs, cwd)]
+    committed = store.committed()
+    done = [s for s in summaries if unit_file_name(s.id) in committed]
+    todo_records = sum(s.size for s in summaries) - sum(s.size for s in done)
+    store.write_manifest(
+        {
+            "fingerprint": fingerprint,
+            "identity": identity,
+            "units": [
+                {"id": s.id, "file": unit_file_name(s.id), "records": s.size} for s in summaries
+            ],
+        }
+    )
+    profile = resolve_profile(spec.workers.profile)
+    todo_units = len(summaries) - len(done)
+    placement = plan_placement(
+        profile,
+        workers=spec.workers.count,
+        tp=spec.engine.tensor_parallel_size,
+        mode=spec.workers.placement,
+    )
+    model_path, model_name = (
+        resolve_model(spec, cwd) if todo_units else ("", spec.model or TINY_MODEL_NAME)
+    )
+    n_workers = min(len(placement.placements), todo_units)
+    view = ProgressView(
+        total=sum(s.size for s in summaries),
+        done=sum(s.size for s in done),
+        quiet=options.quiet,
+    )
+    for warning in placement.warnings:
+        view.warn(warning)
+
+    handles: list[WorkerHandle] = []
+    result = None
+    try:
+        handles = [
+            _spawn_worker(i, placement, profile, spec, store, model_path, model_name, n_workers)
+            for i in range(n_workers)
+        ]
+        pending = (u for u in _units(spec, inputs, cwd) if not store.is_committed(u.id))
+        coordinator = Coordinator(
+            handles,
+            pending,
+            todo_records,
+            unit_size=spec.workers.unit_size,
+            max_inflight=spec.workers.max_inflight or DEFAULT_MAX_INFLIGHT,
+            on_progress=view.advance,
+            time_limit_s=spec.time_limit_seconds(),
+        )
+        restore = coordinator.install_signal_handlers()
+        try:
+            with view:
+                result = coordinator.run()
+        finally:
+            restore()
+    finally:
+        for handle in handles:
+            if handle.proc.poll() is None:
+                handle.proc.kill()
+                handle.proc.wait()
+            handle.conn.close()
+
+    _rows_total, counts = export_all(store, [s.id for s in summaries], spec.output, out_dir)
+    complete = counts["records"] == sum(s.size for s in summaries)
+    wall = time.monotonic() - started
+    failures = [h for h in handles if not h.clean_exit]
+    status, code, message = _outcome(complete, counts, result, failures, store)
+    workers_info = [
+        {
+            "worker": h.index,
+            "devices": [d.label for d in placement.placements[h.index].group.devices],
+            "startup_s": h.startup_s,
+            "units": h.committed_units,
+            **h.stats,
+            "error": h.error,
+            "log": str(h.log),
+        }
+        for h in handles
+    ]
+    this_run = sum(h.stats["records"] for h in handles)
+    out_tokens_run = sum(h.stats["output_tokens"] for h in handles)
+    gen_wall = wall - (result.first_ready_s or 0.0) if result else wall
+    summary = RunSummary(
+        status=status,
+        exit_code=code,
+        out_dir=str(out_dir),
+        records_total=sum(s.size for s in summaries),
+        records_ok=counts["ok"],
+        records_failed=counts["error"],
+        records_this_run=this_run,
+        resumed=resumed,
+        prompt_tokens=counts["prompt_tokens"],
+        output_tokens=counts["output_tokens"],
+        wall_s=round(wall, 3),
+        output_tokens_per_s=round(out_tokens_run / gen_wall, 1) if gen_wall > 0 else 0.0,
+        workers=workers_info,
+        message=message,
+    )
+    write_run_json(out_dir, spec, summary.as_dict(), profile, placement, model_path)
+    return summary
+
+
+def _outcome(
+    complete: bool,
+    counts: dict[str, int],
+    result: Any,
+    failures: list[WorkerHandle],
+    store: OutputStore,
+) -> tuple[str, ExitCode, str]:
+    if complete:
+        if counts["error"]:
+            return (
+                "finished_with_errors",
+                ExitCode.RECORD_ERRORS,
+                (f'{counts["error"]} record(s) failed; see rows with status "error"'),
+            )
+        return "ok", ExitCode.OK, ""
+    if result is not None and result.stopped_early:
+        return (
+            "incomplete",
+            ExitCode.INCOMPLETE,
+            (
+                f"stopped early ({result.stop_reason}); committed work is kept: "
+                "rerun the same command to resume"
+            ),
+        )
+    details = "; ".join(f"worker {h.index}: {h.error} (log: {h.log})" for h in failures)
+    tail = _log_tail(failures[0].log) if failures else ""
+    raise EngineError(
+        f"the run failed: {details or 'workers stopped before the work was done'}; committed "
+        f"units in {store.root} are kept, rerun to resume"
+        + (f"\nlast log lines:\n{tail}" if tail else "")
+    )
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("  " + line for line in text[-lines:])
+
+
+def _spawn_worker(
+    index: int,
+    placement: PlacementPlan,
+    profile: HardwareProfile,
+    spec: JobSpec,
+    store: OutputStore,
+    model_path: str,
+    model_name: str,
+    n_workers: int,
+) -> WorkerHandle:
+    setup = EngineSetup(
+        model_path=model_path,
+        model_name=model_name,
+        engine=spec.engine,
+        sampling=spec.sampling,
+        on_cpu=profile.vendor == "cpu",
+        workers_on_node=n_workers,
+    )
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for key, value in placement.placements[index].env.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    affinity = _affinity(placement, index, profile)
+    if affinity:
+        env["HPCINFER_CPU_AFFINITY"] = affinity
+    env.update(engine_env(setup))
+    parent_sock, child_sock = socket.socketpair()
+    log = store.log_path(index)
+    with log.open("ab") as log_handle:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpcinfer.run.worker", str(child_sock.fileno())],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            pass_fds=(child_sock.fileno(),),
+        )
+    child_sock.close()
+    conn = Connection(parent_sock.detach())
+    conn.send(
+        WorkerConfig(
+            worker=index,
+            setup=setup,
+            out_dir=str(store.root),
+            max_inflight=spec.workers.max_inflight or DEFAULT_MAX_INFLIGHT,
+        )
+    )
+    return WorkerHandle(index=index, proc=proc, conn=conn, log=log)
+
+
+def _affinity(placement: PlacementPlan, index: int, profile: HardwareProfile) -> str | None:
+    if profile.vendor != "cpu":
+        return None
+    cores = [d.index for d in placement.placements[index].group.devices]
+    return ",".join(str(c) for c in cores)

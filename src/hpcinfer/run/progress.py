@@ -1,0 +1,99 @@
+"""Progress of a long run: a live bar on a terminal, a plain line every so often in batch logs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+PLAIN_INTERVAL_S = 15.0
+
+
+class ProgressView:
+    """Records done / total, tokens/s, ETA and errors, on stderr (stdout stays for --json)."""
+
+    def __init__(self, *, total: int, done: int, quiet: bool) -> None:
+        self.total = total
+        self.done = done
+        self.errors = 0
+        self.output_tokens = 0
+        self.quiet = quiet
+        self.console = Console(stderr=True)
+        self.started = time.monotonic()
+        self.last_plain = 0.0
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[yellow]warning:[/yellow] {message}")
+
+    def __enter__(self) -> ProgressView:
+        if self.quiet:
+            return self
+        if self.done:
+            self.console.print(f"resuming: {self.done}/{self.total} records already committed")
+        if self.console.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]records"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>8.0f} tok/s"),
+                TextColumn("[red]{task.fields[errors]} errors"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(
+                "run", total=self.total, completed=self.done, rate=0.0, errors=0
+            )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        elif not self.quiet:
+            self._plain_line()
+
+    def advance(self, stats: dict[str, int]) -> None:
+        """Called with each worker's progress message (counts since its last message)."""
+        self.done += stats.get("records", 0)
+        self.errors += stats.get("errors", 0)
+        self.output_tokens += stats.get("output_tokens", 0)
+        if self._progress is not None and self._task is not None:
+            self._progress.update(
+                self._task, completed=self.done, rate=self.rate(), errors=self.errors
+            )
+        elif not self.quiet and time.monotonic() - self.last_plain >= PLAIN_INTERVAL_S:
+            self._plain_line()
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.output_tokens / elapsed if elapsed > 0 else 0.0
+
+    def _plain_line(self) -> None:
+        self.last_plain = time.monotonic()
+        print(
+            f"[hpcinfer] {self.done}/{self.total} records, {self.errors} errors, "
+            f"{self.rate():.0f} output tok/s",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -1,0 +1,243 @@
+"""A worker: one engine, fed work units by the coordinator, committing each unit it finishes.
+
+Started as `python -m hpcinfer.run.worker FD` with its placement's binding environment
+already in its environment (so devices are bound before vLLM or torch is imported). It asks
+for more work while its engine holds fewer than `max_inflight` records, so the next unit's
+requests are queued before the current unit drains: a unit is the grain of commit, not a
+barrier. It commits units itself, so committed work survives the coordinator's death.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from hpcinfer.engines.base import Engine
+from hpcinfer.engines.vllm_offline import EngineSetup
+from hpcinfer.outputs.store import OutputStore
+from hpcinfer.records import Record, Result
+from hpcinfer.run.plan import WorkUnit
+from hpcinfer.run.rows import make_row
+
+PROGRESS_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What the coordinator sends a worker first."""
+
+    worker: int
+    setup: EngineSetup
+    out_dir: str
+    max_inflight: int
+
+
+@dataclass
+class _UnitState:
+    unit: WorkUnit
+    results: list[Result] = field(default_factory=list)
+
+    def complete(self) -> bool:
+        return len(self.results) >= self.unit.size
+
+
+@dataclass
+class _Tally:
+    records: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+
+    def add(self, result: Result) -> None:
+        self.records += 1
+        self.errors += result.status != "ok"
+        self.prompt_tokens += result.prompt_tokens or 0
+        self.output_tokens += result.output_tokens or 0
+
+    def take(self) -> dict[str, int]:
+        out = dict(vars(self))
+        self.records = self.errors = self.prompt_tokens = self.output_tokens = 0
+        return out
+
+
+class Worker:
+    def __init__(self, conn: Connection, config: WorkerConfig, engine: Engine) -> None:
+        self.conn = conn
+        self.config = config
+        self.engine = engine
+        self.store = OutputStore(Path(config.out_dir))
+        self.units: dict[str, _UnitState] = {}
+        self.owner: dict[str, list[_UnitState]] = {}
+        self.tally = _Tally()
+        self.last_progress = time.monotonic()
+        self.asked = False
+        self.wait_for_commit = False
+        self.no_more = False
+        self.stopping = False
+
+    def inflight_records(self) -> int:
+        return sum(s.unit.size - len(s.results) for s in self.units.values())
+
+    def serve(self) -> None:
+        """Run until the coordinator has no more work (or says stop) and every unit is in."""
+        while True:
+            self._maybe_ask()
+            if (self.no_more or self.stopping) and not self.units:
+                break
+            block = self.engine.inflight() == 0
+            if not self._read_messages(block=block):
+                return
+            if self.engine.inflight():
+                self._accept(self.engine.poll())
+            self._send_progress()
+        self._send_progress(force=True)
+        self.conn.send(("bye", {}))
+
+    def _maybe_ask(self) -> None:
+        if self.no_more or self.stopping or self.asked or self.wait_for_commit:
+            return
+        inflight = self.inflight_records()
+        if inflight < self.config.max_inflight:
+            self.conn.send(("want", {"inflight": inflight}))
+            self.asked = True
+
+    def _read_messages(self, block: bool) -> bool:
+        """Handle coordinator messages; False when told to abort."""
+        timeout: float | None = None if block else 0.0
+        while self.conn.poll(timeout):
+            kind, payload = self.conn.recv()
+            timeout = 0.0
+            if kind == "units":
+                self.asked = False
+                units: list[WorkUnit] = payload["units"]
+                self.no_more = not payload["more"]
+                self.wait_for_commit = not units and not self.no_more
+                for unit in units:
+                    self._start(unit)
+            elif kind == "wake":
+                self.wait_for_commit = False
+            elif kind == "stop":
+                self.stopping = True
+            elif kind == "abort":
+                return False
+        return True
+
+    def _start(self, unit: WorkUnit) -> None:
+        state = _UnitState(unit)
+        self.units[unit.id] = state
+        for record in unit.records:
+            self.owner.setdefault(record.id, []).append(state)
+        self._accept(self.engine.submit(unit.records))
+
+    def _accept(self, results: list[Result]) -> None:
+        for result in results:
+            states = self.owner.get(result.id)
+            if not states:
+                continue
+            state = states.pop(0)
+            if not states:
+                del self.owner[result.id]
+            state.results.append(result)
+            self.tally.add(result)
+        for unit_id in [u for u, s in self.units.items() if s.complete()]:
+            self._commit(self.units.pop(unit_id))
+
+    def _commit(self, state: _UnitState) -> None:
+        ordered = _in_record_order(state)
+        rows = [
+            make_row(record, result, worker=self.config.worker, model=self.engine.model_name)
+            for record, result in ordered
+        ]
+        self.store.commit(state.unit.id, rows)
+        self.wait_for_commit = False
+        self._send_progress(force=True)
+        self.conn.send(("committed", {"unit": state.unit.id}))
+
+    def _send_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tally.records and (force or now - self.last_progress >= PROGRESS_INTERVAL_S):
+            self.conn.send(("progress", self.tally.take()))
+            self.last_progress = now
+
+
+def _in_record_order(state: _UnitState) -> list[tuple[Record, Result]]:
+    """Pair each record with its result; a unit may hold the same id twice (a duplicate-id
+    error row), so results are paired per id in arrival order."""
+    by_id: dict[str, list[Result]] = {}
+    for result in state.results:
+        by_id.setdefault(result.id, []).append(result)
+    pairs = []
+    for record in state.unit.records:
+        queue = by_id.get(record.id) or [Result.failed(record.id, "no result (internal error)")]
+        pairs.append((record, queue.pop(0)))
+    return pairs
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the coordinator dies, so no worker is left orphaned."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _apply_affinity() -> None:
+    cores = os.environ.get("HPCINFER_CPU_AFFINITY")
+    if cores and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError, ValueError):
+            os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
+
+
+def main(argv: list[str]) -> int:
+    _die_with_parent()
+    # The coordinator decides when to stop (drain on the first signal, abort on the second);
+    # a Ctrl-C reaching the whole process group must not kill workers mid-commit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _apply_affinity()
+    sock = socket.socket(fileno=int(argv[0]))
+    conn = Connection(sock.detach())
+    try:
+        config: WorkerConfig = conn.recv()
+    except EOFError:
+        return 1
+    try:
+        from hpcinfer.engines.vllm_offline import VllmOfflineEngine
+
+        started = time.monotonic()
+        engine = VllmOfflineEngine(config.setup)
+        conn.send(
+            (
+                "ready",
+                {
+                    "startup_s": round(time.monotonic() - started, 3),
+                    "max_model_len": engine.max_model_len,
+                },
+            )
+        )
+        Worker(conn, config, engine).serve()
+        engine.close()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return 1
+    except BaseException as exc:  # report, then fail: the coordinator names this log
+        detail: dict[str, Any] = {"error": f"{type(exc).__name__}: {exc}"}
+        traceback.print_exc()
+        with contextlib.suppress(OSError):
+            conn.send(("failed", detail))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

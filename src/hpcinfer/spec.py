@@ -1,0 +1,266 @@
+"""The job spec: one validated description of a run, from a YAML file plus CLI overrides.
+
+Validated once at the boundary (`extra="forbid"`), so a typo or a bad value fails before any
+engine starts, with the field's full path, the bad value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hpcinfer.errors import SpecError
+
+DEFAULT_MAX_TOKENS = 256
+"""Explicit, documented default: vLLM's own default (16) silently truncates answers."""
+
+ExportFormat = Literal["jsonl", "text", "parquet"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EngineSpec(_Model):
+    """How the inference engine is started (the same for every worker)."""
+
+    kind: Literal["vllm"] = Field(
+        "vllm", description="Engine adapter: 'vllm' (offline, in-process)."
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    max_model_len: int | None = Field(
+        None, gt=0, description="Context length; default: the model's."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="Devices per engine (one worker).")
+    memory_share: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="vLLM gpu_memory_utilization; on CPU the share of RAM for the KV cache. "
+        "Default: 0.9 on GPUs, 0.3 split between the workers on CPU.",
+    )
+    kv_cache_bytes: int | None = Field(
+        None, gt=0, description="Exact KV-cache size (overrides memory_share)."
+    )
+    max_num_seqs: int | None = Field(None, gt=0, description="Requests an engine runs at once.")
+    enforce_eager: bool | None = Field(
+        None, description="Skip graph compilation; default True on CPU."
+    )
+    trust_remote_code: bool = False
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM LLM(...) keyword arguments."
+    )
+
+
+class SamplingSpec(_Model):
+    """Sampling settings for every request."""
+
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, description="Disabled when unset (or -1/0).")
+    max_tokens: int = Field(DEFAULT_MAX_TOKENS, gt=0)
+    min_tokens: int = Field(0, ge=0)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    ignore_eos: bool = False
+
+
+class InputSpec(_Model):
+    """Where prompts come from and how a record becomes a prompt."""
+
+    paths: list[str] = Field(default_factory=list, description="Files, directories or globs.")
+    format: Literal["auto", "text", "jsonl", "csv", "tsv"] = "auto"
+    prompt_field: str | None = Field(
+        None, description="JSONL key or CSV/TSV column with the prompt."
+    )
+    id_field: str = Field("id", description="JSONL key or CSV/TSV column with the record id.")
+    template: str | None = Field(
+        None, description="Jinja2 template over the record's fields, or '@file.j2'."
+    )
+
+
+def _default_exports() -> list[ExportFormat]:
+    return ["jsonl"]
+
+
+class OutputSpec(_Model):
+    """Where results go and which exports are written at the end."""
+
+    dir: str = "hpcinfer-out"
+    exports: list[ExportFormat] = Field(default_factory=_default_exports)
+    include_prompt: bool = Field(False, description="Copy the prompt into results.jsonl rows.")
+
+    @field_validator("exports")
+    @classmethod
+    def _dedupe(cls, value: list[ExportFormat]) -> list[ExportFormat]:
+        return list(dict.fromkeys(value))
+
+
+class WorkersSpec(_Model):
+    """How many workers run, where they are placed and how work is cut."""
+
+    count: int | None = Field(None, ge=1, description="Default: one per device group.")
+    profile: str | None = Field(
+        None, description="Hardware profile name or YAML path; default: detect this machine."
+    )
+    placement: Literal["compact", "scatter"] = "compact"
+    unit_size: int = Field(32, ge=1, description="Records per work unit (the grain of commit).")
+    max_inflight: int | None = Field(
+        None, ge=1, description="Most records one worker has queued in its engine; default 256."
+    )
+
+
+class JobSpec(_Model):
+    """Everything `hpcinfer run` needs; see `hpcinfer spec --schema`."""
+
+    model: str | None = Field(
+        None, description="Local path or HF id in HF_HOME; default: tiny model."
+    )
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    inputs: InputSpec = Field(default_factory=InputSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    workers: WorkersSpec = Field(default_factory=WorkersSpec)
+    time_limit: str | None = Field(
+        None, description="Stop taking new work after this long: '90s', '45m', '2h', '1h30m'."
+    )
+
+    @field_validator("time_limit")
+    @classmethod
+    def _check_time_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    def time_limit_seconds(self) -> float | None:
+        return None if self.time_limit is None else parse_duration(self.time_limit)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that must not change when a run resumes (worker count, TP, exports may)."""
+        return {
+            "model": self.model,
+            "engine": self.engine.model_dump(include={"dtype", "max_model_len", "extra"}),
+            "sampling": self.sampling.model_dump(),
+            "inputs": self.inputs.model_dump(),
+            "unit_size": self.workers.unit_size,
+        }
+
+
+def digest_identity(identity: dict[str, Any]) -> str:
+    """Fingerprint of a run's identity (spec fields that decide the rows, plus input digests)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$"
+)
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from '90', '90s', '45m', '2h', '1h30m' or 'HH:MM:SS' (as schedulers print it)."""
+    if isinstance(text, int | float):
+        return float(text)
+    if ":" in text:
+        parts = text.strip().split(":")
+        if len(parts) <= 3 and all(p.strip().isdigit() for p in parts):
+            seconds = 0.0
+            for part in parts:
+                seconds = seconds * 60 + int(part)
+            return seconds
+    match = _DURATION.match(text)
+    if not text.strip() or match is None or not any(match.groups()):
+        raise ValueError(
+            f"{text!r} is not a duration; write e.g. '90s', '45m', '2h', '1h30m' or '01:30:00'"
+        )
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def load_spec_file(path: Path) -> dict[str, Any]:
+    """Read a spec YAML file into a plain mapping (validated later, after CLI overrides)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise SpecError(f"spec file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"spec file {path} cannot be read: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"spec file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"spec file {path} must hold a mapping of fields (got {type(data).__name__})"
+        )
+    return data
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a nested mapping, creating levels; used for CLI overrides and --set."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_set_option(item: str) -> tuple[str, Any]:
+    """`key.path=value` with the value read as YAML (so numbers, booleans and lists work)."""
+    if "=" not in item:
+        raise SpecError(f"--set {item!r}: write it as FIELD=VALUE, e.g. --set sampling.top_k=20")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def build_spec(data: dict[str, Any], source: str = "spec") -> JobSpec:
+    """Validate a mapping into a JobSpec, turning pydantic's errors into one readable message."""
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, source)) from None
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source} is invalid ({exc.error_count()} problem{'s' * (exc.error_count() > 1)}):"]
+    for error in exc.errors():
+        path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            parent = _model_at(error["loc"][:-1])
+            valid = ", ".join(sorted(parent.model_fields)) if parent else ""
+            message = f"unknown field; valid fields here: {valid}"
+        value = error.get("input")
+        shown = "" if error["type"] in ("missing", "extra_forbidden") else f" (got {value!r})"
+        lines.append(f"  {path}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = JobSpec
+    for key in loc:
+        field = model.model_fields.get(str(key))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def spec_json_schema() -> dict[str, Any]:
+    return JobSpec.model_json_schema()
