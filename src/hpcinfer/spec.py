@@ -127,13 +127,13 @@ class JobSpec(_Model):
     inputs: InputSpec = Field(default_factory=InputSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
-    time_limit: str | None = Field(
+    time_limit: str | float | None = Field(
         None, description="Stop taking new work after this long: '90s', '45m', '2h', '1h30m'."
     )
 
     @field_validator("time_limit")
     @classmethod
-    def _check_time_limit(cls, value: str | None) -> str | None:
+    def _check_time_limit(cls, value: str | float | None) -> str | float | None:
         if value is not None:
             parse_duration(value)
         return value

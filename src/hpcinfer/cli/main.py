@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from hpcinfer.errors import HpcinferError, SpecError
 from hpcinfer.exitcodes import ExitCode
@@ -73,28 +74,18 @@ def build_job_spec(args: list[str], overrides: dict[str, Any], sets: list[str], 
 
     data: dict[str, Any] = {}
     source = "command-line options"
-    spec_dir = cwd
     inputs = list(args)
     if inputs and inputs[0].endswith(_SPEC_SUFFIXES):
-        spec_path = Path(inputs.pop(0))
+        spec_path = cwd / inputs.pop(0)
         data = load_spec_file(spec_path)
         source = str(spec_path)
-        spec_dir = spec_path.resolve().parent
+        if spec_path.resolve().parent != cwd.resolve():
+            _rebase_spec_paths(data, spec_path.resolve().parent)
     bad = [a for a in inputs if a.endswith(_SPEC_SUFFIXES)]
     if bad:
         raise SpecError(f"only one spec file can be given, and it must come first: {bad[0]}")
     if inputs:
         set_dotted(data, "inputs.paths", inputs)
-    elif isinstance(data.get("inputs"), dict) and data["inputs"].get("paths"):
-        # Paths in a spec file are relative to the file, so a spec works from any directory.
-        paths = data["inputs"]["paths"]
-        if isinstance(paths, str):
-            paths = [paths]
-        if isinstance(paths, list):
-            data["inputs"]["paths"] = [_relative_to(spec_dir, cwd, p) for p in paths]
-        out = data.get("output", {}).get("dir") if isinstance(data.get("output"), dict) else None
-        if isinstance(out, str):
-            data["output"]["dir"] = _relative_to(spec_dir, cwd, out)
     for name, value in overrides.items():
         if value is not None and value != []:
             set_dotted(data, _FLAG_FIELDS[name], value)
@@ -104,10 +95,30 @@ def build_job_spec(args: list[str], overrides: dict[str, Any], sets: list[str], 
     return build_spec(data, source)
 
 
-def _relative_to(spec_dir: Path, cwd: Path, value: Any) -> Any:
-    if not isinstance(value, str) or Path(value).is_absolute() or spec_dir == cwd.resolve():
-        return value
-    return str(spec_dir / value)
+def _rebase_spec_paths(data: dict[str, Any], spec_dir: Path) -> None:
+    """Paths written in a spec file are relative to that file, so a spec works from anywhere."""
+
+    def rebase(value: Any) -> Any:
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            return value
+        return str(spec_dir / value)
+
+    model = data.get("model")
+    if isinstance(model, str) and model.startswith(("./", "../")):
+        data["model"] = rebase(model)
+    section = data.get("inputs")
+    if isinstance(section, dict):
+        paths = section.get("paths")
+        if isinstance(paths, str):
+            section["paths"] = [rebase(paths)]
+        elif isinstance(paths, list):
+            section["paths"] = [rebase(p) for p in paths]
+        template = section.get("template")
+        if isinstance(template, str) and template.startswith("@"):
+            section["template"] = "@" + rebase(template[1:])
+    section = data.get("output")
+    if isinstance(section, dict) and "dir" in section:
+        section["dir"] = rebase(section["dir"])
 
 
 @app.command(epilog=RUN_EPILOG)
@@ -301,21 +312,22 @@ def spec(
 def main() -> None:
     """Console entry point: errors hpcinfer raises on purpose print without a traceback."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns the code of a typer.Exit in this mode
     except HpcinferError as exc:
-        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        err.print("[bold red]error:[/bold red]", escape(str(exc)), highlight=False)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(int(ExitCode.INCOMPLETE))
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:
+        # Usage errors (unknown flag, bad value) come from the click that typer bundles.
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

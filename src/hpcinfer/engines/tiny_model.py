@@ -78,6 +78,7 @@ def _corpus_lines() -> list[str]:
 
 def build_tiny_model(out_dir: Path) -> None:
     """Write the tokenizer and model files into `out_dir` (deterministic, about 3 MB)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -115,6 +116,9 @@ def build_tiny_model(out_dir: Path) -> None:
         pad_token_id=tokenizer.token_to_id("<pad>"),
         tie_word_embeddings=False,
     )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     torch.manual_seed(_SEED)
     model = LlamaForCausalLM(config)
     with torch.no_grad():

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -21,31 +22,29 @@ def parquet_available() -> bool:
 
 def export_all(
     store: OutputStore, unit_ids: Sequence[str], spec: OutputSpec, out_dir: Path
-) -> tuple[int, dict[str, int]]:
-    """Write results.jsonl (always), text `.out` files and parquet when asked; return counts."""
+) -> dict[str, int]:
+    """Write results.jsonl (always), text `.out` files and parquet when asked; return counts.
+
+    Every file is written atomically: a failed export leaves the previous files whole."""
     counts = {"records": 0, "ok": 0, "error": 0, "prompt_tokens": 0, "output_tokens": 0}
-    text_files: dict[str, IO[str]] = {}
-    text_writers = []
-    try:
-        with atomic_writer(out_dir / "results.jsonl") as results:
-            for row in store.iter_rows(unit_ids):
-                _count(counts, row)
-                results.write(
-                    json.dumps(public_row(row, spec.include_prompt), ensure_ascii=False) + "\n"
-                )
-                if "text" in spec.exports:
-                    source = row["source"]
-                    if source not in text_files:
-                        writer = atomic_writer(out_dir / "text" / text_export_name(source))
-                        text_files[source] = writer.__enter__()
-                        text_writers.append(writer)
-                    text_files[source].write(seed_text_block(row))
-    finally:
-        for writer in text_writers:
-            writer.__exit__(None, None, None)
+    names = TextNames()
+    with contextlib.ExitStack() as stack:
+        results = stack.enter_context(atomic_writer(out_dir / "results.jsonl"))
+        text_files: dict[str, IO[str]] = {}
+        for row in store.iter_rows(unit_ids):
+            _count(counts, row)
+            results.write(
+                json.dumps(public_row(row, spec.include_prompt), ensure_ascii=False) + "\n"
+            )
+            if "text" in spec.exports:
+                source = row["source"]
+                if source not in text_files:
+                    path = out_dir / "text" / names.name_for(source)
+                    text_files[source] = stack.enter_context(atomic_writer(path))
+                text_files[source].write(seed_text_block(row))
     if "parquet" in spec.exports:
         write_parquet(out_dir / "results.parquet", out_dir / "results.jsonl")
-    return counts["records"], counts
+    return counts
 
 
 def _count(counts: dict[str, int], row: dict[str, Any]) -> None:
@@ -69,6 +68,25 @@ def text_export_name(source: str) -> str:
     return str(path.with_suffix(".out"))
 
 
+class TextNames:
+    """One distinct `.out` name per source: `3.in` -> `3.out`; a second source that would get
+    the same name (`3.txt`, or `/other/3.in`) keeps its suffix (`3.txt.out`) or gets a number."""
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+
+    def name_for(self, source: str) -> str:
+        preferred = text_export_name(source)
+        path = PurePosixPath(preferred)
+        candidates = [preferred, str(path.with_name(PurePosixPath(source).name + ".out"))]
+        candidates += [str(path.with_name(f"{path.stem}-{n}.out")) for n in range(2, 10_000)]
+        for name in candidates:
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+        raise RuntimeError(f"no free text export name for {source}")
+
+
 def seed_text_block(row: dict[str, Any]) -> str:
     """Seed 000's format: `Prompt: {prompt!r}, Generated text: {text!r}`; errors are kept."""
     prompt = row.get("prompt") if "prompt" in row else row.get("messages")
@@ -85,11 +103,3 @@ def write_parquet(path: Path, jsonl: Path) -> None:
     tmp = path.with_suffix(".parquet.tmp")
     pq.write_table(table, str(tmp))
     tmp.replace(path)
-
-
-def rows_in(paths: Iterable[Path]) -> Iterable[dict[str, Any]]:
-    for path in paths:
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    yield json.loads(line)

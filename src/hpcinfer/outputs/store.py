@@ -49,6 +49,8 @@ class OutputStore:
         A directory holding another spec's results is refused (mixing them would corrupt the
         results) unless `restart`, which deletes the earlier results first.
         """
+        if restart:
+            self.clear()
         manifest = self.read_manifest()
         if manifest is not None and manifest.get("fingerprint") != fingerprint and not restart:
             raise ResumeConflictError(
@@ -56,9 +58,6 @@ class OutputStore:
                 f"({_describe_change(manifest.get('identity', {}), identity)}); "
                 "rerun with --restart to discard them, or choose another --out"
             )
-        if restart:
-            self.clear()
-            manifest = None
         self.root.mkdir(parents=True, exist_ok=True)
         self.units_dir.mkdir(exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
@@ -82,7 +81,11 @@ class OutputStore:
             raise ResumeConflictError(
                 f"{path} is unreadable ({exc}); rerun with --restart to start afresh"
             ) from exc
-        return data if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise ResumeConflictError(
+                f"{path} does not hold a manifest; rerun with --restart to start afresh"
+            )
+        return data
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_text_atomic(self.root / MANIFEST, json.dumps(manifest, indent=1) + "\n")

@@ -186,7 +186,7 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
                 handle.proc.wait()
             handle.conn.close()
 
-    _rows_total, counts = export_all(store, [s.id for s in summaries], spec.output, out_dir)
+    counts = export_all(store, [s.id for s in summaries], spec.output, out_dir)
     complete = counts["records"] == sum(s.size for s in summaries)
     wall = time.monotonic() - started
     failures = [h for h in handles if not h.clean_exit]

@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ class WorkerConfig:
 @dataclass
 class _UnitState:
     unit: WorkUnit
-    results: list[Result] = field(default_factory=list)
+    results: dict[int, Result] = field(default_factory=dict)
 
     def complete(self) -> bool:
         return len(self.results) >= self.unit.size
@@ -77,7 +77,7 @@ class Worker:
         self.engine = engine
         self.store = OutputStore(Path(config.out_dir))
         self.units: dict[str, _UnitState] = {}
-        self.owner: dict[str, list[_UnitState]] = {}
+        self.owner: dict[str, tuple[_UnitState, int]] = {}
         self.tally = _Tally()
         self.last_progress = time.monotonic()
         self.asked = False
@@ -133,21 +133,25 @@ class Worker:
         return True
 
     def _start(self, unit: WorkUnit) -> None:
+        # Requests are keyed by unit and position, not record id: ids may repeat (a duplicate
+        # id is an error row beside the record that owns the id).
         state = _UnitState(unit)
         self.units[unit.id] = state
-        for record in unit.records:
-            self.owner.setdefault(record.id, []).append(state)
-        self._accept(self.engine.submit(unit.records))
+        keyed = []
+        for position, record in enumerate(unit.records):
+            key = f"{unit.index}/{position}"
+            self.owner[key] = (state, position)
+            keyed.append(replace(record, id=key))
+        self._accept(self.engine.submit(keyed))
 
     def _accept(self, results: list[Result]) -> None:
         for result in results:
-            states = self.owner.get(result.id)
-            if not states:
+            owner = self.owner.pop(result.id, None)
+            if owner is None:
                 continue
-            state = states.pop(0)
-            if not states:
-                del self.owner[result.id]
-            state.results.append(result)
+            state, position = owner
+            result.id = state.unit.records[position].id
+            state.results[position] = result
             self.tally.add(result)
         for unit_id in [u for u, s in self.units.items() if s.complete()]:
             self._commit(self.units.pop(unit_id))
@@ -171,16 +175,7 @@ class Worker:
 
 
 def _in_record_order(state: _UnitState) -> list[tuple[Record, Result]]:
-    """Pair each record with its result; a unit may hold the same id twice (a duplicate-id
-    error row), so results are paired per id in arrival order."""
-    by_id: dict[str, list[Result]] = {}
-    for result in state.results:
-        by_id.setdefault(result.id, []).append(result)
-    pairs = []
-    for record in state.unit.records:
-        queue = by_id.get(record.id) or [Result.failed(record.id, "no result (internal error)")]
-        pairs.append((record, queue.pop(0)))
-    return pairs
+    return [(record, state.results[i]) for i, record in enumerate(state.unit.records)]
 
 
 def _die_with_parent() -> None:

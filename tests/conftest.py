@@ -1,0 +1,82 @@
+"""Shared test helpers. Integration tests run the real CPU vLLM; in CI (CI=true) a missing
+component fails the run instead of skipping."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(component: str, present: bool, fix: str) -> None:
+    """Skip locally when a component is missing; fail in CI, where everything must be there."""
+    if present:
+        return
+    message = f"{component} is missing: {fix}"
+    if IN_CI:
+        pytest.fail(f"CI must have {message}")
+    pytest.skip(message)  # not in CI (checked above)
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for `hpcinfer` subprocesses: a shared tiny-model cache for the session."""
+    require("vLLM", importlib.util.find_spec("vllm") is not None, "pip install 'hpcinfer[cpu]'")
+    cache = Path(os.environ.get("HPCINFER_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
+    env = dict(os.environ)
+    env["HPCINFER_CACHE"] = str(cache)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def hpcinfer_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hpcinfer", *args]
+
+
+def run_cli(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        hpcinfer_cmd(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def write_prompts(path: Path, count: int, words: int = 8) -> list[str]:
+    """Deterministic varied prompts, one per line."""
+    vocab = [
+        "the",
+        "model",
+        "reads",
+        "a",
+        "prompt",
+        "and",
+        "predicts",
+        "the",
+        "next",
+        "token",
+        "one",
+        "step",
+        "at",
+        "a",
+        "time",
+    ]
+    prompts = [
+        " ".join(vocab[(i * 7 + j * 3) % len(vocab)] for j in range(words)) + f" {i}"
+        for i in range(count)
+    ]
+    path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    return prompts

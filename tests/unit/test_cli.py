@@ -1,0 +1,435 @@
+"""The CLI: spec building from file + inputs + flags + --set, and errors before any engine."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from typer.testing import CliRunner
+
+from hpcinfer.cli import main as cli_main
+from hpcinfer.cli.main import _FLAG_FIELDS, app, build_job_spec, run
+from hpcinfer.errors import SpecError
+from hpcinfer.inputs import PromptTemplate
+from hpcinfer.spec import JobSpec
+
+runner = CliRunner()
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def build(
+    args: list[str],
+    cwd: Path,
+    overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> JobSpec:
+    spec = build_job_spec(args, overrides or {}, sets or [], cwd)
+    assert isinstance(spec, JobSpec)
+    return spec
+
+
+# -- build_job_spec ---------------------------------------------------------------------------
+
+
+def test_inputs_only(tmp_path: Path) -> None:
+    spec = build(["a.txt", "dir/", "*.jsonl"], tmp_path)
+    assert spec.inputs.paths == ["a.txt", "dir/", "*.jsonl"]
+
+
+def test_first_yaml_is_the_spec_and_later_args_override_its_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "job.yaml", "model: m\ninputs:\n  paths: [from_spec.txt]\n")
+    spec = build(["job.yaml", "x.txt", "y.txt"], tmp_path)
+    assert spec.model == "m"
+    assert spec.inputs.paths == ["x.txt", "y.txt"]
+
+
+def test_yml_suffix_is_a_spec_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "job.yml", "sampling:\n  max_tokens: 5\n")
+    assert build(["job.yml", "x.txt"], tmp_path).sampling.max_tokens == 5
+
+
+def test_paths_in_a_spec_file_are_relative_to_the_spec_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    sub = tmp_path / "jobs"
+    write(
+        sub / "job.yaml",
+        "inputs:\n  paths: [p.txt, /abs/q.txt]\noutput:\n  dir: out\n",
+    )
+    spec = build(["jobs/job.yaml"], tmp_path)
+    here = sub.resolve()
+    assert spec.inputs.paths == [str(here / "p.txt"), "/abs/q.txt"]
+    assert spec.output.dir == str(here / "out")
+
+
+def test_a_single_path_string_in_a_spec_file_becomes_a_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "jobs" / "job.yaml", "inputs:\n  paths: p.txt\n")
+    spec = build(["jobs/job.yaml"], tmp_path)
+    assert spec.inputs.paths == [str((tmp_path / "jobs").resolve() / "p.txt")]
+
+
+def test_spec_in_the_current_directory_keeps_paths_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "job.yaml", "inputs:\n  paths: [p.txt]\n")
+    assert build(["job.yaml"], tmp_path).inputs.paths == ["p.txt"]
+
+
+def test_spec_output_dir_is_relative_to_the_spec_even_with_cli_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "jobs" / "job.yaml", "inputs:\n  paths: [p.txt]\noutput:\n  dir: out\n")
+    spec = build(["jobs/job.yaml", "other.txt"], tmp_path)
+    assert spec.output.dir == str((tmp_path / "jobs").resolve() / "out")
+
+
+def test_spec_template_file_is_relative_to_the_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "jobs" / "t.j2", "Q: {{ q }}")
+    write(tmp_path / "jobs" / "job.yaml", "inputs:\n  paths: [p.jsonl]\n  template: '@t.j2'\n")
+    spec = build(["jobs/job.yaml"], tmp_path)
+    template = PromptTemplate.from_option(spec.inputs.template)
+    assert template is not None and template.render({"q": "x"}) == "Q: x"
+
+
+def test_flags_override_file_values_and_unset_flags_do_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(
+        tmp_path / "job.yaml",
+        "sampling:\n  temperature: 0.9\n  top_k: 5\n  stop: [END]\nworkers:\n  unit_size: 7\n",
+    )
+    spec = build(
+        ["job.yaml", "a.txt"],
+        tmp_path,
+        overrides={"temperature": 0.2, "top_k": None, "stop": [], "tp": 2, "export": ["text"]},
+    )
+    assert spec.sampling.temperature == 0.2
+    assert spec.sampling.top_k == 5
+    assert spec.sampling.stop == ["END"]
+    assert spec.workers.unit_size == 7
+    assert spec.engine.tensor_parallel_size == 2
+    assert spec.output.exports == ["text"]
+
+
+def test_set_works_for_any_field_and_wins_over_flags(tmp_path: Path) -> None:
+    spec = build(
+        ["a.txt"],
+        tmp_path,
+        overrides={"temperature": 0.2},
+        sets=[
+            "sampling.temperature=0.9",
+            "workers.max_inflight=64",
+            "engine.extra={block_size: 16}",
+            "output.exports=[jsonl, text]",
+            "inputs.id_field=uid",
+            "time_limit=2h",
+            "model=/models/x",
+        ],
+    )
+    assert spec.sampling.temperature == 0.9
+    assert spec.workers.max_inflight == 64
+    assert spec.engine.extra == {"block_size": 16}
+    assert spec.output.exports == ["jsonl", "text"]
+    assert spec.inputs.id_field == "uid"
+    assert spec.time_limit_seconds() == 7200
+    assert spec.model == "/models/x"
+
+
+def test_unknown_set_field_is_a_spec_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        build(["a.txt"], tmp_path, sets=["sampling.temprature=0.5"])
+    assert "sampling.temprature: unknown field" in str(info.value)
+    assert "temperature" in str(info.value)
+
+
+def test_errors_name_the_spec_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "job.yaml", "workers:\n  placement: diagonal\n")
+    with pytest.raises(SpecError) as info:
+        build(["job.yaml"], tmp_path)
+    assert "job.yaml is invalid" in str(info.value)
+    assert "workers.placement" in str(info.value)
+
+
+def test_a_second_yaml_argument_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "a.yaml", "{}\n")
+    with pytest.raises(SpecError, match="only one spec file") as info:
+        build(["a.yaml", "x.txt", "b.yaml"], tmp_path)
+    assert "b.yaml" in str(info.value)
+    with pytest.raises(SpecError, match="must come first"):
+        build(["x.txt", "a.yaml"], tmp_path)
+
+
+def test_every_flag_maps_to_a_run_option_and_a_real_spec_field() -> None:
+    params = set(inspect.signature(run).parameters)
+    for flag, dotted in _FLAG_FIELDS.items():
+        assert flag in params, flag
+        model: type[BaseModel] = JobSpec
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            annotation = model.model_fields[part].annotation
+            assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            model = annotation
+        assert leaf in model.model_fields, dotted
+
+
+# -- in-process CLI (CliRunner) ---------------------------------------------------------------
+
+
+def test_spec_schema_prints_json_schema() -> None:
+    result = runner.invoke(app, ["spec", "--schema"])
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.stdout)
+    assert {"model", "engine", "sampling", "inputs", "output", "workers"} <= set(
+        schema["properties"]
+    )
+
+
+def test_spec_without_options_prints_the_defaults() -> None:
+    result = runner.invoke(app, ["spec"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["sampling"]["max_tokens"] == 256
+
+
+def test_spec_check_good_file_prints_it_with_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path / "ok.yaml", "sampling:\n  temperature: 0\n")
+    result = runner.invoke(app, ["spec", "--check", str(path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["sampling"]["temperature"] == 0
+    assert data["sampling"]["max_tokens"] == 256
+
+
+def test_spec_check_bad_file_fails_naming_file_and_field(tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.yaml", "sampling:\n  temprature: 0\n")
+    result = runner.invoke(app, ["spec", "--check", str(path)])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SpecError)
+    assert str(path) in str(result.exception)
+    assert "sampling.temprature" in str(result.exception)
+
+
+def test_plan_aurora_tp8_json_shows_one_worker_and_idle_tiles() -> None:
+    result = runner.invoke(app, ["plan", "--profile", "aurora", "--tp", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["profile"] == "aurora"
+    assert len(plan["rows"]) == 1
+    assert len(plan["rows"][0]["devices"].split(",")) == 8
+    assert len(plan["warnings"]) == 1
+    warning = plan["warnings"][0]
+    assert "4 devices" in warning
+    idle = ["gpu4.tile0", "gpu4.tile1", "gpu5.tile0", "gpu5.tile1"]
+    assert all(label in warning for label in idle)
+    assert all(label not in plan["rows"][0]["devices"] for label in idle)
+
+
+def test_plan_rejects_a_bad_placement() -> None:
+    result = runner.invoke(app, ["plan", "--profile", "aurora", "--placement", "diagonal"])
+    assert isinstance(result.exception, SpecError)
+    assert "compact or scatter" in str(result.exception)
+
+
+def test_run_help_lists_the_exit_codes() -> None:
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "Exit codes:" in text
+    for phrase in (
+        "0 all records ok",
+        "3 finished, some records are error rows",
+        "4 incomplete",
+        "1 the run failed",
+        "2 bad spec",
+    ):
+        assert phrase in text, phrase
+
+
+# -- the real entry point -------------------------------------------------------------------
+# One case runs `python -m hpcinfer` in a subprocess to check the real exit status, the
+# absence of a traceback, and that no engine module is imported; it is started when the first
+# test of this module runs so it overlaps the others. The other cases call main() in-process
+# (the same error wrapping, without an interpreter start each).
+
+ENGINE_MODULES = ("vllm", "torch", "transformers")
+PY_M_HPCINFER = (
+    "import atexit, runpy, sys; "
+    "atexit.register(lambda: print('engine modules:', "
+    f"[m for m in {ENGINE_MODULES!r} if m in sys.modules])); "
+    "runpy.run_module('hpcinfer', run_name='__main__', alter_sys=True)"
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli_process(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[subprocess.Popen[str]]:
+    """`hpcinfer run p.txt --set sampling.temprature=0.5` in a fresh interpreter."""
+    cwd = tmp_path_factory.mktemp("process")
+    write(cwd / "p.txt", "hello\n")
+    env = dict(os.environ)
+    env["HPCINFER_CACHE"] = str(cwd / "cache")  # never the user's cache
+    env["COLUMNS"] = "300"
+    command = [sys.executable, "-c", PY_M_HPCINFER, "run", "p.txt"]
+    command += ["--set", "sampling.temprature=0.5"]
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
+class Main:
+    """Calls hpcinfer.cli.main.main() as the console script does; returns (code, output)."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+        self.cwd = tmp_path
+        self.monkeypatch = monkeypatch
+        self.capsys = capsys
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("HPCINFER_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setattr(cli_main.err, "width", 300)  # no wrapping inside messages
+        write(tmp_path / "p.txt", "hello\n")
+
+    def __call__(self, *args: str) -> tuple[int, str]:
+        self.monkeypatch.setattr(sys, "argv", ["hpcinfer", *args])
+        with pytest.raises(SystemExit) as info:
+            cli_main.main()
+        captured = self.capsys.readouterr()
+        code = info.value.code
+        return (code if isinstance(code, int) else 1), captured.out + captured.err
+
+
+@pytest.fixture
+def hpcinfer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> Main:
+    return Main(tmp_path, monkeypatch, capsys)
+
+
+def usage_error(result: tuple[int, str]) -> str:
+    code, output = result
+    assert code == 2, output
+    assert "Traceback" not in output
+    assert "error:" in output
+    return " ".join(output.split())
+
+
+def test_run_bad_placement_exits_2_naming_the_choices(hpcinfer: Main) -> None:
+    text = usage_error(hpcinfer("run", "p.txt", "--placement", "diagonal"))
+    assert "workers.placement" in text and "'compact'" in text and "'scatter'" in text
+
+
+def test_run_out_of_range_value_exits_2_naming_it(hpcinfer: Main) -> None:
+    text = usage_error(hpcinfer("run", "p.txt", "--max-tokens", "0"))
+    assert "sampling.max_tokens" in text and "(got 0)" in text
+
+
+def test_run_bad_time_limit_exits_2(hpcinfer: Main) -> None:
+    text = usage_error(hpcinfer("run", "p.txt", "--time-limit", "soon"))
+    assert "time_limit" in text and "'soon'" in text
+
+
+def test_run_unknown_set_field_exits_2(hpcinfer: Main) -> None:
+    text = usage_error(hpcinfer("run", "p.txt", "--set", "engine.tensor_paralel_size=2"))
+    assert "engine.tensor_paralel_size: unknown field" in text
+    assert "tensor_parallel_size" in text
+
+
+def test_run_set_without_equals_exits_2(hpcinfer: Main) -> None:
+    text = usage_error(hpcinfer("run", "p.txt", "--set", "sampling.top_k"))
+    assert "FIELD=VALUE" in text
+
+
+def test_run_missing_input_exits_2_and_writes_nothing(hpcinfer: Main) -> None:
+    text = usage_error(hpcinfer("run", "p.txt", "gone.txt"))
+    assert "'gone.txt' does not exist" in text
+    assert not (hpcinfer.cwd / "hpcinfer-out").exists()
+
+
+def test_run_invalid_yaml_exits_2_naming_the_file(hpcinfer: Main) -> None:
+    write(hpcinfer.cwd / "bad.yaml", "sampling: {unclosed\n")
+    text = usage_error(hpcinfer("run", "bad.yaml", "p.txt"))
+    assert "bad.yaml" in text and "not valid YAML" in text
+
+
+def test_run_yaml_list_exits_2(hpcinfer: Main) -> None:
+    write(hpcinfer.cwd / "list.yaml", "- a\n- b\n")
+    text = usage_error(hpcinfer("run", "list.yaml"))
+    assert "list.yaml" in text and "mapping" in text
+
+
+def test_run_missing_spec_file_exits_2(hpcinfer: Main) -> None:
+    text = usage_error(hpcinfer("run", "absent.yaml", "p.txt"))
+    assert "absent.yaml does not exist" in text
+
+
+def test_run_without_inputs_exits_2_with_a_hint(hpcinfer: Main) -> None:
+    text = usage_error(hpcinfer("run"))
+    assert "inputs.paths is empty" in text
+
+
+def test_run_into_another_specs_output_exits_2_mentioning_restart(hpcinfer: Main) -> None:
+    manifest = hpcinfer.cwd / "out" / "manifest.json"
+    write(manifest, json.dumps({"fingerprint": "other", "identity": {"model": "earlier"}}))
+    text = usage_error(hpcinfer("run", "p.txt", "--out", "out"))
+    assert "different spec" in text and "--restart" in text
+    assert json.loads(manifest.read_text())["fingerprint"] == "other"  # untouched
+
+
+@pytest.mark.parametrize("args", [["--frobnicate"], ["--max-tokens", "many"]])
+def test_run_bad_flag_is_a_usage_error_without_traceback(hpcinfer: Main, args: list[str]) -> None:
+    code, output = hpcinfer("run", "p.txt", *args)
+    assert code == 2, output
+    assert args[0] in output
+
+
+@pytest.mark.parametrize("pattern", ["prompts/[abc]*.in", "data/[/x]*.txt"])
+def test_error_messages_with_brackets_are_printed_verbatim(hpcinfer: Main, pattern: str) -> None:
+    text = usage_error(hpcinfer("run", pattern))
+    assert pattern in text
+
+
+def test_process_unknown_set_field_exits_2_with_message_and_no_traceback(
+    cli_process: subprocess.Popen[str],
+) -> None:
+    try:
+        output, _ = cli_process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        cli_process.kill()
+        output, _ = cli_process.communicate()
+    text = " ".join(output.split())
+    assert cli_process.returncode == 2, output
+    assert "error:" in text
+    assert "sampling.temprature: unknown field" in text
+    assert "temperature" in text
+    assert "Traceback" not in output
+    assert "engine modules: []" in text  # the CLI and the job module import no engine
