@@ -24,6 +24,8 @@ class Record:
     messages: list[Message] | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    max_tokens: int | None = None
+    """Per-record output budget (from `inputs.max_tokens_field`); None: the job's."""
 
     @property
     def where(self) -> str:

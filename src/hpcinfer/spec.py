@@ -83,6 +83,9 @@ class InputSpec(_Model):
     template: str | None = Field(
         None, description="Jinja2 template over the record's fields, or '@file.j2'."
     )
+    max_tokens_field: str | None = Field(
+        None, description="JSONL key / CSV column giving a record its own max_tokens."
+    )
 
 
 def _default_exports() -> list[ExportFormat]:
@@ -142,12 +145,17 @@ class JobSpec(_Model):
         return None if self.time_limit is None else parse_duration(self.time_limit)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that must not change when a run resumes (worker count, TP, exports may)."""
+        """The fields that must not change when a run resumes (worker count, TP, exports may).
+
+        Fields at their defaults are left out, so a later hpcinfer that adds a field (with a
+        default) still resumes the runs of an earlier one."""
         return {
             "model": self.model,
-            "engine": self.engine.model_dump(include={"dtype", "max_model_len", "extra"}),
-            "sampling": self.sampling.model_dump(),
-            "inputs": self.inputs.model_dump(),
+            "engine": self.engine.model_dump(
+                include={"dtype", "max_model_len", "extra"}, exclude_defaults=True
+            ),
+            "sampling": self.sampling.model_dump(exclude_defaults=True),
+            "inputs": self.inputs.model_dump(exclude_defaults=True),
             "unit_size": self.workers.unit_size,
         }
 

@@ -128,15 +128,15 @@ def test_time_limit_then_resume_completes(tmp_path: Path, cli_env: dict[str, str
 
 def test_changed_spec_is_refused_unless_restart(tmp_path: Path, cli_env: dict[str, str]) -> None:
     write_prompts(tmp_path / "prompts.txt", 5)
-    base = ["run", "prompts.txt", "--out", "out", "--workers", "1", "--max-tokens", "8", "--json"]
-    assert run_cli(base, cwd=tmp_path, env=cli_env).returncode == 0
-    changed = run_cli([*base[:-2], "--max-tokens", "9"], cwd=tmp_path, env=cli_env)
+    base = ["run", "prompts.txt", "--out", "out", "--workers", "1", "--json"]
+    assert run_cli([*base, "--max-tokens", "8"], cwd=tmp_path, env=cli_env).returncode == 0
+    changed = run_cli([*base, "--max-tokens", "9"], cwd=tmp_path, env=cli_env)
     assert changed.returncode == 2
     assert "different spec" in changed.stderr and "--restart" in changed.stderr
     assert "max_tokens" in changed.stderr
     (tmp_path / "prompts.txt").write_text("a new prompt\n", encoding="utf-8")
-    edited = run_cli(base, cwd=tmp_path, env=cli_env)
+    edited = run_cli([*base, "--max-tokens", "8"], cwd=tmp_path, env=cli_env)
     assert edited.returncode == 2 and "input_files" in edited.stderr
-    restarted = run_cli([*base, "--restart"], cwd=tmp_path, env=cli_env)
+    restarted = run_cli([*base, "--max-tokens", "8", "--restart"], cwd=tmp_path, env=cli_env)
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert len(read_rows(tmp_path / "out" / "results.jsonl")) == 1

@@ -330,3 +330,10 @@ def test_spec_json_schema_has_the_top_level_properties() -> None:
         "time_limit",
     }
     assert schema == JobSpec.model_json_schema()
+
+
+def test_identity_leaves_out_defaults_so_new_fields_do_not_break_resume() -> None:
+    identity = build_spec({"inputs": {"paths": ["p.txt"]}}).identity()
+    assert identity["inputs"] == {"paths": ["p.txt"]}
+    assert identity["sampling"] == {}
+    assert "max_tokens_field" not in identity["inputs"]

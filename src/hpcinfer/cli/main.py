@@ -55,6 +55,7 @@ _FLAG_FIELDS = {
     "prompt_field": "inputs.prompt_field",
     "id_field": "inputs.id_field",
     "template": "inputs.template",
+    "max_tokens_field": "inputs.max_tokens_field",
     "export": "output.exports",
     "include_prompt": "output.include_prompt",
     "workers": "workers.count",
@@ -179,6 +180,9 @@ def run(
     template: Annotated[
         str | None,
         typer.Option(help="Jinja2 prompt template over the record's fields, or @file.j2."),
+    ] = None,
+    max_tokens_field: Annotated[
+        str | None, typer.Option(help="JSONL key / CSV column with a record's own max_tokens.")
     ] = None,
     export: Annotated[
         list[str] | None,

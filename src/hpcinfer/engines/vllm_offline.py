@@ -123,6 +123,18 @@ class VllmOfflineEngine:
         _final_only(self._params)
         self._pending: dict[str, _Pending] = {}
         self._ids = itertools.count()
+        self._params_by_budget: dict[int, Any] = {}
+
+    def _params_for(self, max_tokens: int | None) -> Any:
+        """The job's sampling params, or a copy with a record's own max_tokens."""
+        if max_tokens is None or max_tokens == self._params.max_tokens:
+            return self._params
+        params = self._params_by_budget.get(max_tokens)
+        if params is None:
+            params = self._params.clone()
+            params.max_tokens = max_tokens
+            self._params_by_budget[max_tokens] = params
+        return params
 
     def submit(self, records: Sequence[Record]) -> list[Result]:
         rejected: list[Result] = []
@@ -147,7 +159,8 @@ class VllmOfflineEngine:
                 continue
             request_id = str(next(self._ids))
             try:
-                self._engine.add_request(request_id, {"prompt_token_ids": token_ids}, self._params)
+                params = self._params_for(record.max_tokens)
+                self._engine.add_request(request_id, {"prompt_token_ids": token_ids}, params)
             except (ValueError, TypeError) as exc:
                 rejected.append(
                     Result.failed(record.id, f"{record.where}: rejected by vLLM: {exc}")

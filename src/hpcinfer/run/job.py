@@ -22,6 +22,7 @@ from hpcinfer.engines.vllm_offline import EngineSetup, engine_env
 from hpcinfer.errors import EngineError, SpecError
 from hpcinfer.exitcodes import ExitCode
 from hpcinfer.inputs import PromptTemplate, display_name, expand_inputs, read_records
+from hpcinfer.inputs.options import apply_max_tokens_field
 from hpcinfer.outputs.exporters import export_all
 from hpcinfer.outputs.store import OutputStore, unit_file_name
 from hpcinfer.run.coordinator import Coordinator, WorkerHandle
@@ -107,6 +108,7 @@ def _units(spec: JobSpec, inputs: _Inputs, cwd: Path) -> Iterator[WorkUnit]:
         template=inputs.template,
         id_field=spec.inputs.id_field,
     )
+    records = apply_max_tokens_field(records, spec.inputs.max_tokens_field)
     return cut_units(mark_duplicates(records), spec.workers.unit_size)
 
 
