@@ -115,7 +115,10 @@ class WorkersSpec(_Model):
     placement: Literal["compact", "scatter"] = "compact"
     unit_size: int = Field(32, ge=1, description="Records per work unit (the grain of commit).")
     max_inflight: int | None = Field(
-        None, ge=1, description="Most records one worker has queued in its engine; default 256."
+        None,
+        ge=1,
+        description="Most records one worker has queued in its engine; "
+        "default: the engine's max_num_seqs plus two units.",
     )
 
 

@@ -26,9 +26,10 @@ def test_one_worker_big_job_gets_max_inflight() -> None:
     assert target(1_000_000, alive=1, max_inflight=64) == 64
 
 
-def test_one_worker_gets_half_of_what_is_left_below_the_cap() -> None:
-    assert target(300, alive=1) == 150
-    assert target(301, alive=1) == 151  # rounded up
+def test_a_lone_worker_gets_all_that_is_left_below_the_cap() -> None:
+    # no one to balance with: halving its share would only shrink its batches at the tail
+    assert target(300, alive=1) == 256
+    assert target(200, alive=1) == 200
 
 
 def test_two_workers_get_half_of_their_even_share() -> None:
@@ -114,15 +115,22 @@ def test_grant_respects_target_and_reports_more(tmp_path: Path) -> None:
 
 
 def test_grants_run_out_then_say_no_more(tmp_path: Path) -> None:
-    units = make_units(8, 4)
-    coord, ends = coordinator(tmp_path, units, 1, unit_size=4, max_inflight=64)
+    units = make_units(16, 4)
+    coord, ends = coordinator(tmp_path, units, 2, unit_size=4, max_inflight=64)
     _, payload = ask(coord, ends, 0)
-    assert [u.id for u in payload["units"]] == [units[0].id]  # half of what is left
+    assert [u.id for u in payload["units"]] == [units[0].id]  # half of its even share
     _, payload = ask(coord, ends, 0, inflight=4)
     assert payload == {"units": [], "more": True}  # holds its share already
-    _, payload = ask(coord, ends, 0, inflight=0)
+    _, payload = ask(coord, ends, 1, inflight=0)
     assert [u.id for u in payload["units"]] == [units[1].id]
-    _, payload = ask(coord, ends, 0, inflight=0)
+    _, payload = ask(coord, ends, 1, inflight=0)
+    assert [u.id for u in payload["units"]] == [units[2].id]
+    _, payload = ask(coord, ends, 1, inflight=0)
+    assert [u.id for u in payload["units"]] == [units[3].id]
+    _, payload = ask(coord, ends, 1, inflight=0)
+    assert payload == {"units": [], "more": True}  # worker 0 still holds a unit
+    coord.workers[0].assigned.clear()
+    _, payload = ask(coord, ends, 1, inflight=0)
     assert payload == {"units": [], "more": False}
 
 

@@ -27,8 +27,10 @@ ABORT_GRACE_S = 10.0
 
 
 def grant_target(*, unassigned: int, alive: int, unit_size: int, max_inflight: int) -> int:
-    """Records a worker may hold: half its even share of what is left, within [unit, max]."""
-    share = math.ceil(unassigned / (2 * max(1, alive)))
+    """Records a worker may hold: as many as keep its engine full, but with other workers
+    alive no more than half its even share of what is left (guided self-scheduling), so the
+    job's tail is spread over every worker. A lone worker has no one to balance with."""
+    share = unassigned if alive <= 1 else math.ceil(unassigned / (2 * alive))
     return max(unit_size, min(max_inflight, share))
 
 
@@ -55,7 +57,9 @@ class WorkerHandle:
 class CoordinatorResult:
     stopped_early: bool
     stop_reason: str | None
-    first_ready_s: float | None
+    generation_s: float | None
+    """From the first worker ready to the last unit committed: the generation window, free of
+    engine start-up and shutdown."""
 
 
 class Coordinator:
@@ -83,6 +87,7 @@ class Coordinator:
         self.aborting_since: float | None = None
         self.started = time.monotonic()
         self.first_ready: float | None = None
+        self.last_commit: float | None = None
 
     # -- signals ---------------------------------------------------------------------------
     def install_signal_handlers(self) -> Callable[[], None]:
@@ -119,8 +124,10 @@ class Coordinator:
             for conn in wait(conns, timeout=0.5):
                 worker = next(w for w in self.workers if w.conn is conn)
                 self._receive(worker)
-        first = None if self.first_ready is None else round(self.first_ready - self.started, 3)
-        return CoordinatorResult(self.stop_reason is not None, self.stop_reason, first)
+        window = None
+        if self.first_ready is not None and self.last_commit is not None:
+            window = round(self.last_commit - self.first_ready, 3)
+        return CoordinatorResult(self.stop_reason is not None, self.stop_reason, window)
 
     def _alive(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.alive]
@@ -154,6 +161,7 @@ class Coordinator:
         elif kind == "committed":
             worker.assigned.pop(payload["unit"], None)
             worker.committed_units += 1
+            self.last_commit = time.monotonic()
             if self.exhausted and not self.requeued and not self._someone_else_holds_work(None):
                 self._wake_waiting()
         elif kind == "failed":

@@ -32,7 +32,15 @@ from hpcinfer.run.runinfo import write_run_json
 from hpcinfer.run.worker import WorkerConfig
 from hpcinfer.spec import JobSpec, digest_identity
 
-DEFAULT_MAX_INFLIGHT = 256
+ENGINE_DEFAULT_MAX_NUM_SEQS = 256
+
+
+def max_inflight(spec: JobSpec) -> int:
+    """Default: the engine's batch plus two units, so a unit is always queued behind a full
+    batch and the engine never waits for the coordinator at a unit boundary."""
+    if spec.workers.max_inflight is not None:
+        return spec.workers.max_inflight
+    return (spec.engine.max_num_seqs or ENGINE_DEFAULT_MAX_NUM_SEQS) + 2 * spec.workers.unit_size
 
 
 @dataclass
@@ -57,6 +65,7 @@ class RunSummary:
     prompt_tokens: int
     output_tokens: int
     wall_s: float
+    generation_s: float | None
     output_tokens_per_s: float
     workers: list[dict[str, Any]]
     message: str = ""
@@ -171,7 +180,7 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
             pending,
             todo_records,
             unit_size=spec.workers.unit_size,
-            max_inflight=spec.workers.max_inflight or DEFAULT_MAX_INFLIGHT,
+            max_inflight=max_inflight(spec),
             on_progress=view.advance,
             time_limit_s=spec.time_limit_seconds(),
         )
@@ -207,7 +216,7 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
     ]
     this_run = sum(h.stats["records"] for h in handles)
     out_tokens_run = sum(h.stats["output_tokens"] for h in handles)
-    gen_wall = wall - (result.first_ready_s or 0.0) if result else wall
+    gen_s = result.generation_s if result and result.generation_s else None
     summary = RunSummary(
         status=status,
         exit_code=code,
@@ -220,7 +229,8 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
         prompt_tokens=counts["prompt_tokens"],
         output_tokens=counts["output_tokens"],
         wall_s=round(wall, 3),
-        output_tokens_per_s=round(out_tokens_run / gen_wall, 1) if gen_wall > 0 else 0.0,
+        generation_s=gen_s,
+        output_tokens_per_s=round(out_tokens_run / gen_s, 1) if gen_s else 0.0,
         workers=workers_info,
         message=message,
     )
@@ -317,7 +327,7 @@ def _spawn_worker(
             worker=index,
             setup=setup,
             out_dir=str(store.root),
-            max_inflight=spec.workers.max_inflight or DEFAULT_MAX_INFLIGHT,
+            max_inflight=max_inflight(spec),
         )
     )
     return WorkerHandle(index=index, proc=proc, conn=conn, log=log)
