@@ -386,3 +386,24 @@ def test_duplicate_id_across_units_in_flight_keeps_the_original_result(
     h.finish()
     assert h.store.read_unit(u0.id)[0]["status"] == "ok"
     assert h.store.read_unit(u1.id)[0]["status"] == "error"
+
+
+def test_a_refusal_that_arrives_after_the_units_committed_does_not_deadlock(
+    make: Callable[..., Harness],
+) -> None:
+    # Regression: the worker asked while holding a unit, the unit committed while the
+    # coordinator's "nothing now, more later" was on its way, and the worker then waited for
+    # a commit that could never come while the coordinator waited for a request.
+    h = make(per_poll=1, max_inflight=8).start()
+    assert h.recv() == ("want", {"inflight": 0})
+    first = unit("a.txt", 1, 4, 0)
+    h.send("units", {"units": [first], "more": True})
+    assert h.recv_kind() == ("want", {"inflight": 3})  # asks again while the unit runs
+    assert h.recv_kind() == ("committed", {"unit": first.id})  # ...and it commits
+    h.send("units", {"units": [], "more": True})  # the refusal of the earlier request
+    assert h.recv_kind() == ("want", {"inflight": 0}), "the worker must ask again"
+    second = unit("a.txt", 5, 2, 1)
+    h.send("units", {"units": [second], "more": False})
+    assert h.recv_kind() == ("committed", {"unit": second.id})
+    assert h.recv_kind()[0] == "bye"
+    h.finish()

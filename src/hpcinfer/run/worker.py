@@ -81,7 +81,12 @@ class Worker:
         self.tally = _Tally()
         self.last_progress = time.monotonic()
         self.asked = False
-        self.wait_for_commit = False
+        self.asked_inflight = 0
+        # In-flight count at which the coordinator last granted nothing: ask again once the
+        # worker holds less (something finished since), or when woken. Tracking the count,
+        # not "wait for the next commit", avoids a deadlock when units commit while the
+        # refusal is on its way.
+        self.refused_at: int | None = None
         self.no_more = False
         self.stopping = False
 
@@ -104,12 +109,15 @@ class Worker:
         self.conn.send(("bye", {}))
 
     def _maybe_ask(self) -> None:
-        if self.no_more or self.stopping or self.asked or self.wait_for_commit:
+        if self.no_more or self.stopping or self.asked:
             return
         inflight = self.inflight_records()
+        if self.refused_at is not None and inflight >= self.refused_at:
+            return
         if inflight < self.config.max_inflight:
             self.conn.send(("want", {"inflight": inflight}))
             self.asked = True
+            self.asked_inflight = inflight
 
     def _read_messages(self, block: bool) -> bool:
         """Handle coordinator messages; False when told to abort."""
@@ -121,11 +129,12 @@ class Worker:
                 self.asked = False
                 units: list[WorkUnit] = payload["units"]
                 self.no_more = not payload["more"]
-                self.wait_for_commit = not units and not self.no_more
+                refused = not units and not self.no_more
+                self.refused_at = self.asked_inflight if refused else None
                 for unit in units:
                     self._start(unit)
             elif kind == "wake":
-                self.wait_for_commit = False
+                self.refused_at = None
             elif kind == "stop":
                 self.stopping = True
             elif kind == "abort":
@@ -163,7 +172,6 @@ class Worker:
             for record, result in ordered
         ]
         self.store.commit(state.unit.id, rows)
-        self.wait_for_commit = False
         self._send_progress(force=True)
         self.conn.send(("committed", {"unit": state.unit.id}))
 
