@@ -61,7 +61,8 @@ class OutputStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.units_dir.mkdir(exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
-        self.write_manifest({"fingerprint": fingerprint, "identity": identity, "units": None})
+        if manifest is None:  # a resume keeps the plan it recorded (same fingerprint)
+            self.write_manifest({"fingerprint": fingerprint, "identity": identity, "units": None})
         return manifest is not None
 
     def clear(self) -> None:

@@ -167,7 +167,10 @@ class Coordinator:
         elif kind == "failed":
             worker.error = payload.get("error")
         elif kind == "bye":
+            # Done: everything it held is committed. Its exit is reaped after the exports,
+            # so engine shutdown overlaps them instead of delaying them.
             worker.clean_exit = True
+            worker.alive = False
 
     def _next_unit(self) -> WorkUnit | None:
         if self.requeued:

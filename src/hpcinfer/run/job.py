@@ -5,6 +5,7 @@ spec -> inputs -> plan (units; committed ones skipped) -> placement -> workers -
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -33,6 +34,7 @@ from hpcinfer.run.worker import WorkerConfig
 from hpcinfer.spec import JobSpec, digest_identity
 
 ENGINE_DEFAULT_MAX_NUM_SEQS = 256
+REAP_GRACE_S = 60.0
 
 
 def max_inflight(spec: JobSpec) -> int:
@@ -132,48 +134,60 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
     identity = spec.identity() | {"input_files": file_digests(inputs.files, inputs.names)}
     fingerprint = digest_identity(identity)
     resumed = store.prepare(fingerprint, identity, restart=options.restart)
-
-    # Pass 1: the plan, without holding prompts in memory.
-    summaries = [summarize(u) for u in _units(spec, inputs, cwd)]
-    committed = store.committed()
-    done = [s for s in summaries if unit_file_name(s.id) in committed]
-    todo_records = sum(s.size for s in summaries) - sum(s.size for s in done)
-    store.write_manifest(
-        {
-            "fingerprint": fingerprint,
-            "identity": identity,
-            "units": [
-                {"id": s.id, "file": unit_file_name(s.id), "records": s.size} for s in summaries
-            ],
-        }
-    )
     profile = resolve_profile(spec.workers.profile)
-    todo_units = len(summaries) - len(done)
     placement = plan_placement(
         profile,
         workers=spec.workers.count,
         tp=spec.engine.tensor_parallel_size,
         mode=spec.workers.placement,
     )
-    model_path, model_name = (
-        resolve_model(spec, cwd) if todo_units else ("", spec.model or TINY_MODEL_NAME)
-    )
-    n_workers = min(len(placement.placements), todo_units)
-    view = ProgressView(
-        total=sum(s.size for s in summaries),
-        done=sum(s.size for s in done),
-        quiet=options.quiet,
-    )
-    for warning in placement.warnings:
-        view.warn(warning)
-
-    handles: list[WorkerHandle] = []
+    # Workers start now and import vLLM while this process plans the job and finds the model.
+    n_spawn = len(placement.placements)
+    if resumed and (left := _units_left(store)) is not None:
+        n_spawn = min(n_spawn, left)  # a rerun of a finished job starts no engine
+    spawned = [_spawn_worker(i, placement, profile, spec, store) for i in range(n_spawn)]
+    handles = spawned
     result = None
     try:
-        handles = [
-            _spawn_worker(i, placement, profile, spec, store, model_path, model_name, n_workers)
-            for i in range(n_workers)
-        ]
+        # Pass 1: the plan, without holding prompts in memory.
+        summaries = [summarize(u) for u in _units(spec, inputs, cwd)]
+        committed = store.committed()
+        done = [s for s in summaries if unit_file_name(s.id) in committed]
+        todo_records = sum(s.size for s in summaries) - sum(s.size for s in done)
+        store.write_manifest(
+            {
+                "fingerprint": fingerprint,
+                "identity": identity,
+                "units": [
+                    {"id": s.id, "file": unit_file_name(s.id), "records": s.size} for s in summaries
+                ],
+            }
+        )
+        todo_units = len(summaries) - len(done)
+        model_path, model_name = (
+            resolve_model(spec, cwd) if todo_units else ("", spec.model or TINY_MODEL_NAME)
+        )
+        for surplus in spawned[todo_units:]:
+            _send_config(surplus, None)
+        handles = spawned[:todo_units]
+        for handle in handles:
+            setup = _engine_setup(spec, profile, model_path, model_name, len(handles))
+            _send_config(
+                handle,
+                WorkerConfig(
+                    worker=handle.index,
+                    setup=setup,
+                    out_dir=str(store.root),
+                    max_inflight=max_inflight(spec),
+                ),
+            )
+        view = ProgressView(
+            total=sum(s.size for s in summaries),
+            done=sum(s.size for s in done),
+            quiet=options.quiet,
+        )
+        for warning in placement.warnings:
+            view.warn(warning)
         pending = (u for u in _units(spec, inputs, cwd) if not store.is_committed(u.id))
         coordinator = Coordinator(
             handles,
@@ -190,14 +204,12 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
                 result = coordinator.run()
         finally:
             restore()
-    finally:
-        for handle in handles:
-            if handle.proc.poll() is None:
-                handle.proc.kill()
-                handle.proc.wait()
-            handle.conn.close()
+    except BaseException:
+        _reap(spawned, grace_s=0)
+        raise
 
     counts = export_all(store, [s.id for s in summaries], spec.output, out_dir)
+    _reap(spawned, grace_s=REAP_GRACE_S)
     complete = counts["records"] == sum(s.size for s in summaries)
     wall = time.monotonic() - started
     failures = [h for h in handles if not h.clean_exit]
@@ -279,17 +291,10 @@ def _log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join("  " + line for line in text[-lines:])
 
 
-def _spawn_worker(
-    index: int,
-    placement: PlacementPlan,
-    profile: HardwareProfile,
-    spec: JobSpec,
-    store: OutputStore,
-    model_path: str,
-    model_name: str,
-    n_workers: int,
-) -> WorkerHandle:
-    setup = EngineSetup(
+def _engine_setup(
+    spec: JobSpec, profile: HardwareProfile, model_path: str, model_name: str, n_workers: int
+) -> EngineSetup:
+    return EngineSetup(
         model_path=model_path,
         model_name=model_name,
         engine=spec.engine,
@@ -297,6 +302,16 @@ def _spawn_worker(
         on_cpu=profile.vendor == "cpu",
         workers_on_node=n_workers,
     )
+
+
+def _spawn_worker(
+    index: int,
+    placement: PlacementPlan,
+    profile: HardwareProfile,
+    spec: JobSpec,
+    store: OutputStore,
+) -> WorkerHandle:
+    """Start a worker bound to its devices; its configuration is sent once the job is planned."""
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -308,7 +323,7 @@ def _spawn_worker(
     affinity = _affinity(placement, index, profile)
     if affinity:
         env["HPCINFER_CPU_AFFINITY"] = affinity
-    env.update(engine_env(setup))
+    env.update(engine_env(_engine_setup(spec, profile, "", "", len(placement.placements))))
     parent_sock, child_sock = socket.socketpair()
     log = store.log_path(index)
     with log.open("ab") as log_handle:
@@ -321,16 +336,34 @@ def _spawn_worker(
             pass_fds=(child_sock.fileno(),),
         )
     child_sock.close()
-    conn = Connection(parent_sock.detach())
-    conn.send(
-        WorkerConfig(
-            worker=index,
-            setup=setup,
-            out_dir=str(store.root),
-            max_inflight=max_inflight(spec),
-        )
-    )
-    return WorkerHandle(index=index, proc=proc, conn=conn, log=log)
+    return WorkerHandle(index=index, proc=proc, conn=Connection(parent_sock.detach()), log=log)
+
+
+def _send_config(handle: WorkerHandle, config: WorkerConfig | None) -> None:
+    # A worker that died already is found by the coordinator (EOF on its connection).
+    with contextlib.suppress(OSError):
+        handle.conn.send(config)
+
+
+def _units_left(store: OutputStore) -> int | None:
+    """Units of the previous plan not yet committed (same fingerprint: same plan)."""
+    units = (store.read_manifest() or {}).get("units")
+    if not isinstance(units, list):
+        return None
+    committed = store.committed()
+    return sum(1 for u in units if isinstance(u, dict) and u.get("file") not in committed)
+
+
+def _reap(handles: list[WorkerHandle], grace_s: float) -> None:
+    """Wait for workers to exit (they close their engines), then kill any that hang."""
+    deadline = time.monotonic() + grace_s
+    for handle in handles:
+        try:
+            handle.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            handle.proc.kill()
+            handle.proc.wait()
+        handle.conn.close()
 
 
 def _affinity(placement: PlacementPlan, index: int, profile: HardwareProfile) -> str | None:

@@ -202,6 +202,20 @@ def _apply_affinity() -> None:
             os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
 
 
+def _preload_engine() -> None:
+    """Import vLLM (about 10 s) while the coordinator still plans the job, not after."""
+    with contextlib.suppress(Exception):
+        import vllm  # noqa: F401
+
+
+def _exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown of torch and vLLM (seconds, and nothing left
+    to save: every unit is committed and the engine is closed)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str]) -> int:
     _die_with_parent()
     # The coordinator decides when to stop (drain on the first signal, abort on the second);
@@ -211,10 +225,13 @@ def main(argv: list[str]) -> int:
     _apply_affinity()
     sock = socket.socket(fileno=int(argv[0]))
     conn = Connection(sock.detach())
+    _preload_engine()
     try:
-        config: WorkerConfig = conn.recv()
+        config: WorkerConfig | None = conn.recv()
     except EOFError:
         return 1
+    if config is None:  # more workers were started than the job has work for
+        return 0
     try:
         from hpcinfer.engines.vllm_offline import VllmOfflineEngine
 
@@ -231,6 +248,7 @@ def main(argv: list[str]) -> int:
         )
         Worker(conn, config, engine).serve()
         engine.close()
+        _exit_now(0)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return 1
     except BaseException as exc:  # report, then fail: the coordinator names this log
