@@ -190,3 +190,36 @@ def test_failed_export_leaves_no_half_text_file(store: OutputStore) -> None:
         export_all(store, ["u0", "u1"], OutputSpec(exports=["text"]), store.root)
     assert not (store.root / "results.jsonl").exists()
     assert not (store.root / "text" / "a.out").exists()
+
+
+def test_parquet_export_round_trips_rows_with_a_fixed_schema(store: OutputStore) -> None:
+    import importlib.util
+
+    from tests.conftest import require
+
+    require("pyarrow", importlib.util.find_spec("pyarrow") is not None, "pip install pyarrow")
+    import pyarrow.parquet as pq
+
+    store.commit("u0", [ok_row("a.in", 1, "a", "A", fields={"n": 1})])
+    store.commit("u1", [error_row("a.in", 2, "b", "bad JSON"), ok_row("a.in", 3, "c", "C")])
+    export_all(store, ["u0", "u1"], OutputSpec(exports=["jsonl", "parquet"]), store.root)
+    table = pq.read_table(store.root / "results.parquet")
+    rows = table.to_pylist()
+    assert [r["id"] for r in rows] == ["a.in:1", "a.in:2", "a.in:3"]
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert rows[1]["error"] == "bad JSON" and rows[1]["text"] is None
+    assert json.loads(rows[0]["fields"]) == {"n": 1}
+    assert "prompt" not in table.column_names  # like results.jsonl, unless asked
+    assert table.schema.field("line").type == "int64"
+
+
+def test_parquet_requested_without_pyarrow_fails_before_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hpcinfer.errors import SpecError
+    from hpcinfer.outputs import exporters
+
+    monkeypatch.setattr(exporters, "parquet_available", lambda: False)
+    with pytest.raises(SpecError, match="pyarrow"):
+        exporters.check_exports(OutputSpec(exports=["parquet"]))
+    exporters.check_exports(OutputSpec(exports=["jsonl", "text"]))  # fine without pyarrow

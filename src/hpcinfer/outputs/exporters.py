@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from hpcinfer.errors import SpecError
 from hpcinfer.outputs.atomic import atomic_writer
 from hpcinfer.outputs.store import OutputStore
 from hpcinfer.spec import OutputSpec
@@ -43,7 +44,7 @@ def export_all(
                     text_files[source] = stack.enter_context(atomic_writer(path))
                 text_files[source].write(seed_text_block(row))
     if "parquet" in spec.exports:
-        write_parquet(out_dir / "results.parquet", out_dir / "results.jsonl")
+        write_parquet(out_dir / "results.parquet", out_dir / "results.jsonl", spec.include_prompt)
     return counts
 
 
@@ -95,11 +96,49 @@ def seed_text_block(row: dict[str, Any]) -> str:
     return f"Prompt: {prompt!r}, Error: {row.get('error')!r}\n"
 
 
-def write_parquet(path: Path, jsonl: Path) -> None:
-    import pyarrow.json as pj
+def check_exports(spec: OutputSpec) -> None:
+    """Fail before any engine starts if an export cannot be written at the end."""
+    if "parquet" in spec.exports and not parquet_available():
+        raise SpecError(
+            "output.exports includes parquet but pyarrow is not installed; "
+            "pip install pyarrow (or pip install 'hpcinfer[parquet]'), or drop parquet"
+        )
+
+
+_PARQUET_BATCH = 10_000
+
+
+def write_parquet(path: Path, jsonl: Path, include_prompt: bool) -> None:
+    """results.jsonl as Parquet with a fixed schema (nested values as JSON text), streamed in
+    batches so millions of rows need little memory; written atomically."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pj.read_json(str(jsonl))
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, str(tmp))
+    columns = [
+        ("id", pa.string()), ("source", pa.string()), ("line", pa.int64()),
+        ("status", pa.string()), ("error", pa.string()), ("text", pa.string()),
+        ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()),
+        ("output_tokens", pa.int64()), ("latency_s", pa.float64()), ("ttft_s", pa.float64()),
+        ("worker", pa.int64()), ("model", pa.string()), ("fields", pa.string()),
+    ]  # fmt: skip
+    if include_prompt:
+        columns += [("prompt", pa.string()), ("messages", pa.string())]
+    schema = pa.schema(columns)
+    nested = {"fields", "messages"}
+    tmp = path.with_name(f".{path.name}.tmp")
+    with pq.ParquetWriter(str(tmp), schema) as writer, jsonl.open(encoding="utf-8") as handle:
+        batch: list[dict[str, Any]] = []
+        for line in handle:
+            row = json.loads(line)
+            batch.append(
+                {
+                    name: json.dumps(row[name]) if name in nested and name in row else row.get(name)
+                    for name, _ in columns
+                }
+            )
+            if len(batch) >= _PARQUET_BATCH:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                batch = []
+        if batch:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
     tmp.replace(path)

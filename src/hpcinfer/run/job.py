@@ -24,7 +24,7 @@ from hpcinfer.errors import EngineError, SpecError
 from hpcinfer.exitcodes import ExitCode
 from hpcinfer.inputs import PromptTemplate, display_name, expand_inputs, read_records
 from hpcinfer.inputs.options import apply_max_tokens_field
-from hpcinfer.outputs.exporters import export_all
+from hpcinfer.outputs.exporters import check_exports, export_all
 from hpcinfer.outputs.store import OutputStore, unit_file_name
 from hpcinfer.run.coordinator import Coordinator, WorkerHandle
 from hpcinfer.run.plan import WorkUnit, cut_units, file_digests, mark_duplicates, summarize
@@ -126,6 +126,7 @@ def _units(spec: JobSpec, inputs: _Inputs, cwd: Path) -> Iterator[WorkUnit]:
 def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
     started = time.monotonic()
     cwd = options.cwd
+    check_exports(spec.output)
     inputs = _open_inputs(spec, cwd)
     out_dir = Path(spec.output.dir)
     if not out_dir.is_absolute():
