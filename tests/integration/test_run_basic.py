@@ -89,3 +89,46 @@ def test_tsv_with_template_and_exact_lengths(tmp_path: Path, cli_env: dict[str, 
     assert rows[0]["fields"]["genome_id"] == "511145.12"  # no field is dropped (seed 001's bug)
     assert all(r["output_tokens"] == 12 and r["finish_reason"] == "length" for r in rows)
     assert all(re.fullmatch(r"genes\.tsv:\d+", r["id"]) for r in rows)
+
+
+def test_a_model_that_cannot_load_fails_fast_naming_the_log(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    (tmp_path / "p.txt").write_text("hello\n", encoding="utf-8")
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "not-a-model" / "config.json").write_text('{"model_type": "no-such-arch"}')
+    proc = run_cli(
+        ["run", "p.txt", "--model", "./not-a-model", "--out", "out", "--workers", "1"],
+        cwd=tmp_path,
+        env=cli_env,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "error:" in proc.stderr and "worker 0" in proc.stderr
+    assert "worker-0.log" in proc.stderr and "rerun to resume" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "out" / "logs" / "worker-0.log").stat().st_size > 0
+
+
+def test_a_directory_without_config_json_is_refused_before_start(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    (tmp_path / "p.txt").write_text("hello\n", encoding="utf-8")
+    (tmp_path / "empty").mkdir()
+    proc = run_cli(
+        ["run", "p.txt", "--model", "./empty", "--out", "out"], cwd=tmp_path, env=cli_env
+    )
+    assert proc.returncode == 2 and "no config.json" in proc.stderr
+
+
+def test_missing_input_and_bad_spec_fail_before_any_engine(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    missing = run_cli(["run", "nope.txt", "--out", "out"], cwd=tmp_path, env=cli_env)
+    assert missing.returncode == 2 and "nope.txt" in missing.stderr
+    assert not (tmp_path / "out" / "logs").exists()
+    (tmp_path / "job.yaml").write_text("sampling:\n  temprature: 0.5\n", encoding="utf-8")
+    bad = run_cli(["run", "job.yaml", "x.txt"], cwd=tmp_path, env=cli_env)
+    assert bad.returncode == 2
+    assert "sampling.temprature" in bad.stderr and "temperature" in bad.stderr
+    assert "Traceback" not in missing.stderr + bad.stderr

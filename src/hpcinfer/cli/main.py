@@ -318,7 +318,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # returns the code of a typer.Exit in this mode
     except HpcinferError as exc:
-        err.print("[bold red]error:[/bold red]", escape(str(exc)), highlight=False)
+        err.print("[bold red]error:[/bold red]", escape(str(exc)), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

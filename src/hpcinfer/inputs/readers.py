@@ -89,17 +89,25 @@ def _iter_records(plan: list[tuple[Path, str, str]], options: _Options) -> Itera
             yield from _read_table(path, source, _DELIMITERS[kind], options)
 
 
-def _read_text(path: Path, source: str, options: _Options) -> Iterator[Record]:
+def _decoded_lines(path: Path, source: str) -> Iterator[tuple[int, str | Record]]:
+    """(line number, text) per physical line; a line that is not UTF-8 comes as its error
+    record instead, so one bad line never stops the file."""
     with _open(path, source) as handle:
         for line_no, raw in _numbered(handle):
             try:
-                line = _decode(raw)
+                yield line_no, _decode(raw)
             except _BadRecord as bad:
-                yield _error(source, line_no, str(bad))
-                continue
-            line = _strip_newline(line)
-            if line.strip():
-                yield _text_record(line, source, line_no, options)
+                yield line_no, _error(source, line_no, str(bad))
+
+
+def _read_text(path: Path, source: str, options: _Options) -> Iterator[Record]:
+    for line_no, line in _decoded_lines(path, source):
+        if isinstance(line, Record):
+            yield line
+            continue
+        line = _strip_newline(line)
+        if line.strip():
+            yield _text_record(line, source, line_no, options)
 
 
 def _text_record(line: str, source: str, line_no: int, options: _Options) -> Record:
@@ -112,15 +120,10 @@ def _text_record(line: str, source: str, line_no: int, options: _Options) -> Rec
 
 
 def _read_jsonl(path: Path, source: str, options: _Options) -> Iterator[Record]:
-    with _open(path, source) as handle:
-        for line_no, raw in _numbered(handle):
-            try:
-                line = _decode(raw)
-            except _BadRecord as bad:
-                yield _error(source, line_no, str(bad))
-                continue
-            if not line.strip():
-                continue
+    for line_no, line in _decoded_lines(path, source):
+        if isinstance(line, Record):
+            yield line
+        elif line.strip():
             yield _jsonl_record(line, source, line_no, options)
 
 

@@ -94,6 +94,11 @@ def resolve_model(spec: JobSpec, cwd: Path) -> tuple[str, str]:
     if looks_like_path:
         if not candidate.is_dir():
             raise SpecError(f"model: {spec.model!r} is not a model directory (no such directory)")
+        if not (candidate / "config.json").exists() and not (candidate / "params.json").exists():
+            raise SpecError(
+                f"model: {spec.model!r} is not a model directory (no config.json in {candidate}); "
+                "point --model at the folder holding config.json and the weights"
+            )
         return str(candidate), spec.model
     return spec.model, spec.model
 
@@ -259,13 +264,14 @@ def _outcome(
     store: OutputStore,
 ) -> tuple[str, ExitCode, str]:
     if complete:
+        notes = [
+            f"worker {h.index} {h.error} (log: {h.log}); the other workers redid its units"
+            for h in failures
+        ]
         if counts["error"]:
-            return (
-                "finished_with_errors",
-                ExitCode.RECORD_ERRORS,
-                (f'{counts["error"]} record(s) failed; see rows with status "error"'),
-            )
-        return "ok", ExitCode.OK, ""
+            notes.insert(0, f'{counts["error"]} record(s) failed; see rows with status "error"')
+            return "finished_with_errors", ExitCode.RECORD_ERRORS, "; ".join(notes)
+        return "ok", ExitCode.OK, "; ".join(notes)
     if result is not None and result.stopped_early:
         return (
             "incomplete",
@@ -276,7 +282,10 @@ def _outcome(
             ),
         )
     details = "; ".join(f"worker {h.index}: {h.error} (log: {h.log})" for h in failures)
-    tail = _log_tail(failures[0].log) if failures else ""
+    # A worker that reported its error has said why; one that died silently (killed, out of
+    # memory, a crash in native code) is explained by the end of its log.
+    silent = [h for h in failures if (h.error or "").startswith("exited with code")]
+    tail = _log_tail(silent[0].log) if silent else ""
     raise EngineError(
         f"the run failed: {details or 'workers stopped before the work was done'}; committed "
         f"units in {store.root} are kept, rerun to resume"

@@ -26,6 +26,7 @@ class ProgressView:
     def __init__(self, *, total: int, done: int, quiet: bool) -> None:
         self.total = total
         self.done = done
+        self.initial_done = done
         self.errors = 0
         self.output_tokens = 0
         self.quiet = quiet
@@ -89,11 +90,21 @@ class ProgressView:
         elapsed = time.monotonic() - self.started
         return self.output_tokens / elapsed if elapsed > 0 else 0.0
 
+    def eta_s(self) -> float | None:
+        """Seconds left at this run's pace so far (None before the first records finish)."""
+        finished = self.done - self.initial_done
+        elapsed = time.monotonic() - self.started
+        if finished <= 0 or elapsed <= 0:
+            return None
+        return (self.total - self.done) / (finished / elapsed)
+
     def _plain_line(self) -> None:
         self.last_plain = time.monotonic()
+        eta = self.eta_s()
+        eta_text = "" if eta is None else f", ETA {int(eta) // 60}m{int(eta) % 60:02d}s"
         print(
             f"[hpcinfer] {self.done}/{self.total} records, {self.errors} errors, "
-            f"{self.rate():.0f} output tok/s",
+            f"{self.rate():.0f} output tok/s{eta_text}",
             file=sys.stderr,
             flush=True,
         )
