@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from pydantic import BaseModel
@@ -433,3 +434,16 @@ def test_process_unknown_set_field_exits_2_with_message_and_no_traceback(
     assert "temperature" in text
     assert "Traceback" not in output
     assert "engine modules: []" in text  # the CLI and the job module import no engine
+
+
+def test_version_flag_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import hpcinfer
+    from hpcinfer.cli.main import main
+
+    with (
+        mock.patch.object(sys, "argv", ["hpcinfer", "--version"]),
+        pytest.raises(SystemExit) as exit_info,
+    ):
+        main()
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hpcinfer {hpcinfer.__version__}"

@@ -26,6 +26,25 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
+
+def _version(value: bool) -> None:
+    if value:
+        from hpcinfer import __version__
+
+        print(f"hpcinfer {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """LLM batch inference, server fleets, benchmarks and profiling on HPC machines."""
+
+
 RUN_EPILOG = (
     "Exit codes: 0 all records ok; 3 finished, some records are error rows; "
     "4 incomplete (signal or --time-limit): rerun the same command to resume; "
