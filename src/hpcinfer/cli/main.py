@@ -6,6 +6,7 @@ Nothing heavy is imported at module level, so `hpcinfer --help` is instant.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -121,7 +122,7 @@ def _rebase_spec_paths(data: dict[str, Any], spec_dir: Path) -> None:
     def rebase(value: Any) -> Any:
         if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
             return value
-        return str(spec_dir / value)
+        return os.path.normpath(spec_dir / value)
 
     model = data.get("model")
     if isinstance(model, str) and model.startswith(("./", "../")):

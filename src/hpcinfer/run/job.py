@@ -27,7 +27,14 @@ from hpcinfer.inputs.options import apply_max_tokens_field
 from hpcinfer.outputs.exporters import check_exports, export_all
 from hpcinfer.outputs.store import OutputStore, unit_file_name
 from hpcinfer.run.coordinator import Coordinator, WorkerHandle
-from hpcinfer.run.plan import WorkUnit, cut_units, file_digests, mark_duplicates, summarize
+from hpcinfer.run.plan import (
+    UnitSummary,
+    WorkUnit,
+    cut_units,
+    file_digests,
+    mark_duplicates,
+    summarize,
+)
 from hpcinfer.run.progress import ProgressView
 from hpcinfer.run.runinfo import write_run_json
 from hpcinfer.run.worker import WorkerConfig
@@ -81,6 +88,55 @@ class _Inputs:
     files: list[Path]
     names: list[str]
     template: PromptTemplate | None
+
+
+PLAN_FIRST_BYTES = 8 << 20
+
+
+@dataclass
+class _Plan:
+    summaries: list[UnitSummary]
+    done: list[UnitSummary]
+
+    @property
+    def todo_units(self) -> int:
+        return len(self.summaries) - len(self.done)
+
+    @property
+    def todo_records(self) -> int:
+        return sum(s.size for s in self.summaries) - sum(s.size for s in self.done)
+
+
+def _is_small(inputs: _Inputs) -> bool:
+    return sum(f.stat().st_size for f in inputs.files) <= PLAN_FIRST_BYTES
+
+
+def _make_plan(
+    spec: JobSpec, inputs: _Inputs, cwd: Path, store: OutputStore, identity: dict[str, Any]
+) -> _Plan:
+    """Pass 1: every unit's id and size, without holding prompts; recorded in the manifest."""
+    summaries = [summarize(u) for u in _units(spec, inputs, cwd)]
+    committed = store.committed()
+    store.write_manifest(
+        {
+            "fingerprint": digest_identity(identity),
+            "identity": identity,
+            "units": [
+                {"id": s.id, "file": unit_file_name(s.id), "records": s.size} for s in summaries
+            ],
+        }
+    )
+    return _Plan(summaries, [s for s in summaries if unit_file_name(s.id) in committed])
+
+
+def _placement(spec: JobSpec, profile: HardwareProfile, units_left: int | None) -> PlacementPlan:
+    """One worker per device group, or fewer (with more devices each on CPU) when the job
+    has fewer units than that and the user did not fix the count."""
+    tp, mode = spec.engine.tensor_parallel_size, spec.workers.placement
+    placement = plan_placement(profile, workers=spec.workers.count, tp=tp, mode=mode)
+    if spec.workers.count is None and units_left and units_left < len(placement.placements):
+        placement = plan_placement(profile, workers=units_left, tp=tp, mode=mode)
+    return placement
 
 
 def resolve_model(spec: JobSpec, cwd: Path) -> tuple[str, str]:
@@ -141,35 +197,23 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
     fingerprint = digest_identity(identity)
     resumed = store.prepare(fingerprint, identity, restart=options.restart)
     profile = resolve_profile(spec.workers.profile)
-    placement = plan_placement(
-        profile,
-        workers=spec.workers.count,
-        tp=spec.engine.tensor_parallel_size,
-        mode=spec.workers.placement,
-    )
-    # Workers start now and import vLLM while this process plans the job and finds the model.
+    # Small inputs are planned first (milliseconds), so a small job starts only the workers
+    # it can use, each with more devices; large ones are planned while the workers start.
+    plan = _make_plan(spec, inputs, cwd, store, identity) if _is_small(inputs) else None
+    units_left = plan.todo_units if plan else (_units_left(store) if resumed else None)
+    placement = _placement(spec, profile, units_left)
     n_spawn = len(placement.placements)
-    if resumed and (left := _units_left(store)) is not None:
-        n_spawn = min(n_spawn, left)  # a rerun of a finished job starts no engine
+    if units_left is not None:
+        n_spawn = min(n_spawn, units_left)  # a rerun of a finished job starts no engine
+    # Workers start now and import vLLM while this process plans the job and finds the model.
     spawned = [_spawn_worker(i, placement, profile, spec, store) for i in range(n_spawn)]
     handles = spawned
     result = None
     try:
-        # Pass 1: the plan, without holding prompts in memory.
-        summaries = [summarize(u) for u in _units(spec, inputs, cwd)]
-        committed = store.committed()
-        done = [s for s in summaries if unit_file_name(s.id) in committed]
-        todo_records = sum(s.size for s in summaries) - sum(s.size for s in done)
-        store.write_manifest(
-            {
-                "fingerprint": fingerprint,
-                "identity": identity,
-                "units": [
-                    {"id": s.id, "file": unit_file_name(s.id), "records": s.size} for s in summaries
-                ],
-            }
-        )
-        todo_units = len(summaries) - len(done)
+        if plan is None:
+            plan = _make_plan(spec, inputs, cwd, store, identity)
+        summaries, done, todo_units = plan.summaries, plan.done, plan.todo_units
+        todo_records = plan.todo_records
         model_path, model_name = (
             resolve_model(spec, cwd) if todo_units else ("", spec.model or TINY_MODEL_NAME)
         )

@@ -33,6 +33,7 @@ class ProgressView:
         self.console = Console(stderr=True)
         self.started = time.monotonic()
         self.last_plain = 0.0
+        self.last_plain_done = -1
         self._progress: Progress | None = None
         self._task: TaskID | None = None
 
@@ -71,7 +72,7 @@ class ProgressView:
     ) -> None:
         if self._progress is not None:
             self._progress.stop()
-        elif not self.quiet:
+        elif not self.quiet and self.done != self.last_plain_done:
             self._plain_line()
 
     def advance(self, stats: dict[str, int]) -> None:
@@ -100,6 +101,7 @@ class ProgressView:
 
     def _plain_line(self) -> None:
         self.last_plain = time.monotonic()
+        self.last_plain_done = self.done
         eta = self.eta_s()
         eta_text = "" if eta is None else f", ETA {int(eta) // 60}m{int(eta) % 60:02d}s"
         print(
