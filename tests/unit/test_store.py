@@ -181,3 +181,30 @@ def test_restart_recovers_from_a_corrupt_manifest(store: OutputStore) -> None:
 def test_log_path_is_per_worker(store: OutputStore) -> None:
     assert store.log_path(3) == store.logs_dir / "worker-3.log"
     assert store.log_path(0) != store.log_path(1)
+
+
+def test_prepare_removes_temp_files_of_commits_cut_short(tmp_path: Path) -> None:
+    store = OutputStore(tmp_path / "out")
+    store.prepare("fp", {}, restart=False)
+    stale = store.units_dir / ".abc.jsonl.x1y2.tmp"
+    stale.write_text('{"id": "half"', encoding="utf-8")
+    assert store.prepare("fp", {}, restart=False) is True
+    assert not stale.exists()
+
+
+def test_a_second_run_on_the_same_directory_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = OutputStore(out)
+    holder.lock()  # held by this process while `holder` lives
+    code = (
+        "import sys; from pathlib import Path; from hpcinfer.outputs.store import OutputStore\n"
+        "try:\n    OutputStore(Path(sys.argv[1])).lock()\n"
+        "except Exception as exc:\n    print(exc); sys.exit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
+    assert proc.returncode == 3
+    assert "in use by another hpcinfer run" in proc.stdout and "pid" in proc.stdout
+    del holder

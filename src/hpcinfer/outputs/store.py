@@ -13,12 +13,15 @@ Layout of an output directory:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import shutil
+import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hpcinfer.errors import ResumeConflictError
 from hpcinfer.outputs.atomic import atomic_writer, write_text_atomic
@@ -26,6 +29,7 @@ from hpcinfer.outputs.atomic import atomic_writer, write_text_atomic
 MANIFEST = "manifest.json"
 UNITS_DIR = "units"
 LOGS_DIR = "logs"
+LOCK_FILE = ".lock"
 _EXPORT_FILES = ("results.jsonl", "results.parquet", "run.json")
 _EXPORT_DIRS = ("text",)
 
@@ -40,8 +44,34 @@ class OutputStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._lock_handle: IO[str] | None = None
         self.units_dir = root / UNITS_DIR
         self.logs_dir = root / LOGS_DIR
+
+    def lock(self) -> None:
+        """Hold the directory for this run: a second run on it would interleave commits.
+
+        An flock on `.lock`, released when this process exits (even by kill -9). On file
+        systems without flock (some Lustre mounts) the run goes on unlocked."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = (self.root / LOCK_FILE).open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ResumeConflictError(
+                f"{self.root} is in use by another hpcinfer run ({holder}); wait for it to "
+                "end, or choose another --out"
+            ) from None
+        except OSError:
+            return  # no flock support here
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._lock_handle = handle
 
     def prepare(self, fingerprint: str, identity: dict[str, Any], *, restart: bool) -> bool:
         """Claim the directory for a spec; return True when this resumes an earlier run.
@@ -61,6 +91,8 @@ class OutputStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.units_dir.mkdir(exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
+        for stale in self.units_dir.glob(".*.tmp"):  # commits cut short by a kill
+            stale.unlink(missing_ok=True)
         if manifest is None:  # a resume keeps the plan it recorded (same fingerprint)
             self.write_manifest({"fingerprint": fingerprint, "identity": identity, "units": None})
         return manifest is not None

@@ -195,6 +195,7 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
     store = OutputStore(out_dir)
     identity = spec.identity() | {"input_files": file_digests(inputs.files, inputs.names)}
     fingerprint = digest_identity(identity)
+    store.lock()
     resumed = store.prepare(fingerprint, identity, restart=options.restart)
     profile = resolve_profile(spec.workers.profile)
     # Small inputs are planned first (milliseconds), so a small job starts only the workers
