@@ -11,19 +11,18 @@ the command is missing or fails, so tests fake the machine without touching it.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from hpcinfer.cluster.hardware import HardwareProfile, load_profile
-
-Runner = Callable[[list[str]], str | None]
+from hpcinfer.cluster.probe import (
+    Runner,
+    run_probe,
+)
 
 PROFILE_ENV = "HPCINFER_PROFILE"
 I915_DRIVER_DIR = Path("/sys/module/i915/drivers/pci:i915")
 KFD_DEVICE = Path("/dev/kfd")
-_COMMAND_TIMEOUT_S = 20.0
 
 # Markers of a multi-tile Intel part (Data Center GPU Max / Ponte Vecchio, PCI ids 0x0bd*)
 # in `udevadm info` output or the sysfs `device` file. Anything else counts as one tile.
@@ -31,17 +30,7 @@ _MULTI_TILE_MARKERS = ("Max", "PVC", "Ponte Vecchio")
 _MULTI_TILE_PCI_IDS = ("0x0bd", ":0bd")
 
 
-def _run(cmd: list[str]) -> str | None:
-    """Run a probe command; stdout on success, None if it is missing, fails or hangs."""
-    if shutil.which(cmd[0]) is None:
-        return None
-    try:
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout if done.returncode == 0 else None
+_run = run_probe
 
 
 def _detect_nvidia(runner: Runner, _i915: Path) -> HardwareProfile | None:
