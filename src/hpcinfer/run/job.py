@@ -369,7 +369,6 @@ def _spawn_worker(
     """Start a worker bound to its devices; its configuration is sent once the job is planned."""
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
     for key, value in placement.placements[index].env.items():
         if value is None:
             env.pop(key, None)
