@@ -32,6 +32,7 @@ class ProgressView:
         self.quiet = quiet
         self.console = Console(stderr=True)
         self.started = time.monotonic()
+        self.first_progress: float | None = None
         self.last_plain = 0.0
         self.last_plain_done = -1
         self._progress: Progress | None = None
@@ -77,6 +78,8 @@ class ProgressView:
 
     def advance(self, stats: dict[str, int]) -> None:
         """Called with each worker's progress message (counts since its last message)."""
+        if self.first_progress is None:
+            self.first_progress = time.monotonic()
         self.done += stats.get("records", 0)
         self.errors += stats.get("errors", 0)
         self.output_tokens += stats.get("output_tokens", 0)
@@ -88,7 +91,10 @@ class ProgressView:
             self._plain_line()
 
     def rate(self) -> float:
-        elapsed = time.monotonic() - self.started
+        """Output tokens/s since the first records finished (engine start-up excluded)."""
+        if self.first_progress is None:
+            return 0.0
+        elapsed = time.monotonic() - self.first_progress
         return self.output_tokens / elapsed if elapsed > 0 else 0.0
 
     def eta_s(self) -> float | None:
