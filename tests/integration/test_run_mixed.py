@@ -13,7 +13,7 @@ from tests.conftest import read_rows, run_cli, write_prompts
 
 pytestmark = pytest.mark.integration
 
-N_TEXT = 300
+N_TEXT = 400
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def mixed_run(tmp_path_factory: pytest.TempPathFactory, cli_env: dict[str, str])
             "--max-model-len",
             "256",
             "--max-tokens",
-            "32",
+            "64",
             "--ignore-eos",
             "--unit-size",
             "8",
@@ -100,7 +100,7 @@ def test_every_record_appears_once_in_input_order(mixed_run: dict[str, Any]) -> 
 def test_good_records_complete_with_exact_lengths(mixed_run: dict[str, Any]) -> None:
     ok = [r for r in mixed_run["rows"] if r["status"] == "ok"]
     assert len(ok) == N_TEXT + 3 + 2
-    assert all(r["output_tokens"] == 32 and r["prompt_tokens"] > 0 for r in ok)
+    assert all(r["output_tokens"] == 64 and r["prompt_tokens"] > 0 for r in ok)
     by_id = _by_id(mixed_run["rows"])
     assert by_id["c2"][0]["status"] == "ok" and by_id["c2"][0]["text"]
     assert by_id["p1"][0]["fields"] == {"topic": "hpc"}
