@@ -28,7 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from hpcinfer.cluster import plan_placement, resolve_profile  # noqa: E402
+from hpcinfer.cluster import apply_env, cpu_affinity, plan_placement, resolve_profile  # noqa: E402
 from hpcinfer.engines.tiny_model import ensure_tiny_model  # noqa: E402
 from hpcinfer.engines.vllm_offline import EngineSetup, engine_env, llm_kwargs  # noqa: E402
 from hpcinfer.spec import EngineSpec, SamplingSpec  # noqa: E402
@@ -43,13 +43,7 @@ def prompt(i: int) -> str:
 def worker_env(workers: int, index: int) -> dict[str, str]:
     """The environment hpcinfer gives worker `index` of `workers` on this machine."""
     plan = plan_placement(resolve_profile(None), workers=workers)
-    env = dict(os.environ)
-    for key, value in plan.placements[index].env.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
+    return apply_env(os.environ, plan.placements[index].env)
 
 
 def plain_run(
@@ -59,12 +53,8 @@ def plain_run(
         model, "tiny", EngineSpec(), SamplingSpec(), on_cpu=True, workers_on_node=workers
     )
     env = worker_env(workers, index) | engine_env(setup)
-    cores = [
-        d.index
-        for d in plan_placement(resolve_profile(None), workers=workers)
-        .placements[index]
-        .group.devices
-    ]
+    group = plan_placement(resolve_profile(None), workers=workers).placements[index].group
+    cores = sorted(cpu_affinity(group) or ())
     cmd = [
         "taskset",
         "-c",

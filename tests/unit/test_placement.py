@@ -293,3 +293,12 @@ def test_cpu_affinity_is_none_for_gpu_groups() -> None:
 )
 def test_format_core_list(cores: list[int], text: str) -> None:
     assert format_core_list(cores) == text
+
+
+def test_apply_env_sets_values_and_unsets_none() -> None:
+    from hpcinfer.cluster import apply_env
+
+    base = {"ZE_AFFINITY_MASK": "5", "EnableWalkerPartition": "1", "PATH": "/bin"}
+    env = apply_env(base, {"ZE_AFFINITY_MASK": "0.0", "EnableWalkerPartition": None})
+    assert env == {"ZE_AFFINITY_MASK": "0.0", "PATH": "/bin"}
+    assert base["EnableWalkerPartition"] == "1"  # the base is not changed

@@ -208,3 +208,15 @@ def test_a_second_run_on_the_same_directory_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 3
     assert "in use by another hpcinfer run" in proc.stdout and "pid" in proc.stdout
     del holder
+
+
+def test_recorded_plan_tells_a_resume_how_many_units_are_left(tmp_path: Path) -> None:
+    store = OutputStore(tmp_path / "out")
+    assert store.prepare("fp", {"model": None}, restart=False) is False
+    assert store.units_left() is None  # no plan recorded yet
+    store.record_plan([("a.in:1-2", 2), ("a.in:3-4", 2)])
+    manifest = store.read_manifest() or {}
+    assert manifest["fingerprint"] == "fp" and manifest["identity"] == {"model": None}
+    assert store.units_left() == 2
+    store.commit("a.in:1-2", [{"id": "a"}, {"id": "b"}])
+    assert OutputStore(tmp_path / "out").units_left() == 1

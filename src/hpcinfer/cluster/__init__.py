@@ -1,6 +1,12 @@
 """Hardware profiles, local detection, and placement of workers onto a node's devices."""
 
-from hpcinfer.cluster.binding import binding_env, cpu_affinity, device_env, format_core_list
+from hpcinfer.cluster.binding import (
+    apply_env,
+    binding_env,
+    cpu_affinity,
+    device_env,
+    format_core_list,
+)
 from hpcinfer.cluster.detect import PROFILE_ENV, detect_local
 from hpcinfer.cluster.hardware import HardwareProfile, list_profiles, load_profile, resolve_profile
 from hpcinfer.cluster.placement import (
@@ -20,6 +26,7 @@ __all__ = [
     "HardwareProfile",
     "Placement",
     "PlacementPlan",
+    "apply_env",
     "binding_env",
     "cpu_affinity",
     "detect_local",

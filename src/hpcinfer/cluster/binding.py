@@ -8,7 +8,7 @@ the job script would otherwise win).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from hpcinfer.errors import HardwareError
@@ -121,6 +121,17 @@ def binding_env(profile: HardwareProfile, group: DeviceGroup, tp: int) -> Bindin
     """
     env: BindingEnv = dict(profile.env)
     env.update(device_env(profile, group, tp))
+    return env
+
+
+def apply_env(base: Mapping[str, str], changes: BindingEnv) -> dict[str, str]:
+    """`base` with a binding applied: a value sets the variable, None removes it."""
+    env = dict(base)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 

@@ -45,6 +45,7 @@ class OutputStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock_handle: IO[str] | None = None
+        self._claim: dict[str, Any] = {}
         self.units_dir = root / UNITS_DIR
         self.logs_dir = root / LOGS_DIR
 
@@ -93,6 +94,7 @@ class OutputStore:
         self.logs_dir.mkdir(exist_ok=True)
         for stale in self.units_dir.glob(".*.tmp"):  # commits cut short by a kill
             stale.unlink(missing_ok=True)
+        self._claim = {"fingerprint": fingerprint, "identity": identity}
         if manifest is None:  # a resume keeps the plan it recorded (same fingerprint)
             self.write_manifest({"fingerprint": fingerprint, "identity": identity, "units": None})
         return manifest is not None
@@ -122,6 +124,26 @@ class OutputStore:
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_text_atomic(self.root / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+
+    def record_plan(self, units: Iterable[tuple[str, int]]) -> None:
+        """Write the plan (unit ids and sizes) into the manifest of the spec claimed by
+        prepare(); a resume reads it back through units_left()."""
+        self.write_manifest(
+            self._claim
+            | {
+                "units": [
+                    {"id": uid, "file": unit_file_name(uid), "records": n} for uid, n in units
+                ]
+            }
+        )
+
+    def units_left(self) -> int | None:
+        """Units of the recorded plan not committed yet; None when no plan is recorded."""
+        units = (self.read_manifest() or {}).get("units")
+        if not isinstance(units, list):
+            return None
+        committed = self.committed()
+        return sum(1 for u in units if isinstance(u, dict) and u.get("file") not in committed)
 
     def committed(self) -> set[str]:
         """File names of committed units (temp files of interrupted commits are ignored)."""

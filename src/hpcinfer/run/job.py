@@ -17,7 +17,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from hpcinfer.cluster import HardwareProfile, PlacementPlan, plan_placement, resolve_profile
+from hpcinfer.cluster import (
+    HardwareProfile,
+    PlacementPlan,
+    apply_env,
+    cpu_affinity,
+    plan_placement,
+    resolve_profile,
+)
 from hpcinfer.engines.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
 from hpcinfer.engines.vllm_offline import EngineSetup, engine_env
 from hpcinfer.errors import EngineError, SpecError
@@ -103,29 +110,23 @@ class _Plan:
         return len(self.summaries) - len(self.done)
 
     @property
+    def total_records(self) -> int:
+        return sum(s.size for s in self.summaries)
+
+    @property
     def todo_records(self) -> int:
-        return sum(s.size for s in self.summaries) - sum(s.size for s in self.done)
+        return self.total_records - sum(s.size for s in self.done)
 
 
 def _is_small(inputs: _Inputs) -> bool:
     return sum(f.stat().st_size for f in inputs.files) <= PLAN_FIRST_BYTES
 
 
-def _make_plan(
-    spec: JobSpec, inputs: _Inputs, cwd: Path, store: OutputStore, identity: dict[str, Any]
-) -> _Plan:
+def _make_plan(spec: JobSpec, inputs: _Inputs, cwd: Path, store: OutputStore) -> _Plan:
     """Pass 1: every unit's id and size, without holding prompts; recorded in the manifest."""
     summaries = [summarize(u) for u in _units(spec, inputs, cwd)]
+    store.record_plan((s.id, s.size) for s in summaries)
     committed = store.committed()
-    store.write_manifest(
-        {
-            "fingerprint": digest_identity(identity),
-            "identity": identity,
-            "units": [
-                {"id": s.id, "file": unit_file_name(s.id), "records": s.size} for s in summaries
-            ],
-        }
-    )
     return _Plan(summaries, [s for s in summaries if unit_file_name(s.id) in committed])
 
 
@@ -194,14 +195,13 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
         out_dir = cwd / out_dir
     store = OutputStore(out_dir)
     identity = spec.identity() | {"input_files": file_digests(inputs.files, inputs.names)}
-    fingerprint = digest_identity(identity)
     store.lock()
-    resumed = store.prepare(fingerprint, identity, restart=options.restart)
+    resumed = store.prepare(digest_identity(identity), identity, restart=options.restart)
     profile = resolve_profile(spec.workers.profile)
     # Small inputs are planned first (milliseconds), so a small job starts only the workers
     # it can use, each with more devices; large ones are planned while the workers start.
-    plan = _make_plan(spec, inputs, cwd, store, identity) if _is_small(inputs) else None
-    units_left = plan.todo_units if plan else (_units_left(store) if resumed else None)
+    plan = _make_plan(spec, inputs, cwd, store) if _is_small(inputs) else None
+    units_left = plan.todo_units if plan else (store.units_left() if resumed else None)
     placement = _placement(spec, profile, units_left)
     n_spawn = len(placement.placements)
     if units_left is not None:
@@ -212,7 +212,7 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
     result = None
     try:
         if plan is None:
-            plan = _make_plan(spec, inputs, cwd, store, identity)
+            plan = _make_plan(spec, inputs, cwd, store)
         summaries, done, todo_units = plan.summaries, plan.done, plan.todo_units
         todo_records = plan.todo_records
         model_path, model_name = (
@@ -233,7 +233,7 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
                 ),
             )
         view = ProgressView(
-            total=sum(s.size for s in summaries),
+            total=plan.total_records,
             done=sum(s.size for s in done),
             quiet=options.quiet,
         )
@@ -261,7 +261,7 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
 
     counts = export_all(store, [s.id for s in summaries], spec.output, out_dir)
     _reap(spawned, grace_s=REAP_GRACE_S)
-    complete = counts["records"] == sum(s.size for s in summaries)
+    complete = counts["records"] == plan.total_records
     wall = time.monotonic() - started
     failures = [h for h in handles if not h.clean_exit]
     status, code, message = _outcome(complete, counts, result, failures, store)
@@ -284,7 +284,7 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
         status=status,
         exit_code=code,
         out_dir=str(out_dir),
-        records_total=sum(s.size for s in summaries),
+        records_total=plan.total_records,
         records_ok=counts["ok"],
         records_failed=counts["error"],
         records_this_run=this_run,
@@ -367,16 +367,11 @@ def _spawn_worker(
     store: OutputStore,
 ) -> WorkerHandle:
     """Start a worker bound to its devices; its configuration is sent once the job is planned."""
-    env = dict(os.environ)
+    env = apply_env(os.environ, placement.placements[index].env)
     env.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
-    for key, value in placement.placements[index].env.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    affinity = _affinity(placement, index, profile)
-    if affinity:
-        env["HPCINFER_CPU_AFFINITY"] = affinity
+    cores = cpu_affinity(placement.placements[index].group)
+    if cores:
+        env["HPCINFER_CPU_AFFINITY"] = ",".join(str(c) for c in sorted(cores))
     env.update(engine_env(_engine_setup(spec, profile, "", "", len(placement.placements))))
     parent_sock, child_sock = socket.socketpair()
     log = store.log_path(index)
@@ -399,15 +394,6 @@ def _send_config(handle: WorkerHandle, config: WorkerConfig | None) -> None:
         handle.conn.send(config)
 
 
-def _units_left(store: OutputStore) -> int | None:
-    """Units of the previous plan not yet committed (same fingerprint: same plan)."""
-    units = (store.read_manifest() or {}).get("units")
-    if not isinstance(units, list):
-        return None
-    committed = store.committed()
-    return sum(1 for u in units if isinstance(u, dict) and u.get("file") not in committed)
-
-
 def _reap(handles: list[WorkerHandle], grace_s: float) -> None:
     """Wait for workers to exit (they close their engines), then kill any that hang."""
     deadline = time.monotonic() + grace_s
@@ -418,10 +404,3 @@ def _reap(handles: list[WorkerHandle], grace_s: float) -> None:
             handle.proc.kill()
             handle.proc.wait()
         handle.conn.close()
-
-
-def _affinity(placement: PlacementPlan, index: int, profile: HardwareProfile) -> str | None:
-    if profile.vendor != "cpu":
-        return None
-    cores = [d.index for d in placement.placements[index].group.devices]
-    return ",".join(str(c) for c in cores)
