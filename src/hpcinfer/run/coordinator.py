@@ -41,7 +41,6 @@ class WorkerHandle:
     conn: Connection
     log: Path
     assigned: dict[str, WorkUnit] = field(default_factory=dict)
-    ready: bool = False
     alive: bool = True
     clean_exit: bool = False
     error: str | None = None
@@ -148,7 +147,6 @@ class Coordinator:
             self._lost(worker)
             return
         if kind == "ready":
-            worker.ready = True
             worker.startup_s = payload.get("startup_s")
             if self.first_ready is None:
                 self.first_ready = time.monotonic()

@@ -237,15 +237,7 @@ def main(argv: list[str]) -> int:
 
         started = time.monotonic()
         engine = VllmOfflineEngine(config.setup)
-        conn.send(
-            (
-                "ready",
-                {
-                    "startup_s": round(time.monotonic() - started, 3),
-                    "max_model_len": engine.max_model_len,
-                },
-            )
-        )
+        conn.send(("ready", {"startup_s": round(time.monotonic() - started, 3)}))
         Worker(conn, config, engine).serve()
         engine.close()
         _exit_now(0)
