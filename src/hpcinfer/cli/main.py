@@ -333,6 +333,17 @@ def spec(
         print(json.dumps(JobSpec().model_dump(mode="json"), indent=1))
 
 
+def _register_commands() -> None:
+    """Commands that live in their own modules (each imports nothing heavy at module level)."""
+    from hpcinfer.cli import stage_cmds, submit_cmds
+
+    submit_cmds.register(app)
+    stage_cmds.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Console entry point: errors hpcinfer raises on purpose print without a traceback."""
     try:
