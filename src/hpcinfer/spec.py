@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hpcinfer.errors import SpecError
+from hpcinfer.submit.options import JobScriptSpec
 
 DEFAULT_MAX_TOKENS = 256
 """Explicit, documented default: vLLM's own default (16) silently truncates answers."""
@@ -96,6 +97,12 @@ class OutputSpec(_Model):
     """Where results go and which exports are written at the end."""
 
     dir: str = "hpcinfer-out"
+    local_dir: str | None = Field(
+        None,
+        description="Node-local directory (e.g. /dev/shm/hpcinfer) where workers commit units "
+        "first; each committed unit then moves to `dir`, so engines never wait on the shared "
+        "file system.",
+    )
     exports: list[ExportFormat] = Field(default_factory=_default_exports)
     include_prompt: bool = Field(False, description="Copy the prompt into results.jsonl rows.")
 
@@ -120,6 +127,17 @@ class WorkersSpec(_Model):
         description="Most records one worker has queued in its engine; "
         "default: the engine's max_num_seqs plus two units.",
     )
+    launcher: Literal["local", "mpi", "srun", "ssh"] = Field(
+        "local",
+        description="How workers start: 'local' subprocesses on this node, or one rank per "
+        "worker under mpiexec, srun or ssh (started by hpcinfer, or detected when the user "
+        "started the ranks).",
+    )
+    schedule: Literal["dynamic", "static"] = Field(
+        "dynamic",
+        description="'dynamic': units go to whichever worker asks; 'static': input file i "
+        "goes to worker (rank) i only, as seed 000's {rank}.in -> {rank}.out.",
+    )
 
 
 class JobSpec(_Model):
@@ -134,8 +152,11 @@ class JobSpec(_Model):
     output: OutputSpec = Field(default_factory=OutputSpec)
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     time_limit: str | float | None = Field(
-        None, description="Stop taking new work after this long: '90s', '45m', '2h', '1h30m'."
+        None,
+        description="Stop taking new work after this long: '90s', '45m', '2h', '1h30m'. "
+        "Inside a PBS or Slurm job the default is the job's remaining walltime less a margin.",
     )
+    job: JobScriptSpec = Field(default_factory=JobScriptSpec)
 
     @field_validator("time_limit")
     @classmethod

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from hpcinfer.records import Record
-from hpcinfer.run.coordinator import Coordinator, WorkerHandle, grant_target
+from hpcinfer.run.coordinator import Coordinator, WorkerHandle
 from hpcinfer.run.plan import WorkUnit, cut_units
+from hpcinfer.run.schedule import grant_target
 
 
 def target(unassigned: int, alive: int = 1, unit_size: int = 32, max_inflight: int = 256) -> int:
@@ -169,4 +170,4 @@ def test_every_unit_is_granted_exactly_once(tmp_path: Path, n_workers: int) -> N
             break
         worker += 1
     assert seen == [u.id for u in units]
-    assert coord.unassigned == 0
+    assert coord.scheduler.unassigned == 0

@@ -18,7 +18,7 @@ def test_counts_rate_and_eta_follow_worker_reports(monkeypatch: pytest.MonkeyPat
     clock[0] = 135.0
     view.advance({"records": 10, "errors": 0, "output_tokens": 500})
     assert (view.done, view.errors) == (40, 1)
-    assert view.rate() == pytest.approx(1000 / 5)
+    assert view.rate() == pytest.approx(500 / 5)  # the first report only starts the clock
     # 20 records in 35 s this run -> 60 left take 105 s
     assert view.eta_s() == pytest.approx(105.0)
 

@@ -328,6 +328,7 @@ def test_spec_json_schema_has_the_top_level_properties() -> None:
         "output",
         "workers",
         "time_limit",
+        "job",
     }
     assert schema == JobSpec.model_json_schema()
 

@@ -84,6 +84,9 @@ _FLAG_FIELDS = {
     "unit_size": "workers.unit_size",
     "max_inflight": "workers.max_inflight",
     "time_limit": "time_limit",
+    "launcher": "workers.launcher",
+    "schedule": "workers.schedule",
+    "local_dir": "output.local_dir",
 }
 
 _SPEC_SUFFIXES = (".yaml", ".yml")
@@ -227,6 +230,25 @@ def run(
     time_limit: Annotated[
         str | None, typer.Option(help="Stop taking new work after e.g. 90s, 45m, 2h.")
     ] = None,
+    launcher: Annotated[
+        str | None,
+        typer.Option(
+            help="local (default), or one rank per worker: mpi (mpiexec), srun, ssh. Started "
+            "by hpcinfer, or joined when you started the ranks yourself."
+        ),
+    ] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(help="dynamic (default) or static: input file i to worker/rank i only."),
+    ] = None,
+    local_dir: Annotated[
+        str | None,
+        typer.Option(help="Node-local dir (e.g. /dev/shm/hpcinfer) to commit units to first."),
+    ] = None,
+    hostfile: Annotated[
+        Path | None,
+        typer.Option(help="Hosts for --launcher mpi/ssh outside PBS/Slurm (one per line)."),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any spec field: --set sampling.top_k=20.")
     ] = None,
@@ -238,17 +260,44 @@ def run(
         bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
     ] = False,
 ) -> None:
-    """Run batch inference over prompt files; rerun the same command to resume."""
+    """Run batch inference over prompt files; rerun the same command to resume.
+
+    Across nodes: `hpcinfer run spec.yaml --launcher mpi` inside a PBS/Slurm job (or
+    `mpiexec -n 48 -ppn 12 hpcinfer run spec.yaml --launcher mpi`) makes every rank a worker
+    of one job, balanced dynamically; rank 0 coordinates and prints the summary.
+    """
     from hpcinfer.run.job import RunOptions, run_job
 
     overrides = {k: v for k, v in locals().items() if k in _FLAG_FIELDS}
     spec = build_job_spec(args or [], overrides, set_ or [], Path.cwd())
-    summary = run_job(spec, RunOptions(restart=restart, quiet=quiet or json_out))
+    options = RunOptions(restart=restart, quiet=quiet or json_out)
+    ctx = None
+    if spec.workers.launcher != "local":
+        ctx = _rank_context(spec, hostfile)
+        if ctx.info.rank != 0:
+            from hpcinfer.run.agent import serve_rank
+
+            raise typer.Exit(serve_rank(spec, options, ctx))
+    summary = run_job(spec, options, ctx)
     if json_out:
         print(json.dumps(summary.as_dict(), indent=1))
     elif not quiet:
         _print_summary(summary)
     raise typer.Exit(int(summary.exit_code))
+
+
+def _rank_context(spec: Any, hostfile: Path | None) -> Any:
+    """This process's rank; outside any rank, start the ranks and exit with rank 0's code."""
+    from hpcinfer.run.ranks import RankContext, current_rank
+
+    info = current_rank(spec.workers.launcher)
+    if info is not None:
+        return RankContext(info, spec.workers.launcher)
+    if sys.argv[1:2] != ["run"]:
+        raise SpecError("--launcher starts ranks from the `hpcinfer run ...` command line only")
+    from hpcinfer.run.selflaunch import self_launch
+
+    raise typer.Exit(self_launch(spec, spec.workers.launcher, sys.argv[1:], hostfile))
 
 
 def _print_summary(summary: Any) -> None:
@@ -267,8 +316,9 @@ def _print_summary(summary: Any) -> None:
     table.add_row("speed", f"{summary.output_tokens_per_s:.0f} output tokens/s")
     table.add_row("wall time", f"{summary.wall_s:.1f} s")
     for w in summary.workers:
+        where = f" (rank {w['rank']} on {w['host']})" if w.get("host") else ""
         table.add_row(
-            f"worker {w['worker']}",
+            f"worker {w['worker']}{where}",
             f"{w['records']} records, {w['units']} units on {','.join(w['devices'])}",
         )
     table.add_row("results", f"{summary.out_dir}/results.jsonl")

@@ -9,11 +9,9 @@ tail. A worker that dies loses only its uncommitted units, which go back to the 
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import subprocess
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -21,25 +19,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from hpcinfer.run.joins import Joined, JoinListener
 from hpcinfer.run.plan import WorkUnit
+from hpcinfer.run.schedule import Scheduler
 
 ABORT_GRACE_S = 10.0
-
-
-def grant_target(*, unassigned: int, alive: int, unit_size: int, max_inflight: int) -> int:
-    """Records a worker may hold: as many as keep its engine full, but with other workers
-    alive no more than half its even share of what is left (guided self-scheduling), so the
-    job's tail is spread over every worker. A lone worker has no one to balance with."""
-    share = unassigned if alive <= 1 else math.ceil(unassigned / (2 * alive))
-    return max(unit_size, min(max_inflight, share))
 
 
 @dataclass
 class WorkerHandle:
     index: int
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | None  # None: a worker of another rank (its rank reaps it)
     conn: Connection
     log: Path
+    rank: int = 0
+    host: str = ""
+    devices: list[str] = field(default_factory=list)
     assigned: dict[str, WorkUnit] = field(default_factory=dict)
     alive: bool = True
     clean_exit: bool = False
@@ -72,16 +67,22 @@ class Coordinator:
         max_inflight: int,
         on_progress: Callable[[dict[str, int]], None],
         time_limit_s: float | None = None,
+        owner_of: Callable[[WorkUnit], int] | None = None,
+        joins: JoinListener | None = None,
+        on_join: Callable[[Joined], WorkerHandle | None] | None = None,
     ) -> None:
         self.workers = workers
-        self.units = units
-        self.requeued: deque[WorkUnit] = deque()
-        self.unassigned = unassigned_records
-        self.unit_size = unit_size
-        self.max_inflight = max_inflight
+        self.scheduler = Scheduler(
+            units,
+            unassigned_records,
+            unit_size=unit_size,
+            max_inflight=max_inflight,
+            owner_of=owner_of,
+        )
         self.on_progress = on_progress
         self.time_limit_s = time_limit_s
-        self.exhausted = False
+        self.joins = joins
+        self.on_join = on_join
         self.stop_reason: str | None = None
         self.aborting_since: float | None = None
         self.started = time.monotonic()
@@ -117,16 +118,41 @@ class Coordinator:
 
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> CoordinatorResult:
-        while self._alive():
+        while self._alive() or self._awaiting_joins():
             self._check_deadlines()
-            conns = [w.conn for w in self._alive()]
+            conns: list[Any] = [w.conn for w in self._alive()]
+            if self.joins is not None:
+                conns.append(self.joins.doorbell)
             for conn in wait(conns, timeout=0.5):
+                if self.joins is not None and conn is self.joins.doorbell:
+                    self._admit()
+                    continue
                 worker = next(w for w in self.workers if w.conn is conn)
                 self._receive(worker)
         window = None
         if self.first_ready is not None and self.last_commit is not None:
             window = round(self.last_commit - self.first_ready, 3)
         return CoordinatorResult(self.stop_reason is not None, self.stop_reason, window)
+
+    def _awaiting_joins(self) -> bool:
+        """Nobody is working but work is left and other ranks' workers may still join."""
+        return (
+            self.joins is not None
+            and self.stop_reason is None
+            and self.scheduler.has_work()
+            and self.joins.pending()
+        )
+
+    def _admit(self) -> None:
+        """Configure workers that joined from other ranks; they ask for work like any other."""
+        assert self.joins is not None and self.on_join is not None
+        for joined in self.joins.take():
+            if self.stop_reason is not None or not self.scheduler.has_work():
+                _close_quietly(joined.conn, None)
+                continue
+            handle = self.on_join(joined)
+            if handle is not None:
+                self.workers.append(handle)
 
     def _alive(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.alive]
@@ -138,7 +164,11 @@ class Coordinator:
             self.request_stop(f"time limit of {self.time_limit_s:g}s reached")
         if self.aborting_since is not None and now - self.aborting_since > ABORT_GRACE_S:
             for worker in self._alive():
-                worker.proc.kill()
+                if worker.proc is not None:
+                    worker.proc.kill()
+                else:  # another rank's worker: cutting it off makes it exit
+                    worker.alive = False
+                    worker.conn.close()
 
     def _receive(self, worker: WorkerHandle) -> None:
         try:
@@ -160,7 +190,7 @@ class Coordinator:
             worker.assigned.pop(payload["unit"], None)
             worker.committed_units += 1
             self.last_commit = time.monotonic()
-            if self.exhausted and not self.requeued and not self._someone_else_holds_work(None):
+            if not self._work_left_unheld() and not self._someone_else_holds_work(None):
                 self._wake_waiting()
         elif kind == "failed":
             worker.error = payload.get("error")
@@ -170,43 +200,23 @@ class Coordinator:
             worker.clean_exit = True
             worker.alive = False
 
-    def _next_unit(self) -> WorkUnit | None:
-        if self.requeued:
-            return self.requeued.popleft()
-        if self.exhausted:
-            return None
-        unit = next(self.units, None)
-        if unit is None:
-            self.exhausted = True
-        return unit
-
     def _grant(self, worker: WorkerHandle, inflight: int) -> None:
         if self.stop_reason is not None:
             _send(worker, ("units", {"units": [], "more": False}))
             return
-        target = grant_target(
-            unassigned=self.unassigned,
-            alive=len(self._alive()),
-            unit_size=self.unit_size,
-            max_inflight=self.max_inflight,
-        )
-        granted: list[WorkUnit] = []
-        held = inflight
-        while held < target or (not granted and held == 0):
-            unit = self._next_unit()
-            if unit is None:
-                break
-            granted.append(unit)
+        granted = self.scheduler.grant(worker.index, inflight, alive=len(self._alive()))
+        for unit in granted:
             worker.assigned[unit.id] = unit
-            held += unit.size
-            self.unassigned -= unit.size
-        more = bool(self.requeued) or not self.exhausted
+        more = self.scheduler.more_for(worker.index)
         # Work may come back from a worker that dies later: keep idle workers asking while
         # another worker still holds units.
         if not granted and not more and self._someone_else_holds_work(worker):
             more = True
         worker.waiting = not granted and more
         _send(worker, ("units", {"units": granted, "more": more}))
+
+    def _work_left_unheld(self) -> bool:
+        return bool(self.scheduler.requeued) or not self.scheduler.exhausted
 
     def _wake_waiting(self) -> None:
         """Workers granted nothing wait for a wake-up before asking again."""
@@ -221,22 +231,33 @@ class Coordinator:
     def _lost(self, worker: WorkerHandle) -> None:
         """A worker's connection closed: collect its exit and requeue its uncommitted units."""
         worker.alive = False
-        try:
-            code = worker.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.proc.kill()
-            code = worker.proc.wait()
-        if code != 0 or not worker.clean_exit:
-            worker.clean_exit = False
-            worker.error = worker.error or f"exited with code {code}"
-        for unit in worker.assigned.values():
-            self.requeued.append(unit)
-            self.unassigned += unit.size
+        if worker.proc is None:
+            if not worker.clean_exit:
+                worker.error = worker.error or (
+                    f"lost (rank {worker.rank} on {worker.host}: killed, or its node failed)"
+                )
+        else:
+            try:
+                code = worker.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                code = worker.proc.wait()
+            if code != 0 or not worker.clean_exit:
+                worker.clean_exit = False
+                worker.error = worker.error or f"exited with code {code}"
+        self.scheduler.requeue(list(worker.assigned.values()), owner_died=worker.index)
         worker.assigned.clear()
-        if self.requeued or not self._someone_else_holds_work(None):
+        if self.scheduler.requeued or not self._someone_else_holds_work(None):
             self._wake_waiting()
 
 
 def _send(worker: WorkerHandle, message: tuple[str, Any]) -> None:
     with contextlib.suppress(OSError, ValueError):
         worker.conn.send(message)
+
+
+def _close_quietly(conn: Connection, message: Any) -> None:
+    """Tell a worker there is nothing for it (a None configuration), then hang up."""
+    with contextlib.suppress(OSError, ValueError):
+        conn.send(message)
+    conn.close()

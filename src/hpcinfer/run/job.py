@@ -6,12 +6,14 @@ spec -> inputs -> plan (units; committed ones skipped) -> placement -> workers -
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -25,6 +27,8 @@ from hpcinfer.cluster import (
     plan_placement,
     resolve_profile,
 )
+from hpcinfer.cluster.allocation import remaining_walltime_s
+from hpcinfer.cluster.placement import Placement
 from hpcinfer.engines.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
 from hpcinfer.engines.vllm_offline import EngineSetup, engine_env
 from hpcinfer.errors import EngineError, SpecError
@@ -34,6 +38,7 @@ from hpcinfer.inputs.options import apply_max_tokens_field
 from hpcinfer.outputs.exporters import check_exports, export_all
 from hpcinfer.outputs.store import OutputStore, unit_file_name
 from hpcinfer.run.coordinator import Coordinator, WorkerHandle
+from hpcinfer.run.joins import Joined, JoinListener
 from hpcinfer.run.plan import (
     UnitSummary,
     WorkUnit,
@@ -43,8 +48,16 @@ from hpcinfer.run.plan import (
     summarize,
 )
 from hpcinfer.run.progress import ProgressView
+from hpcinfer.run.ranks import (
+    JOIN_WAIT_S,
+    RankContext,
+    coordinator_hosts,
+    make_rendezvous,
+    worker_env,
+)
 from hpcinfer.run.runinfo import write_run_json
-from hpcinfer.run.worker import WorkerConfig
+from hpcinfer.run.schedule import static_owners
+from hpcinfer.run.worker import COORDINATOR_KEY_ENV, WORKER_HELLO_ENV, WorkerConfig
 from hpcinfer.spec import JobSpec, digest_identity
 
 ENGINE_DEFAULT_MAX_NUM_SEQS = 256
@@ -140,6 +153,37 @@ def _placement(spec: JobSpec, profile: HardwareProfile, units_left: int | None) 
     return placement
 
 
+def rank_placement(spec: JobSpec, profile: HardwareProfile, ctx: RankContext) -> PlacementPlan:
+    """A rank's workers: with several ranks on the node, the one device group of its local
+    rank (seed 000's compact tile mapping); alone on its node, one worker per group."""
+    if ctx.info.local_size == 1:
+        return _placement(spec, profile, None)
+    tp, mode = spec.engine.tensor_parallel_size, spec.workers.placement
+    node = plan_placement(profile, workers=ctx.info.local_size, tp=tp, mode=mode)
+    return dataclasses.replace(node, placements=[node.placements[ctx.info.local_rank]])
+
+
+def output_dir(spec: JobSpec, cwd: Path) -> Path:
+    out_dir = Path(spec.output.dir)
+    return out_dir if out_dir.is_absolute() else cwd / out_dir
+
+
+WALLTIME_MARGIN_FRACTION = 0.1
+WALLTIME_MARGIN_MIN_S = 60.0
+WALLTIME_MARGIN_MAX_S = 900.0
+
+
+def effective_time_limit(spec: JobSpec, remaining_s: float | None) -> tuple[float | None, str]:
+    """The run's time limit: the spec's, else the job's remaining walltime less a margin
+    (10%, between 1 and 15 minutes) for draining units in flight and writing exports."""
+    if spec.time_limit is not None:
+        return spec.time_limit_seconds(), "time limit"
+    if remaining_s is None:
+        return None, ""
+    margin = min(WALLTIME_MARGIN_MAX_S, max(WALLTIME_MARGIN_MIN_S, remaining_s * 0.1))
+    return max(remaining_s - margin, 0.0), "walltime"
+
+
 def resolve_model(spec: JobSpec, cwd: Path) -> tuple[str, str]:
     """(path or HF id given to vLLM, display name). No model: the built-in tiny model."""
     if spec.model is None:
@@ -185,14 +229,33 @@ def _units(spec: JobSpec, inputs: _Inputs, cwd: Path) -> Iterator[WorkUnit]:
     return cut_units(mark_duplicates(records), spec.workers.unit_size)
 
 
-def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
+def run_job(spec: JobSpec, options: RunOptions, ctx: RankContext | None = None) -> RunSummary:
+    """The whole job, or, as rank 0 of a launch, the job over every rank's workers."""
+    if ctx is None:
+        return _run(spec, options, None)
+    rendezvous = make_rendezvous(ctx, output_dir(spec, options.cwd))
+    bind, advertise = coordinator_hosts(ctx)
+    joins = JoinListener(bind, advertise, ctx.info.world_size, JOIN_WAIT_S)
+    try:
+        rendezvous.share(joins.address, joins.key)
+        return _run(spec, options, _Cluster(ctx, joins))
+    finally:
+        joins.close()
+        rendezvous.finish()
+
+
+@dataclass
+class _Cluster:
+    ctx: RankContext
+    joins: JoinListener
+
+
+def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSummary:
     started = time.monotonic()
     cwd = options.cwd
     check_exports(spec.output)
     inputs = _open_inputs(spec, cwd)
-    out_dir = Path(spec.output.dir)
-    if not out_dir.is_absolute():
-        out_dir = cwd / out_dir
+    out_dir = output_dir(spec, cwd)
     store = OutputStore(out_dir)
     identity = spec.identity() | {"input_files": file_digests(inputs.files, inputs.names)}
     store.lock()
@@ -202,14 +265,27 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
     # it can use, each with more devices; large ones are planned while the workers start.
     plan = _make_plan(spec, inputs, cwd, store) if _is_small(inputs) else None
     units_left = plan.todo_units if plan else (store.units_left() if resumed else None)
-    placement = _placement(spec, profile, units_left)
+    if cluster is None:
+        placement = _placement(spec, profile, units_left)
+    else:
+        placement = rank_placement(spec, profile, cluster.ctx)
     n_spawn = len(placement.placements)
     if units_left is not None:
         n_spawn = min(n_spawn, units_left)  # a rerun of a finished job starts no engine
+    node_workers = len(placement.placements) * (cluster.ctx.info.local_size if cluster else 1)
     # Workers start now and import vLLM while this process plans the job and finds the model.
-    spawned = [_spawn_worker(i, placement, profile, spec, store) for i in range(n_spawn)]
+    spawned = [
+        spawn_worker(
+            placement.placements[i],
+            engine_vars_for(spec, profile, node_workers),
+            store.log_path(i),
+            index=i,
+        )
+        for i in range(n_spawn)
+    ]
     handles = spawned
     result = None
+    never_joined: list[int] = []
     try:
         if plan is None:
             plan = _make_plan(spec, inputs, cwd, store)
@@ -221,8 +297,9 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
         for surplus in spawned[todo_units:]:
             _send_config(surplus, None)
         handles = spawned[:todo_units]
-        for handle in handles:
-            setup = _engine_setup(spec, profile, model_path, model_name, len(handles))
+
+        def configure(handle: WorkerHandle, workers_on_node: int) -> None:
+            setup = _engine_setup(spec, profile, model_path, model_name, workers_on_node)
             _send_config(
                 handle,
                 WorkerConfig(
@@ -230,8 +307,15 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
                     setup=setup,
                     out_dir=str(store.root),
                     max_inflight=max_inflight(spec),
+                    local_dir=str(cwd / spec.output.local_dir) if spec.output.local_dir else None,
                 ),
             )
+
+        for handle in handles:
+            configure(handle, node_workers if cluster else len(handles))
+        on_join = None
+        if cluster is not None:
+            on_join = _admitter(store, handles, configure)
         view = ProgressView(
             total=plan.total_records,
             done=sum(s.size for s in done),
@@ -239,7 +323,17 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
         )
         for warning in placement.warnings:
             view.warn(warning)
+        time_limit, limit_source = effective_time_limit(
+            spec, remaining_walltime_s() if spec.time_limit is None else None
+        )
+        if limit_source == "walltime" and time_limit is not None:
+            view.warn(
+                f"the scheduler ends this job in {time_limit:.0f}s plus a margin: new work "
+                "stops then; rerun (or --resubmit) to continue"
+            )
         pending = (u for u in _units(spec, inputs, cwd) if not store.is_committed(u.id))
+        total_workers = len(placement.placements) * (cluster.ctx.info.world_size if cluster else 1)
+        owners = static_owners(inputs.names, max(total_workers, 1))
         coordinator = Coordinator(
             handles,
             pending,
@@ -247,7 +341,14 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
             unit_size=spec.workers.unit_size,
             max_inflight=max_inflight(spec),
             on_progress=view.advance,
-            time_limit_s=spec.time_limit_seconds(),
+            time_limit_s=time_limit,
+            owner_of=(
+                (lambda u: owners[u.records[0].source])
+                if spec.workers.schedule == "static"
+                else None
+            ),
+            joins=cluster.joins if cluster else None,
+            on_join=on_join,
         )
         restore = coordinator.install_signal_handlers()
         try:
@@ -255,20 +356,32 @@ def run_job(spec: JobSpec, options: RunOptions) -> RunSummary:
                 result = coordinator.run()
         finally:
             restore()
+        if cluster is not None:
+            cluster.joins.close()
+            handles = coordinator.workers
+            never_joined = cluster.joins.missing_ranks()
     except BaseException:
         _reap(spawned, grace_s=0)
         raise
 
     counts = export_all(store, [s.id for s in summaries], spec.output, out_dir)
     _reap(spawned, grace_s=REAP_GRACE_S)
+    for handle in handles:
+        handle.conn.close()
     complete = counts["records"] == plan.total_records
     wall = time.monotonic() - started
     failures = [h for h in handles if not h.clean_exit]
     status, code, message = _outcome(complete, counts, result, failures, store)
+    if never_joined:
+        message = "; ".join(
+            m for m in (message, f"rank(s) {never_joined} never joined (see {store.logs_dir})") if m
+        )
     workers_info = [
         {
             "worker": h.index,
-            "devices": [d.label for d in placement.placements[h.index].group.devices],
+            "rank": h.rank,
+            "host": h.host,
+            "devices": h.devices,
             "startup_s": h.startup_s,
             "units": h.committed_units,
             **h.stats,
@@ -359,33 +472,108 @@ def _engine_setup(
     )
 
 
-def _spawn_worker(
-    index: int,
-    placement: PlacementPlan,
-    profile: HardwareProfile,
-    spec: JobSpec,
-    store: OutputStore,
-) -> WorkerHandle:
-    """Start a worker bound to its devices; its configuration is sent once the job is planned."""
-    env = apply_env(os.environ, placement.placements[index].env)
+def engine_vars_for(
+    spec: JobSpec, profile: HardwareProfile, workers_on_node: int
+) -> dict[str, str]:
+    return engine_env(_engine_setup(spec, profile, "", "", workers_on_node))
+
+
+def _worker_process(
+    placement: Placement,
+    engine_vars: dict[str, str],
+    log: Path,
+    argv: list[str],
+    base_env: Mapping[str, str],
+    pass_fds: tuple[int, ...] = (),
+) -> subprocess.Popen[bytes]:
+    """A worker process bound to its placement's devices, logging to `log`."""
+    env = apply_env(base_env, placement.env)
     env.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
-    cores = cpu_affinity(placement.placements[index].group)
+    cores = cpu_affinity(placement.group)
     if cores:
         env["HPCINFER_CPU_AFFINITY"] = ",".join(str(c) for c in sorted(cores))
-    env.update(engine_env(_engine_setup(spec, profile, "", "", len(placement.placements))))
-    parent_sock, child_sock = socket.socketpair()
-    log = store.log_path(index)
+    env.update(engine_vars)
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as log_handle:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hpcinfer.run.worker", str(child_sock.fileno())],
+        return subprocess.Popen(
+            [sys.executable, "-m", "hpcinfer.run.worker", *argv],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_handle,
             stderr=subprocess.STDOUT,
-            pass_fds=(child_sock.fileno(),),
+            pass_fds=pass_fds,
         )
+
+
+def spawn_worker(
+    placement: Placement, engine_vars: dict[str, str], log: Path, *, index: int
+) -> WorkerHandle:
+    """Start a worker on a socket to this process; its configuration is sent once the job is
+    planned."""
+    parent_sock, child_sock = socket.socketpair()
+    proc = _worker_process(
+        placement,
+        engine_vars,
+        log,
+        [str(child_sock.fileno())],
+        worker_env(dict(os.environ)),
+        pass_fds=(child_sock.fileno(),),
+    )
     child_sock.close()
-    return WorkerHandle(index=index, proc=proc, conn=Connection(parent_sock.detach()), log=log)
+    return WorkerHandle(
+        index=index,
+        proc=proc,
+        conn=Connection(parent_sock.detach()),
+        log=log,
+        host=socket.gethostname(),
+        devices=[d.label for d in placement.group.devices],
+    )
+
+
+def spawn_remote_worker(
+    placement: Placement,
+    engine_vars: dict[str, str],
+    log: Path,
+    *,
+    address: str,
+    key: bytes,
+    hello: dict[str, Any],
+) -> subprocess.Popen[bytes]:
+    """Start a worker that dials the coordinator rank; the key travels in its environment
+    (never on a command line, where `ps` would show it)."""
+    env = worker_env(dict(os.environ))
+    env[COORDINATOR_KEY_ENV] = key.hex()
+    devices = [d.label for d in placement.group.devices]
+    env[WORKER_HELLO_ENV] = json.dumps(dict(hello, devices=devices))
+    return _worker_process(placement, engine_vars, log, ["--connect", address], env)
+
+
+def _admitter(
+    store: OutputStore,
+    local: list[WorkerHandle],
+    configure: Any,
+) -> Any:
+    """What the coordinator does with a worker that joined from another rank."""
+    taken = {h.index for h in local}
+
+    def admit(joined: Joined) -> WorkerHandle:
+        index = joined.rank * joined.slots + joined.slot
+        while index in taken:  # ranks with uneven worker counts: keep indexes unique
+            index = max(taken) + 1
+        taken.add(index)
+        handle = WorkerHandle(
+            index=index,
+            proc=None,
+            conn=joined.conn,
+            log=store.log_path(index),
+            rank=joined.rank,
+            host=joined.host,
+            devices=joined.devices,
+        )
+        configure(handle, joined.node_workers)
+        return handle
+
+    return admit
 
 
 def _send_config(handle: WorkerHandle, config: WorkerConfig | None) -> None:
@@ -398,6 +586,9 @@ def _reap(handles: list[WorkerHandle], grace_s: float) -> None:
     """Wait for workers to exit (they close their engines), then kill any that hang."""
     deadline = time.monotonic() + grace_s
     for handle in handles:
+        if handle.proc is None:
+            handle.conn.close()
+            continue
         try:
             handle.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:

@@ -33,6 +33,7 @@ class ProgressView:
         self.console = Console(stderr=True)
         self.started = time.monotonic()
         self.first_progress: float | None = None
+        self.tokens_before_first = 0
         self.last_plain = 0.0
         self.last_plain_done = -1
         self._progress: Progress | None = None
@@ -78,11 +79,14 @@ class ProgressView:
 
     def advance(self, stats: dict[str, int]) -> None:
         """Called with each worker's progress message (counts since its last message)."""
-        if self.first_progress is None:
-            self.first_progress = time.monotonic()
         self.done += stats.get("records", 0)
         self.errors += stats.get("errors", 0)
         self.output_tokens += stats.get("output_tokens", 0)
+        if self.first_progress is None:
+            # The clock starts at the first finished records; their tokens took unmeasured
+            # time, so they are left out of the rate (else the first line shows millions).
+            self.first_progress = time.monotonic()
+            self.tokens_before_first = self.output_tokens
         if self._progress is not None and self._task is not None:
             self._progress.update(
                 self._task, completed=self.done, rate=self.rate(), errors=self.errors
@@ -95,7 +99,8 @@ class ProgressView:
         if self.first_progress is None:
             return 0.0
         elapsed = time.monotonic() - self.first_progress
-        return self.output_tokens / elapsed if elapsed > 0 else 0.0
+        tokens = self.output_tokens - self.tokens_before_first
+        return tokens / elapsed if elapsed > 0 else 0.0
 
     def eta_s(self) -> float | None:
         """Seconds left at this run's pace so far (None before the first records finish)."""

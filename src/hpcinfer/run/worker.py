@@ -1,35 +1,44 @@
 """A worker: one engine, fed work units by the coordinator, committing each unit it finishes.
 
-Started as `python -m hpcinfer.run.worker FD` with its placement's binding environment
-already in its environment (so devices are bound before vLLM or torch is imported). It asks
-for more work while its engine holds fewer than `max_inflight` records, so the next unit's
-requests are queued before the current unit drains: a unit is the grain of commit, not a
-barrier. It commits units itself, so committed work survives the coordinator's death.
+Started as `python -m hpcinfer.run.worker FD` (a socket to a coordinator on this node) or
+`python -m hpcinfer.run.worker --connect HOST:PORT` (a coordinator on another rank; the key
+that authenticates the connection comes in $HPCINFER_COORDINATOR_KEY, and what the worker
+tells the coordinator about itself in $HPCINFER_WORKER_HELLO), with its placement's binding
+environment already in its environment (so devices are bound before vLLM or torch is
+imported). It asks for more work while its engine holds fewer than `max_inflight` records,
+so the next unit's requests are queued before the current unit drains: a unit is the grain
+of commit, not a barrier. It commits units itself, so committed work survives the
+coordinator's death.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import Any
 
 from hpcinfer.engines.base import Engine
 from hpcinfer.engines.vllm_offline import EngineSetup
+from hpcinfer.outputs.buffer import UnitMover
 from hpcinfer.outputs.store import OutputStore
 from hpcinfer.records import Record, Result
 from hpcinfer.run.plan import WorkUnit
 from hpcinfer.run.rows import make_row
 
 PROGRESS_INTERVAL_S = 0.5
+COORDINATOR_KEY_ENV = "HPCINFER_COORDINATOR_KEY"
+WORKER_HELLO_ENV = "HPCINFER_WORKER_HELLO"
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class WorkerConfig:
     setup: EngineSetup
     out_dir: str
     max_inflight: int
+    local_dir: str | None = None  # node-local commit buffer (output.local_dir)
 
 
 @dataclass
@@ -89,6 +99,15 @@ class Worker:
         self.refused_at: int | None = None
         self.no_more = False
         self.stopping = False
+        self._send_lock = threading.Lock()  # the unit mover's thread sends too
+        self.mover: UnitMover | None = None
+        if config.local_dir:
+            self.mover = UnitMover(Path(config.local_dir), self.store, self._moved)
+            self.mover.move_leftovers()
+
+    def _send(self, message: tuple[str, dict[str, Any]]) -> None:
+        with self._send_lock:
+            self.conn.send(message)
 
     def inflight_records(self) -> int:
         return sum(s.unit.size - len(s.results) for s in self.units.values())
@@ -106,7 +125,9 @@ class Worker:
                 self._accept(self.engine.poll())
             self._send_progress()
         self._send_progress(force=True)
-        self.conn.send(("bye", {}))
+        if self.mover is not None:
+            self.mover.close()  # every unit in the shared store (and reported) before bye
+        self._send(("bye", {}))
 
     def _maybe_ask(self) -> None:
         if self.no_more or self.stopping or self.asked:
@@ -115,7 +136,7 @@ class Worker:
         if self.refused_at is not None and inflight >= self.refused_at:
             return
         if inflight < self.config.max_inflight:
-            self.conn.send(("want", {"inflight": inflight}))
+            self._send(("want", {"inflight": inflight}))
             self.asked = True
             self.asked_inflight = inflight
 
@@ -171,14 +192,21 @@ class Worker:
             make_row(record, result, worker=self.config.worker, model=self.engine.model_name)
             for record, result in ordered
         ]
+        if self.mover is not None:
+            self.mover.commit(state.unit.id, rows)  # reported committed once moved
+            self._send_progress(force=True)
+            return
         self.store.commit(state.unit.id, rows)
         self._send_progress(force=True)
-        self.conn.send(("committed", {"unit": state.unit.id}))
+        self._send(("committed", {"unit": state.unit.id}))
+
+    def _moved(self, unit_id: str) -> None:
+        self._send(("committed", {"unit": unit_id}))
 
     def _send_progress(self, force: bool = False) -> None:
         now = time.monotonic()
         if self.tally.records and (force or now - self.last_progress >= PROGRESS_INTERVAL_S):
-            self.conn.send(("progress", self.tally.take()))
+            self._send(("progress", self.tally.take()))
             self.last_progress = now
 
 
@@ -216,6 +244,18 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _connect(argv: list[str]) -> Connection:
+    """The coordinator connection: an inherited socket, or an authenticated TCP connection
+    to a coordinator rank (HMAC challenge before any message is unpickled)."""
+    if argv[0] != "--connect":
+        return Connection(socket.socket(fileno=int(argv[0])).detach())
+    host, _, port = argv[1].rpartition(":")
+    key = bytes.fromhex(os.environ.pop(COORDINATOR_KEY_ENV))
+    conn = Client((host, int(port)), authkey=key)
+    conn.send(("hello", json.loads(os.environ.pop(WORKER_HELLO_ENV, "{}"))))
+    return conn
+
+
 def main(argv: list[str]) -> int:
     _die_with_parent()
     # The coordinator decides when to stop (drain on the first signal, abort on the second);
@@ -223,8 +263,11 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _apply_affinity()
-    sock = socket.socket(fileno=int(argv[0]))
-    conn = Connection(sock.detach())
+    try:
+        conn = _connect(argv)
+    except (OSError, EOFError, ValueError, KeyError) as exc:
+        print(f"hpcinfer worker: cannot reach the coordinator at {argv[-1]}: {exc}", flush=True)
+        return 1
     _preload_engine()
     try:
         config: WorkerConfig | None = conn.recv()

@@ -1,0 +1,171 @@
+"""One job over several ranks with the real MPICH mpiexec (and ssh) and the real CPU vLLM."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import hpcinfer_cmd, read_rows, require, run_cli, write_prompts
+
+pytestmark = pytest.mark.integration
+
+COMMON = ["--max-tokens", "16", "--ignore-eos", "--unit-size", "4", "--json"]
+MPI = ["--launcher", "mpi"]
+STATIC = ["--schedule", "static", "--export", "text", "--export", "jsonl"]
+
+
+def _mpiexec() -> str:
+    found = shutil.which("mpiexec") or str(Path(sys.executable).parent / "mpiexec")
+    present = Path(found).exists() and importlib.util.find_spec("mpi4py") is not None
+    require("MPI (mpiexec + mpi4py)", present, "pip install mpi4py mpich")
+    return found
+
+
+def _summary(stdout: str) -> dict:
+    return json.loads(stdout)
+
+
+def _assert_exactly_once(out: Path, count: int, name: str = "prompts.txt") -> list[dict]:
+    rows = read_rows(out / "results.jsonl")
+    ids = [r["id"] for r in rows]
+    assert ids == [f"{name}:{i}" for i in range(1, count + 1)]
+    assert all(r["status"] == "ok" for r in rows)
+    assert sum(len(read_rows(p)) for p in (out / "units").glob("*.jsonl")) == count
+    return rows
+
+
+def test_user_mpiexec_three_ranks_share_one_job(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    mpiexec = _mpiexec()
+    write_prompts(tmp_path / "prompts.txt", 240)
+    done = subprocess.run(
+        [mpiexec, "-n", "3", *hpcinfer_cmd("run", "prompts.txt", "-o", "out", *MPI, *COMMON)],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = _summary(done.stdout)  # only rank 0 prints
+    _assert_exactly_once(tmp_path / "out", 240)
+    per_rank = {w["rank"]: w["records"] for w in summary["workers"]}
+    print("records per rank:", per_rank)
+    assert sorted(per_rank) == [0, 1, 2]
+    assert sum(per_rank.values()) == 240
+    # Dynamic balance: work is spread over ranks as they come up, not split up front.
+    assert sum(1 for n in per_rank.values() if n > 0) >= 2
+    run_json = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert {w["rank"] for w in run_json["summary"]["workers"]} == {0, 1, 2}
+    assert not (tmp_path / "out" / ".coordinator.json").exists()
+
+
+def _rank_pid(launcher_pid: int, rank: int, timeout: float = 60) -> int:
+    """The pid of MPI rank `rank` (an hpcinfer process with PMI_RANK=rank) under the launcher."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                environ = (proc / "environ").read_bytes().split(b"\0")
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            is_rank = b"hpcinfer" in cmdline and b"hpcinfer.run.worker" not in cmdline
+            if is_rank and f"PMI_RANK={rank}".encode() in environ:
+                return int(proc.name)
+        time.sleep(0.2)
+    pytest.fail(f"rank {rank} of launcher {launcher_pid} not found")
+
+
+def test_kill_one_rank_then_rerun_completes_exactly_once(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    _mpiexec()
+    write_prompts(tmp_path / "prompts.txt", 160)
+    env = dict(cli_env, PATH=f"{Path(sys.executable).parent}:{cli_env['PATH']}")
+    args = ["run", "prompts.txt", "-o", "out", "--launcher", "mpi", "--workers", "3", *COMMON]
+    # hpcinfer starts the ranks itself (mpiexec -n 3 -ppn 3 ...).
+    proc = subprocess.Popen(
+        hpcinfer_cmd(*args),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    units = tmp_path / "out" / "units"
+    deadline = time.monotonic() + 300
+    while len(list(units.glob("*.jsonl"))) < 3:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no units committed"
+        time.sleep(0.2)
+    os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=300)
+    committed_before = len(list(units.glob("*.jsonl")))
+    if proc.returncode == 0:
+        pytest.fail("the job cannot have finished cleanly with a rank killed mid-run:\n" + stderr)
+
+    rerun = run_cli(args, tmp_path, env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _assert_exactly_once(tmp_path / "out", 160)
+    summary = _summary(rerun.stdout)
+    assert summary["resumed"] is True
+    # Committed work of every rank was kept: the rerun did exactly the rest.
+    assert summary["records_this_run"] == 160 - 4 * committed_before
+
+
+def test_static_schedule_reproduces_seed_000(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    mpiexec = _mpiexec()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for rank in range(3):
+        write_prompts(inputs / f"{rank}.in", 6 + rank)
+    done = subprocess.run(
+        [mpiexec, "-n", "3", *hpcinfer_cmd("run", "in", "-o", "out", *MPI, *STATIC, *COMMON)],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_rows(tmp_path / "out" / "results.jsonl")
+    for rank in range(3):
+        mine = [r for r in rows if r["id"].startswith(f"in/{rank}.in:")]
+        assert len(mine) == 6 + rank
+        assert {r["worker"] for r in mine} == {rank}, "file i must run on rank i"
+        out_file = tmp_path / "out" / f"{rank}.out"
+        assert out_file.exists(), sorted(p.name for p in (tmp_path / "out").iterdir())
+
+
+def test_ssh_launcher_two_hosts(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """`--launcher ssh` over a hostfile; a stand-in ssh runs the quoted remote command with
+    sh here, so the quoting and the rendezvous are the real ones."""
+    fake_ssh = tmp_path / "fake-ssh"
+    fake_ssh.write_text('#!/bin/sh\n# ssh -o BatchMode=yes HOST COMMAND\nexec sh -c "$4"\n')
+    fake_ssh.chmod(0o755)
+    (tmp_path / "hosts").write_text("localhost\n127.0.0.1\n")
+    write_prompts(tmp_path / "prompts.txt", 40)
+    env = dict(cli_env, HPCINFER_SSH=str(fake_ssh))
+    ssh_args = ["--hostfile", "hosts", "--workers", "1", *COMMON]
+    done = run_cli(
+        ["run", "prompts.txt", "-o", "out dir; $(touch PWNED)", "--launcher", "ssh", *ssh_args],
+        tmp_path,
+        env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp_path / "PWNED").exists()
+    _assert_exactly_once(tmp_path / "out dir; $(touch PWNED)", 40)
+    summary = _summary(done.stdout)
+    assert sorted(w["rank"] for w in summary["workers"]) == [0, 1]

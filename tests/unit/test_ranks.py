@@ -1,0 +1,224 @@
+"""Rank detection, rendezvous, joins, self-launch commands and the walltime limit."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client
+from pathlib import Path
+
+import pytest
+
+from hpcinfer.cluster.allocation import Allocation
+from hpcinfer.errors import HardwareError
+from hpcinfer.run.job import effective_time_limit
+from hpcinfer.run.joins import JoinListener
+from hpcinfer.run.ranks import FileRendezvous, current_rank, launch_id, worker_env
+from hpcinfer.run.selflaunch import launch_commands, mpi_flavor
+from hpcinfer.spec import JobSpec
+
+# -- which process is which rank -----------------------------------------------------------
+
+
+def test_mpich_rank_is_read_from_hydra_variables() -> None:
+    env = {"PMI_RANK": "2", "PMI_SIZE": "3", "MPI_LOCALRANKID": "2", "MPI_LOCALNRANKS": "3"}
+    info = current_rank("mpi", env)
+    assert info is not None
+    assert (info.rank, info.local_rank, info.world_size, info.local_size) == (2, 2, 3, 3)
+
+
+def test_sbatch_batch_script_is_not_a_rank() -> None:
+    # The batch step has SLURM_PROCID/SLURM_NTASKS but no step id: hpcinfer must launch.
+    env = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0"}
+    assert current_rank("srun", env) is None
+
+
+def test_srun_task_is_a_rank() -> None:
+    env = {
+        "SLURM_JOB_ID": "7",
+        "SLURM_STEP_ID": "0",
+        "SLURM_PROCID": "3",
+        "SLURM_NTASKS": "4",
+        "SLURM_LOCALID": "1",
+        "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+        "SLURM_NODEID": "1",
+    }
+    info = current_rank("srun", env)
+    assert info is not None and (info.rank, info.local_rank, info.local_size) == (3, 1, 2)
+
+
+def test_hpcinfer_ssh_variables_come_first_and_are_checked() -> None:
+    env = {"HPCINFER_RANK": "1", "HPCINFER_LOCAL_RANK": "0", "HPCINFER_WORLD_SIZE": "2"}
+    with pytest.raises(HardwareError, match="HPCINFER_LOCAL_SIZE"):
+        current_rank("ssh", env)
+    info = current_rank("ssh", env | {"HPCINFER_LOCAL_SIZE": "1", "PMI_RANK": "0"})
+    assert info is not None and info.rank == 1 and info.launcher == "hpcinfer"
+
+
+def test_no_launcher_means_no_rank() -> None:
+    assert current_rank("mpi", {"HOME": "/root"}) is None
+
+
+def test_workers_do_not_inherit_rank_variables() -> None:
+    env = {"PMI_RANK": "1", "OMPI_COMM_WORLD_RANK": "1", "SLURM_PROCID": "1", "HF_HOME": "/h"}
+    assert worker_env(env) == {"HF_HOME": "/h"}
+
+
+# -- rendezvous ---------------------------------------------------------------------------
+
+
+def test_file_rendezvous_ignores_an_earlier_launch(tmp_path: Path) -> None:
+    old = FileRendezvous(tmp_path, "launch-old")
+    old.share("10.0.0.1:1", b"k1")
+    new_rank = FileRendezvous(tmp_path, "launch-new", wait_s=0.5)
+    with pytest.raises(HardwareError, match="did not publish"):
+        new_rank.share(None, None)
+    FileRendezvous(tmp_path, "launch-new").share("10.0.0.2:2", b"k2")
+    assert new_rank.share(None, None) == ("10.0.0.2:2", b"k2")
+    assert oct((tmp_path / ".coordinator.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_launch_id_from_slurm_step_or_hpcinfer() -> None:
+    assert launch_id({"SLURM_JOB_ID": "9", "SLURM_STEP_ID": "1"}) == "slurm-9.1"
+    assert launch_id({"HPCINFER_LAUNCH_ID": "abc"}) == "abc"
+    with pytest.raises(HardwareError, match="HPCINFER_LAUNCH_ID"):
+        launch_id({})
+
+
+# -- joins ----------------------------------------------------------------------------------
+
+
+def _hello(rank: int, slot: int = 0, slots: int = 1) -> tuple[str, dict]:
+    return ("hello", {"rank": rank, "slot": slot, "slots": slots, "host": "n1", "devices": ["g0"]})
+
+
+def test_join_listener_admits_authenticated_workers_only() -> None:
+    joins = JoinListener("127.0.0.1", "127.0.0.1", world_size=3, wait_s=30)
+    try:
+        host, port = joins.address.rsplit(":", 1)
+        with pytest.raises(AuthenticationError):
+            Client((host, int(port)), authkey=b"wrong key")
+        assert joins.pending()
+        first = Client((host, int(port)), authkey=joins.key)
+        first.send(_hello(1))
+        deadline = time.monotonic() + 10
+        arrived = []
+        while not arrived and time.monotonic() < deadline:
+            if joins.doorbell.poll(0.1):
+                arrived = joins.take()
+        assert [(j.rank, j.host, j.devices) for j in arrived] == [(1, "n1", ["g0"])]
+        assert joins.pending() and joins.missing_ranks() == [2]
+        second = Client((host, int(port)), authkey=joins.key)
+        second.send(_hello(2))
+        deadline = time.monotonic() + 10
+        while joins.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not joins.pending() and joins.missing_ranks() == []
+        first.close()
+        second.close()
+    finally:
+        joins.close()
+
+
+def test_join_listener_stops_waiting_at_its_deadline() -> None:
+    joins = JoinListener("127.0.0.1", "127.0.0.1", world_size=2, wait_s=0.0)
+    try:
+        time.sleep(0.01)
+        assert not joins.pending()
+        assert joins.missing_ranks() == [1]
+    finally:
+        joins.close()
+
+
+# -- hpcinfer starting the ranks ------------------------------------------------------------
+
+
+def _alloc(*hosts: str, source: str = "pbs") -> Allocation:
+    return Allocation(hosts=hosts, slots={h: 1 for h in hosts}, source=source, job_id="1")
+
+
+RANK_CMD = ["python", "-m", "hpcinfer", "run", "s.yaml"]
+
+
+def test_mpi_flavor_from_version_text() -> None:
+    assert mpi_flavor("mpiexec", lambda _: "HYDRA build details:\n") == "mpich"
+    assert mpi_flavor("mpiexec", lambda _: "mpiexec (OpenRTE) 4.1.5") == "openmpi"
+
+
+def test_self_launch_mpich_across_the_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("hpcinfer.run.selflaunch.find_mpiexec", lambda: "/opt/mpi/bin/mpiexec")
+    spec = JobSpec.model_validate({"workers": {"count": 12}})
+    cmds = launch_commands(
+        spec,
+        "mpi",
+        ["python", "-m", "hpcinfer", "run", "s.yaml"],
+        _alloc("x1", "x2"),
+        {},
+        runner=lambda _: "HYDRA",
+    )
+    assert cmds == [
+        ["/opt/mpi/bin/mpiexec", "-n", "24", "-ppn", "12", "--hosts", "x1,x2", *RANK_CMD]
+    ]
+
+
+def test_self_launch_openmpi_as_root_on_this_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("hpcinfer.run.selflaunch.find_mpiexec", lambda: "mpirun")
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    spec = JobSpec.model_validate({"workers": {"count": 3}})
+    (cmd,) = launch_commands(
+        spec,
+        "mpi",
+        ["hpcinfer", "run"],
+        _alloc("me", source="local"),
+        {},
+        runner=lambda _: "mpirun (Open MPI) 5.0",
+    )
+    assert cmd[:3] == ["mpirun", "-n", "3"]
+    assert "--allow-run-as-root" in cmd and "--oversubscribe" in cmd
+
+
+def test_srun_outside_slurm_is_refused() -> None:
+    spec = JobSpec.model_validate({"workers": {"count": 1}})
+    with pytest.raises(HardwareError, match="salloc"):
+        launch_commands(spec, "srun", ["hpcinfer"], _alloc("a", source="local"), {})
+
+
+def test_ssh_gives_each_host_its_rank_and_quotes_everything(tmp_path: Path) -> None:
+    spec = JobSpec.model_validate({"workers": {"count": 2}})
+    env = {"HF_HOME": "/p with space/$(x)", "HF_TOKEN": "secret", "PATH": "/bin"}
+    cmds = launch_commands(spec, "ssh", ["python", "-m", "hpcinfer", "run"], _alloc("a", "b"), env)
+    assert [c[3] for c in cmds] == ["a", "b"]
+    for rank, cmd in enumerate(cmds):
+        remote = shlex.split(cmd[4])
+        assert f"HPCINFER_RANK={rank}" in remote and "HPCINFER_WORLD_SIZE=2" in remote
+        assert "HF_HOME=/p with space/$(x)" in remote
+        assert not any("secret" in part for part in cmd), "secrets never reach a command line"
+    ids = {next(p for p in shlex.split(c[4]) if p.startswith("HPCINFER_LAUNCH_ID")) for c in cmds}
+    assert len(ids) == 1
+
+
+def test_ssh_needs_hosts() -> None:
+    spec = JobSpec.model_validate({"workers": {"count": 1}})
+    with pytest.raises(HardwareError, match="hostfile"):
+        launch_commands(spec, "ssh", ["hpcinfer"], _alloc("me", source="local"), {})
+
+
+# -- walltime --------------------------------------------------------------------------------
+
+
+def test_walltime_drives_the_time_limit_with_a_margin() -> None:
+    spec = JobSpec()
+    assert effective_time_limit(spec, None) == (None, "")
+    assert effective_time_limit(spec, 3600.0) == (3240.0, "walltime")  # 10% margin
+    assert effective_time_limit(spec, 300.0) == (240.0, "walltime")  # at least 60 s
+    assert effective_time_limit(spec, 36000.0) == (35100.0, "walltime")  # at most 15 min
+    assert effective_time_limit(spec, 30.0) == (0.0, "walltime")
+    explicit = JobSpec.model_validate({"time_limit": "10m"})
+    assert effective_time_limit(explicit, 3600.0) == (600.0, "time limit")
+
+
+def test_rendezvous_file_is_json_with_hex_key(tmp_path: Path) -> None:
+    FileRendezvous(tmp_path, "L").share("h:1", b"\x01\x02")
+    assert json.loads((tmp_path / ".coordinator.json").read_text())["key"] == "0102"
