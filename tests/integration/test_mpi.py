@@ -145,8 +145,8 @@ def test_static_schedule_reproduces_seed_000(tmp_path: Path, cli_env: dict[str, 
         mine = [r for r in rows if r["id"].startswith(f"in/{rank}.in:")]
         assert len(mine) == 6 + rank
         assert {r["worker"] for r in mine} == {rank}, "file i must run on rank i"
-        out_file = tmp_path / "out" / f"{rank}.out"
-        assert out_file.exists(), sorted(p.name for p in (tmp_path / "out").iterdir())
+        out_file = tmp_path / "out" / "text" / "in" / f"{rank}.out"  # {rank}.in -> {rank}.out
+        assert out_file.read_text().count("Prompt:") == 6 + rank
 
 
 def test_ssh_launcher_two_hosts(tmp_path: Path, cli_env: dict[str, str]) -> None:
