@@ -20,6 +20,33 @@ from hpcinfer.errors import HardwareError
 _PROFILE_SUFFIX = ".yaml"
 
 
+class JobEnvironment(BaseModel):
+    """Site defaults for the environment block of job scripts that `hpcinfer submit` writes.
+
+    They sit in the profile because they belong to the machine (Aurora needs its frameworks
+    module and the ALCF proxy whoever runs there); a spec's `job:` section adds to them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheduler: Literal["pbs", "slurm"] | None = Field(
+        default=None, description="The machine's batch scheduler, used when none is given."
+    )
+    modules: list[str] = Field(default_factory=list, description="`module load` each, in order.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Variables exported in the job script (no secrets)."
+    )
+    proxy: str | None = Field(
+        default=None, description="HTTP(S) proxy URL for http_proxy/https_proxy and upper case."
+    )
+    no_proxy: str | None = Field(
+        default=None, description="Hosts that bypass the proxy (no_proxy/NO_PROXY)."
+    )
+    setup: list[str] = Field(
+        default_factory=list, description="Extra shell lines run before hpcinfer starts."
+    )
+
+
 class HardwareProfile(BaseModel):
     """One node's accelerators, how to address them, and the figures reports need."""
 
@@ -36,6 +63,9 @@ class HardwareProfile(BaseModel):
     peak_tflops_bf16: float | None = Field(default=None, gt=0)
     memory_gib_per_device: float | None = Field(default=None, gt=0)
     env: dict[str, str] = Field(default_factory=dict)
+    job_env: JobEnvironment | None = Field(
+        default=None, description="Site defaults for job scripts (hpcinfer submit)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwareProfile:
