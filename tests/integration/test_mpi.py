@@ -169,3 +169,24 @@ def test_ssh_launcher_two_hosts(tmp_path: Path, cli_env: dict[str, str]) -> None
     _assert_exactly_once(tmp_path / "out dir; $(touch PWNED)", 40)
     summary = _summary(done.stdout)
     assert sorted(w["rank"] for w in summary["workers"]) == [0, 1]
+
+
+def test_node_local_buffer_moves_every_unit_to_the_shared_store(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    mpiexec = _mpiexec()
+    write_prompts(tmp_path / "prompts.txt", 24)
+    local = tmp_path / "node-local"
+    buffered = ["--local-dir", str(local), *MPI, *COMMON]
+    done = subprocess.run(
+        [mpiexec, "-n", "2", *hpcinfer_cmd("run", "prompts.txt", "-o", "out", *buffered)],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_exactly_once(tmp_path / "out", 24)
+    leftovers = [p for p in local.rglob("*") if p.is_file()]
+    assert leftovers == [], "every committed unit moved to the shared store"

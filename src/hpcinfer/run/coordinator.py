@@ -67,6 +67,7 @@ class Coordinator:
         max_inflight: int,
         on_progress: Callable[[dict[str, int]], None],
         time_limit_s: float | None = None,
+        time_limit_name: str = "time limit",
         owner_of: Callable[[WorkUnit], int] | None = None,
         joins: JoinListener | None = None,
         on_join: Callable[[Joined], WorkerHandle | None] | None = None,
@@ -81,6 +82,7 @@ class Coordinator:
         )
         self.on_progress = on_progress
         self.time_limit_s = time_limit_s
+        self.time_limit_name = time_limit_name
         self.joins = joins
         self.on_join = on_join
         self.stop_reason: str | None = None
@@ -161,7 +163,7 @@ class Coordinator:
         now = time.monotonic()
         limit = self.time_limit_s
         if limit is not None and self.stop_reason is None and now - self.started >= limit:
-            self.request_stop(f"time limit of {self.time_limit_s:g}s reached")
+            self.request_stop(f"{self.time_limit_name} of {self.time_limit_s:g}s reached")
         if self.aborting_since is not None and now - self.aborting_since > ABORT_GRACE_S:
             for worker in self._alive():
                 if worker.proc is not None:

@@ -342,6 +342,9 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
             max_inflight=max_inflight(spec),
             on_progress=view.advance,
             time_limit_s=time_limit,
+            time_limit_name=(
+                "the job's walltime less a margin" if limit_source == "walltime" else "time limit"
+            ),
             owner_of=(
                 (lambda u: owners[u.records[0].source])
                 if spec.workers.schedule == "static"
