@@ -235,3 +235,36 @@ def test_scheduler_choice_order() -> None:
     with pytest.raises(SchedulerError, match="neither sbatch"):
         choose_scheduler(None, arc.spec.model_copy(update={"job": spec({}).job}), arc.profile,
                          no_programs)  # fmt: skip
+
+
+def test_stage_to_stages_the_model_then_runs_on_the_staged_copy(tmp_path: Path) -> None:
+    data = {**AURORA_SPEC, "job": {**AURORA_SPEC["job"], "stage_to": "/local/scratch/models"}}
+    script = prepare(data, "pbs").script
+    lines = script.splitlines()
+    stage = next(i for i, ln in enumerate(lines) if " stage " in ln)
+    run = next(i for i, ln in enumerate(lines) if ln.startswith("mpiexec ") and " run " in ln)
+    assert stage < run
+    assert shlex.split(lines[stage].split(" || ")[0]) == [
+        "mpiexec", "-n", "4", "-ppn", "1", "hpcinfer", "stage",
+        "/lus/flare/projects/demo/models/opt-125m", "--to", "/local/scratch/models",
+    ]  # fmt: skip
+    assert "hpcinfer_fail" in lines[stage]  # a failed stage stops the job before the run
+    # The run reads the staged copy, not the shared one (seed 001 read the wrong folder).
+    assert shlex.split(lines[run])[-2:] == ["--model", "/local/scratch/models/opt-125m"]
+    (tmp_path / "job.pbs").write_text(script)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "job.pbs")]).returncode == 0
+
+
+def test_stage_to_an_hf_id_exports_hf_home() -> None:
+    data = {**PERLMUTTER_SPEC, "model": "org/model"}
+    data["job"] = {**PERLMUTTER_SPEC["job"], "stage_to": "/tmp/hf stage"}
+    script = prepare(data, "slurm").script
+    assert "export HF_HOME='/tmp/hf stage'" in script
+    assert "export HF_HUB_CACHE='/tmp/hf stage/hub'" in script
+
+
+def test_stage_to_without_a_model_is_refused() -> None:
+    data = {**PERLMUTTER_SPEC, "job": {**PERLMUTTER_SPEC["job"], "stage_to": "/tmp/x"}}
+    data.pop("model", None)
+    with pytest.raises(SpecError, match="stage_to"):
+        prepare(data, "slurm")

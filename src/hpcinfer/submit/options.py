@@ -102,6 +102,12 @@ class JobScriptSpec(BaseModel):
         description="Extra shell lines run before hpcinfer starts, as written (your own shell; "
         "an entry may span several lines).",
     )
+    stage_to: str | None = Field(
+        None,
+        description="Node-local directory (e.g. /local/scratch/hf) the job stages the model "
+        "to before the run, with `hpcinfer stage` (one rank per node); the run then reads "
+        "that copy (its --model and HF_HOME are set to match).",
+    )
     resubmit: int = Field(
         0,
         ge=0,

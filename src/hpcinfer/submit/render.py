@@ -87,17 +87,48 @@ def _gpus_per_node(spec: JobSpec, profile: HardwareProfile, scheduler: Scheduler
 
 
 def launch_argv(
-    spec: JobSpec, scheduler: Scheduler, spec_path: Path, hpcinfer: list[str], ranks: int
+    spec: JobSpec,
+    scheduler: Scheduler,
+    spec_path: Path,
+    hpcinfer: list[str],
+    ranks: int,
+    run_options: tuple[str, ...] = (),
 ) -> list[str]:
     """`mpiexec ... hpcinfer run SPEC` (PBS) or `srun ... hpcinfer run SPEC` (Slurm)."""
     command = [*hpcinfer, "run", str(spec_path), "--launcher", RUN_LAUNCHER[scheduler]]
     request = LaunchRequest(
-        command=command,
+        command=[*command, *run_options],
         nodes=spec.job.nodes,
         ranks_per_node=ranks,
         cpu_bind=_cpu_bind(spec, scheduler),
     )
     return mpiexec_mpich(request) if scheduler == "pbs" else srun(request)
+
+
+def stage_lines(
+    spec: JobSpec, scheduler: Scheduler, hpcinfer: list[str]
+) -> tuple[list[str], tuple[str, ...]]:
+    """With `job.stage_to`: the staging step (one rank per node) and the exports it implies,
+    plus the `--model` the run must then use, so the run reads exactly what was staged."""
+    to = spec.job.stage_to
+    if to is None:
+        return [], ()
+    if spec.model is None:
+        raise SpecError(
+            "job.stage_to stages the spec's model, but the spec has no model: set model: to "
+            "a model directory or an HF id in HF_HOME"
+        )
+    from hpcinfer.stage.layout import staged_location
+
+    request = LaunchRequest(
+        command=[*hpcinfer, "stage", spec.model, "--to", to], nodes=spec.job.nodes, ranks_per_node=1
+    )
+    step = mpiexec_mpich(request) if scheduler == "pbs" else srun(request)
+    model, env = staged_location(spec.model, to)
+    fail = shlex.quote(f"staging {spec.model} to {to} failed")
+    lines = [f"{shlex.join(step)} || hpcinfer_fail {fail}"]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+    return lines, ("--model", model)
 
 
 def _templates() -> jinja2.Environment:
@@ -135,7 +166,13 @@ def render_job_script(
     )
     directives = pbs_directives(request) if scheduler == "pbs" else slurm_directives(request)
     command = ["hpcinfer"] if env.activates else list(hpcinfer or default_hpcinfer())
-    launch = launch_argv(spec, scheduler, files.spec, command, ranks)
+    staging, run_options = stage_lines(spec, scheduler, command)
+    launch = "\n".join(
+        [
+            *staging,
+            shlex.join(launch_argv(spec, scheduler, files.spec, command, ranks, run_options)),
+        ]
+    )
     template = _templates().get_template(f"{SCRIPT_NAMES[scheduler]}.j2")
     return template.render(
         shebang=_SHEBANG[scheduler],
@@ -147,6 +184,6 @@ def render_job_script(
         job_id_expr=f"${{{_JOB_ID_VAR[scheduler]}:-unknown}}",
         workdir=shlex.quote(str(workdir)),
         cd_error=shlex.quote(f"cannot cd to {workdir}"),
-        launch=shlex.join(launch),
+        launch=launch,
         pass_env=" ".join(shlex.quote(name) for name in spec.job.pass_env),
     )
