@@ -349,6 +349,23 @@ def test_run_bad_placement_exits_2_naming_the_choices(hpcinfer: Main) -> None:
     assert "workers.placement" in text and "'compact'" in text and "'scatter'" in text
 
 
+def test_run_bad_launcher_and_schedule_exit_2_naming_the_choices(hpcinfer: Main) -> None:
+    text = usage_error(hpcinfer("run", "p.txt", "--launcher", "pbsdsh"))
+    assert "workers.launcher" in text and "'mpi'" in text and "'srun'" in text
+    text = usage_error(hpcinfer("run", "p.txt", "--schedule", "round-robin"))
+    assert "workers.schedule" in text and "'static'" in text
+
+
+def test_run_srun_launcher_outside_slurm_exits_2_with_the_fix(
+    hpcinfer: Main, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith(("SLURM_", "PMI_", "OMPI_", "PALS_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(sys, "argv", ["hpcinfer", "run", "p.txt", "--launcher", "srun"])
+    text = usage_error(hpcinfer("run", "p.txt", "--launcher", "srun"))
+    assert "salloc" in text and "hpcinfer submit" in text
+
+
 def test_run_out_of_range_value_exits_2_naming_it(hpcinfer: Main) -> None:
     text = usage_error(hpcinfer("run", "p.txt", "--max-tokens", "0"))
     assert "sampling.max_tokens" in text and "(got 0)" in text

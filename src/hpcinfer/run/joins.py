@@ -10,6 +10,7 @@ handed to the coordinator's loop through a doorbell connection, so a slow node j
 from __future__ import annotations
 
 import contextlib
+import resource
 import secrets
 import threading
 import time
@@ -38,6 +39,7 @@ class JoinListener:
     """Accepts the workers of ranks 1..world_size-1 until closed."""
 
     def __init__(self, bind_host: str, advertise_host: str, world_size: int, wait_s: float):
+        _allow_open_files(world_size * 2 + 256)
         self.key = secrets.token_bytes(32)
         self._listener = Listener((bind_host, 0), authkey=self.key, backlog=512)
         port = self._listener.address[1]
@@ -121,6 +123,16 @@ class JoinListener:
             self._arrived.append(joined)
         with contextlib.suppress(OSError):
             self._ring.send(None)
+
+
+def _allow_open_files(wanted: int) -> None:
+    """One connection per worker: 24,576 workers need more than the usual 1,024 descriptors;
+    raise the soft limit toward the hard one (which the site sets)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _joined(conn: Connection, kind: Any, hello: Any) -> Joined:
