@@ -50,6 +50,19 @@ def run_cli(
     )
 
 
+def start_cli(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start a command (e.g. `hpcinfer_cmd(...)`) in its own session, to signal or kill it."""
+    return subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]

@@ -11,10 +11,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import hpcinfer_cmd, read_rows, require, run_cli, write_prompts
+from tests.conftest import hpcinfer_cmd, read_rows, require, run_cli, start_cli, write_prompts
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +29,20 @@ def _mpiexec() -> str:
     present = Path(found).exists() and importlib.util.find_spec("mpi4py") is not None
     require("MPI (mpiexec + mpi4py)", present, "pip install mpi4py mpich")
     return found
+
+
+def _mpirun(ranks: int, args: list[str], cwd: Path, env: dict[str, str]) -> Any:
+    """`mpiexec -n RANKS hpcinfer ARGS`, started by the user (each rank joins the job)."""
+    done = subprocess.run(
+        [_mpiexec(), "-n", str(ranks), *hpcinfer_cmd(*args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def _summary(stdout: str) -> dict:
@@ -44,17 +59,8 @@ def _assert_exactly_once(out: Path, count: int, name: str = "prompts.txt") -> li
 
 
 def test_user_mpiexec_three_ranks_share_one_job(tmp_path: Path, cli_env: dict[str, str]) -> None:
-    mpiexec = _mpiexec()
     write_prompts(tmp_path / "prompts.txt", 240)
-    done = subprocess.run(
-        [mpiexec, "-n", "3", *hpcinfer_cmd("run", "prompts.txt", "-o", "out", *MPI, *COMMON)],
-        cwd=tmp_path,
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _mpirun(3, ["run", "prompts.txt", "-o", "out", *MPI, *COMMON], tmp_path, cli_env)
     summary = _summary(done.stdout)  # only rank 0 prints
     _assert_exactly_once(tmp_path / "out", 240)
     per_rank = {w["rank"]: w["records"] for w in summary["workers"]}
@@ -95,15 +101,7 @@ def test_kill_one_rank_then_rerun_completes_exactly_once(
     env = dict(cli_env, PATH=f"{Path(sys.executable).parent}:{cli_env['PATH']}")
     args = ["run", "prompts.txt", "-o", "out", "--launcher", "mpi", "--workers", "3", *COMMON]
     # hpcinfer starts the ranks itself (mpiexec -n 3 -ppn 3 ...).
-    proc = subprocess.Popen(
-        hpcinfer_cmd(*args),
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_cli(hpcinfer_cmd(*args), tmp_path, env)
     units = tmp_path / "out" / "units"
     deadline = time.monotonic() + 300
     while len(list(units.glob("*.jsonl"))) < 3:
@@ -126,20 +124,11 @@ def test_kill_one_rank_then_rerun_completes_exactly_once(
 
 
 def test_static_schedule_reproduces_seed_000(tmp_path: Path, cli_env: dict[str, str]) -> None:
-    mpiexec = _mpiexec()
     inputs = tmp_path / "in"
     inputs.mkdir()
     for rank in range(3):
         write_prompts(inputs / f"{rank}.in", 6 + rank)
-    done = subprocess.run(
-        [mpiexec, "-n", "3", *hpcinfer_cmd("run", "in", "-o", "out", *MPI, *STATIC, *COMMON)],
-        cwd=tmp_path,
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    _mpirun(3, ["run", "in", "-o", "out", *MPI, *STATIC, *COMMON], tmp_path, cli_env)
     rows = read_rows(tmp_path / "out" / "results.jsonl")
     for rank in range(3):
         mine = [r for r in rows if r["id"].startswith(f"in/{rank}.in:")]
@@ -174,19 +163,10 @@ def test_ssh_launcher_two_hosts(tmp_path: Path, cli_env: dict[str, str]) -> None
 def test_node_local_buffer_moves_every_unit_to_the_shared_store(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
-    mpiexec = _mpiexec()
     write_prompts(tmp_path / "prompts.txt", 24)
     local = tmp_path / "node-local"
     buffered = ["--local-dir", str(local), *MPI, *COMMON]
-    done = subprocess.run(
-        [mpiexec, "-n", "2", *hpcinfer_cmd("run", "prompts.txt", "-o", "out", *buffered)],
-        cwd=tmp_path,
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    _mpirun(2, ["run", "prompts.txt", "-o", "out", *buffered], tmp_path, cli_env)
     _assert_exactly_once(tmp_path / "out", 24)
     leftovers = [p for p in local.rglob("*") if p.is_file()]
     assert leftovers == [], "every committed unit moved to the shared store"

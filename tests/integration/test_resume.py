@@ -11,21 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import hpcinfer_cmd, read_rows, run_cli, write_prompts
+from tests.conftest import hpcinfer_cmd, read_rows, run_cli, start_cli, write_prompts
 
 pytestmark = pytest.mark.integration
 
 
 def _start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        hpcinfer_cmd(*args),
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return start_cli(hpcinfer_cmd(*args), cwd, env)
 
 
 def _wait_for_units(

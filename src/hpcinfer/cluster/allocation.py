@@ -18,7 +18,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from hpcinfer.errors import HardwareError
 _MAX_HOSTS = 1_000_000
 _DIGITS = re.compile(r"[0-9]+")
 _GROUP = re.compile(r"\[([^\[\]]*)\]")
+_LAST_NUMBER = re.compile(r"(.*?)([0-9]+)([^0-9]*)")  # prefix, last run of digits, suffix
 
 
 # --- Slurm hostlist syntax ------------------------------------------------------------
@@ -114,6 +115,74 @@ def expand_hostlist(expr: str) -> list[str]:
     for item in _split_items(expr):
         hosts.extend(_expand_item(expr, item))
     return hosts
+
+
+def _check_host(host: str) -> None:
+    """A name hostlist syntax can carry: brackets, commas and whitespace are its syntax."""
+    bad = next((c for c in host if c in "[]," or c.isspace()), None)
+    if not host or bad is not None:
+        why = "an empty name" if not host else f"{bad!r} in the name"
+        raise HardwareError(
+            f"cannot write host {host!r} in hostlist syntax: {why}; host names must be "
+            "non-empty, without brackets, commas or whitespace"
+        )
+
+
+def _host_groups(hosts: list[str]) -> Iterator[tuple[str, list[str], str]]:
+    """Runs of consecutive hosts that differ only in their last number, as (prefix, numbers,
+    suffix); a host without digits is a group of its own with no numbers."""
+    current: tuple[str, list[str], str] | None = None
+    for host in hosts:
+        _check_host(host)
+        match = _LAST_NUMBER.fullmatch(host)
+        if match is None:
+            if current:
+                yield current
+            current = None
+            yield host, [], ""
+            continue
+        prefix, number, suffix = match.groups()
+        if current and current[0::2] == (prefix, suffix) and len(current[1]) < _MAX_HOSTS:
+            current[1].append(number)
+            continue
+        if current:
+            yield current
+        current = (prefix, [number], suffix)
+    if current:
+        yield current
+
+
+def _compress_numbers(numbers: list[str]) -> str:
+    """'001','002','003','010' -> '001-003,010'. A range continues while the next number is
+    the next integer written as `_expand_group` writes it (the range's first width), so mixed
+    widths and duplicates stay as separate parts and expand back exactly."""
+    parts: list[str] = []
+    start = 0
+    for i in range(1, len(numbers) + 1):
+        width = len(numbers[start])
+        if i < len(numbers) and numbers[i] == f"{int(numbers[i - 1]) + 1:0{width}d}":
+            continue
+        low, high = numbers[start], numbers[i - 1]
+        parts.append(low if start == i - 1 else f"{low}-{high}")
+        start = i
+    return ",".join(parts)
+
+
+def compress_hostlist(hosts: list[str]) -> str:
+    """The inverse of `expand_hostlist`: ``nid001..nid004, nid010`` -> ``"nid[001-004,010]"``.
+
+    Order is kept exactly (duplicates too): consecutive hosts that differ only in their last
+    number share one bracket group, ascending runs of that number become ranges, anything
+    else is listed. ``expand_hostlist(compress_hostlist(hosts)) == hosts`` always holds;
+    a name the syntax cannot carry (empty, brackets, commas, whitespace) raises.
+    """
+    items: list[str] = []
+    for prefix, numbers, suffix in _host_groups(hosts):
+        if len(numbers) < 2:
+            items.append(prefix + "".join(numbers) + suffix)
+        else:
+            items.append(f"{prefix}[{_compress_numbers(numbers)}]{suffix}")
+    return ",".join(items)
 
 
 def short_hostname(name: str) -> str:

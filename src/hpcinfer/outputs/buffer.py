@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import queue
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from hpcinfer.outputs.atomic import fsync_dir
+from hpcinfer.outputs.atomic import atomic_writer
 from hpcinfer.outputs.store import OutputStore, unit_file_name
 
 
@@ -81,18 +79,6 @@ class UnitMover:
                 self.error = exc
 
     def _move_file(self, path: Path) -> None:
-        target = self.shared.units_dir / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(target.parent)
+        with open(path, "rb") as src, atomic_writer(self.shared.units_dir / path.name, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
         path.unlink()
