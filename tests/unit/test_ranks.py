@@ -222,3 +222,15 @@ def test_walltime_drives_the_time_limit_with_a_margin() -> None:
 def test_rendezvous_file_is_json_with_hex_key(tmp_path: Path) -> None:
     FileRendezvous(tmp_path, "L").share("h:1", b"\x01\x02")
     assert json.loads((tmp_path / ".coordinator.json").read_text())["key"] == "0102"
+
+
+def test_workers_never_admitted_are_told_there_is_no_work_at_close() -> None:
+    # A rerun of a finished job: a rank's worker joins, the job has nothing for it.
+    joins = JoinListener("127.0.0.1", "127.0.0.1", world_size=2, wait_s=30)
+    host, port = joins.address.rsplit(":", 1)
+    worker = Client((host, int(port)), authkey=joins.key)
+    worker.send(_hello(1))
+    assert joins.doorbell.poll(10)
+    joins.close()
+    assert worker.poll(10) and worker.recv() is None  # the worker exits instead of waiting
+    worker.close()

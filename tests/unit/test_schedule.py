@@ -72,3 +72,9 @@ def test_dynamic_hands_out_every_unit_once() -> None:
         worker += 1
     assert sorted(seen) == sorted(u.id for u in units)
     assert sched.unassigned == 0
+
+
+def test_a_finished_job_has_no_work_before_any_unit_is_read() -> None:
+    # A rerun of a finished job: the coordinator must not wait for other ranks to join.
+    assert not Scheduler(iter([]), 0, unit_size=2, max_inflight=8).has_work()
+    assert Scheduler(iter(_units({"a": 1})), 1, unit_size=2, max_inflight=8).has_work()

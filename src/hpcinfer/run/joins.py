@@ -87,11 +87,18 @@ class JoinListener:
         """Stop accepting; a connection to ourselves wakes the blocked accept()."""
         if self._closed:
             return
-        self._closed = True
+        with self._lock:
+            self._closed = True
         with contextlib.suppress(OSError, EOFError, AuthenticationError):
             Client(self._local_address, authkey=self.key).close()
         self._thread.join(timeout=5)
         self._listener.close()
+        # Workers that joined but were never admitted wait for a configuration: tell them
+        # there is none, or their ranks (and an MPI barrier at the end) would wait forever.
+        for joined in self.take():
+            with contextlib.suppress(OSError, ValueError):
+                joined.conn.send(None)
+            joined.conn.close()
 
     def _accept_loop(self) -> None:
         while not self._closed:
@@ -118,6 +125,11 @@ class JoinListener:
             conn.close()
             return
         with self._lock:
+            if self._closed:  # too late: the job is over (close() already drained the rest)
+                with contextlib.suppress(OSError, ValueError):
+                    conn.send(None)
+                conn.close()
+                return
             self.slots[joined.rank] = joined.slots
             self.joined[joined.rank] = self.joined.get(joined.rank, 0) + 1
             self._arrived.append(joined)

@@ -100,8 +100,8 @@ class Scheduler:
         )
 
     def has_work(self) -> bool:
-        """Units not yet handed out (read or unread)."""
-        return bool(self.requeued) or not self.exhausted or any(self.held_back.values())
+        """Records not yet handed out (read or unread; the plan says how many there are)."""
+        return self.unassigned > 0
 
     def requeue(self, units: list[WorkUnit], owner_died: int | None = None) -> None:
         """Take back units a dead worker held; in static mode its own units become anyone's."""
