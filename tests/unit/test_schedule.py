@@ -78,3 +78,17 @@ def test_a_finished_job_has_no_work_before_any_unit_is_read() -> None:
     # A rerun of a finished job: the coordinator must not wait for other ranks to join.
     assert not Scheduler(iter([]), 0, unit_size=2, max_inflight=8).has_work()
     assert Scheduler(iter(_units({"a": 1})), 1, unit_size=2, max_inflight=8).has_work()
+
+
+def test_batching_engines_get_a_full_batch_while_the_job_has_one_per_worker() -> None:
+    from hpcinfer.run.schedule import grant_target
+
+    big = {"unit_size": 32, "max_inflight": 320, "batch": 256}
+    # 10M records over 24,576 workers: guided self-scheduling alone would cap at 204.
+    assert grant_target(unassigned=10_000_000, alive=24_576, **big) == 256
+    # Later, little is unassigned but workers still hold plenty: keep batches full.
+    assert grant_target(unassigned=1_000_000, alive=24_576, held=6_000_000, **big) == 256
+    # A small job is spread evenly, not taken by the first worker to ask.
+    assert grant_target(unassigned=240, alive=3, **big) == 80
+    # The end of a job: even shares of what is outstanding.
+    assert grant_target(unassigned=64, alive=4, held=96, **big) == 40

@@ -342,14 +342,13 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
             max_inflight=max_inflight(spec),
             on_progress=view.advance,
             time_limit_s=time_limit,
-            time_limit_name=(
-                "the job's walltime less a margin" if limit_source == "walltime" else "time limit"
-            ),
+            time_limit_name=("walltime limit" if limit_source == "walltime" else "time limit"),
             owner_of=(
                 (lambda u: owners[u.records[0].source])
                 if spec.workers.schedule == "static"
                 else None
             ),
+            batch=spec.engine.max_num_seqs or ENGINE_DEFAULT_MAX_NUM_SEQS,
             joins=cluster.joins if cluster else None,
             on_join=on_join,
         )
