@@ -8,6 +8,7 @@ model with two srun tasks on the node: two ranks of one job, coordinated by rank
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -121,3 +122,26 @@ def test_cancel_moves_a_pending_job_to_cancelled(
     status = _wait_final(job_id, tmp_path, env)
     assert status["state"] == "CANCELLED", status
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_run_inside_sbatch_starts_its_own_srun_ranks(
+    slurm: SlurmCluster, env: dict[str, str], tmp_path: Path
+) -> None:
+    """`hpcinfer run --launcher srun` in a batch script (which has SLURM_PROCID=0 and
+    SLURM_NTASKS=2 without being a task) starts the ranks with srun itself."""
+    write_prompts(tmp_path / "prompts.txt", 16)
+    run = f"{sys.executable} -m hpcinfer run prompts.txt -o out --launcher srun --max-tokens 8"
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", f"--chdir={tmp_path}",
+         f"--output={tmp_path / 'job.out'}", f"--wrap={run} --unit-size 4 --json"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    status = _wait_final(job_id, tmp_path, env)
+    output = (tmp_path / "job.out").read_text(errors="replace")
+    assert status["state"] == "COMPLETED", f"{status}\n{output[-6000:]}"
+    rows = read_rows(tmp_path / "out" / "results.jsonl")
+    assert [r["id"] for r in rows] == [f"prompts.txt:{i}" for i in range(1, 17)]
+    run_info = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert sorted(w["rank"] for w in run_info["summary"]["workers"]) == [0, 1]
