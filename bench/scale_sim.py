@@ -117,7 +117,7 @@ class Variant:
     policy: str = "dynamic"  # or "static"
     max_inflight: int | None = None  # None: max_num_seqs + 2 units (the job default)
     target: Target | None = None  # replaces schedule.grant_target
-    reask_below_target: bool = False  # refused: ask again below the target, not every finish
+    reask_below_target: bool = True  # refused: ask again below the target (as shipped)
 
 
 @dataclass(frozen=True)
@@ -550,12 +550,7 @@ class Simulation:
         once the queue is empty only when woken (work requeued, or the job done)."""
         if self.scheduler.exhausted and not self.scheduler.requeued:
             return 0
-        return schedule.grant_target(
-            unassigned=self.scheduler.unassigned,
-            alive=self.alive,
-            unit_size=self.config.unit_size,
-            max_inflight=self.max_inflight,
-        )
+        return self.scheduler.last_target
 
     def on_commit(self, now: float, index: int, unit: int) -> None:
         self.queue_message(now, 2 * self.message_s)  # progress + committed
@@ -699,9 +694,8 @@ def variants(config: SimConfig) -> list[Variant]:
     return [
         Variant("dynamic"),
         Variant("dynamic-no-floor", target=no_floor_target),
-        Variant("dynamic+reask", reask_below_target=True),
+        Variant("dynamic-no-reask", reask_below_target=False),
         Variant("dynamic+full-floor", target=floor),
-        Variant("dynamic+full-floor+reask", target=floor, reask_below_target=True),
     ]
 
 

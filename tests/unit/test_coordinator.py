@@ -121,7 +121,8 @@ def test_grants_run_out_then_say_no_more(tmp_path: Path) -> None:
     _, payload = ask(coord, ends, 0)
     assert [u.id for u in payload["units"]] == [units[0].id]  # half of its even share
     _, payload = ask(coord, ends, 0, inflight=4)
-    assert payload == {"units": [], "more": True}  # holds its share already
+    # Holds its share already: ask again once holding less than the target (4 records).
+    assert payload == {"units": [], "more": True, "ask_below": 4}
     _, payload = ask(coord, ends, 1, inflight=0)
     assert [u.id for u in payload["units"]] == [units[1].id]
     _, payload = ask(coord, ends, 1, inflight=0)
@@ -129,7 +130,8 @@ def test_grants_run_out_then_say_no_more(tmp_path: Path) -> None:
     _, payload = ask(coord, ends, 1, inflight=0)
     assert [u.id for u in payload["units"]] == [units[3].id]
     _, payload = ask(coord, ends, 1, inflight=0)
-    assert payload == {"units": [], "more": True}  # worker 0 still holds a unit
+    # Worker 0 still holds a unit; nothing left to hand out: ask again only when woken.
+    assert payload == {"units": [], "more": True, "ask_below": 0}
     coord.workers[0].assigned.clear()
     _, payload = ask(coord, ends, 1, inflight=0)
     assert payload == {"units": [], "more": False}
@@ -141,7 +143,7 @@ def test_idle_worker_waits_while_another_holds_work_and_is_woken(tmp_path: Path)
     _, first = ask(coord, ends, 0)
     assert len(first["units"]) == 1
     _, second = ask(coord, ends, 1)
-    assert second == {"units": [], "more": True}  # worker 0 might still die
+    assert second == {"units": [], "more": True, "ask_below": 0}  # worker 0 might still die
     assert coord.workers[1].waiting
     ends[0].send(("committed", {"unit": units[0].id}))
     coord._receive(coord.workers[0])

@@ -339,6 +339,24 @@ def test_empty_grant_with_more_waits_for_wake(make: Callable[..., Harness]) -> N
     assert_unit_rows(h.store, work)
 
 
+def test_a_refused_worker_asks_again_only_below_the_hint(make: Callable[..., Harness]) -> None:
+    h = make(per_poll=1, max_inflight=8).start()
+    assert h.recv() == ("want", {"inflight": 0})
+    first = unit("a.txt", 1, 6, 0)
+    h.send("units", {"units": [first], "more": True})
+    assert h.recv_kind() == ("want", {"inflight": 5})
+    h.send("units", {"units": [], "more": True, "ask_below": 2})  # refused: target is 2
+    seen = [h.recv_kind()]
+    while seen[-1][0] != "want":  # the unit may commit first: it runs while we talk
+        seen.append(h.recv_kind())
+    assert seen[-1][1]["inflight"] < 2, f"asked again at {seen[-1]}, above the hint"
+    h.send("units", {"units": [], "more": False})
+    while seen[-1][0] != "bye":
+        seen.append(h.recv_kind())
+    assert ("committed", {"unit": first.id}) in seen
+    h.finish()
+
+
 def test_abort_returns_without_bye(make: Callable[..., Harness]) -> None:
     h = make().start()
     assert h.recv()[0] == "want"

@@ -228,7 +228,15 @@ class Coordinator:
         if not granted and not more and self._someone_else_holds_work(worker):
             more = True
         worker.waiting = not granted and more
-        _send(worker, ("units", {"units": granted, "more": more}))
+        reply: dict[str, Any] = {"units": granted, "more": more}
+        if worker.waiting:
+            # Ask again once holding less than the target; with nothing left to hand out,
+            # only when woken (work requeued, or the job done). Without this hint a refused
+            # worker asked at every finished record: 88% of requests at 24,576 workers.
+            reply["ask_below"] = (
+                self.scheduler.last_target if self.scheduler.more_for(worker.index) else 0
+            )
+        _send(worker, ("units", reply))
 
     def _work_left_unheld(self) -> bool:
         return bool(self.scheduler.requeued) or not self.scheduler.exhausted

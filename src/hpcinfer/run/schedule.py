@@ -76,6 +76,7 @@ class Scheduler:
         self.units = units
         self.batch = batch  # the engine's max_num_seqs: see grant_target
         self.held = 0  # records granted and not yet committed
+        self.last_target = 0  # the target of the last grant (a refused worker's re-ask level)
         self.unassigned = unassigned_records
         self.unit_size = unit_size
         self.max_inflight = max_inflight
@@ -98,6 +99,7 @@ class Scheduler:
                 batch=self.batch,
                 held=self.held,
             )
+        self.last_target = target
         granted: list[WorkUnit] = []
         held = inflight
         while held < target or (not granted and held == 0):

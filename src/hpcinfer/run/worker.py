@@ -151,7 +151,8 @@ class Worker:
                 units: list[WorkUnit] = payload["units"]
                 self.no_more = not payload["more"]
                 refused = not units and not self.no_more
-                self.refused_at = self.asked_inflight if refused else None
+                hint = int(payload.get("ask_below", self.asked_inflight))
+                self.refused_at = min(self.asked_inflight, hint) if refused else None
                 for unit in units:
                     self._start(unit)
             elif kind == "wake":
