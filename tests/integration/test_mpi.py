@@ -59,14 +59,20 @@ def _assert_exactly_once(out: Path, count: int, name: str = "prompts.txt") -> li
 
 
 def test_user_mpiexec_three_ranks_share_one_job(tmp_path: Path, cli_env: dict[str, str]) -> None:
-    write_prompts(tmp_path / "prompts.txt", 240)
-    done = _mpirun(3, ["run", "prompts.txt", "-o", "out", *MPI, *COMMON], tmp_path, cli_env)
+    # Enough work (about 90k tokens) that it outlasts the engines' staggered start-up (3
+    # engines on 2 cores, two of them sharing one): a short job is rightly finished by the
+    # first engine up.
+    write_prompts(tmp_path / "prompts.txt", 960)
+    longer = [*COMMON, "--max-tokens", "96", "--unit-size", "8"]
+    done = _mpirun(3, ["run", "prompts.txt", "-o", "out", *MPI, *longer], tmp_path, cli_env)
     summary = _summary(done.stdout)  # only rank 0 prints
-    _assert_exactly_once(tmp_path / "out", 240)
+    _assert_exactly_once(tmp_path / "out", 960)
     per_rank = {w["rank"]: w["records"] for w in summary["workers"]}
-    print("records per rank:", per_rank)
+    print(
+        "records per rank:", per_rank, "start-up s:", [w["startup_s"] for w in summary["workers"]]
+    )
     assert sorted(per_rank) == [0, 1, 2]
-    assert sum(per_rank.values()) == 240
+    assert sum(per_rank.values()) == 960
     # Dynamic balance: work is spread over ranks as they come up, not split up front.
     assert sum(1 for n in per_rank.values() if n > 0) >= 2
     run_json = json.loads((tmp_path / "out" / "run.json").read_text())
