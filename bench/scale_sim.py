@@ -51,7 +51,7 @@ from hpcinfer.run import schedule
 from hpcinfer.run.job import ENGINE_DEFAULT_MAX_NUM_SEQS
 from hpcinfer.run.plan import WorkUnit
 from hpcinfer.run.schedule import Scheduler, static_owners
-from hpcinfer.run.worker import PROGRESS_INTERVAL_S
+from hpcinfer.run.worker import progress_interval_s
 from hpcinfer.spec import WorkersSpec
 
 UNIT_SIZE = WorkersSpec().unit_size
@@ -96,13 +96,14 @@ class WorkloadModel:
 @dataclass(frozen=True)
 class CoordinatorModel:
     """One coordinator serving messages one at a time. Periodic progress messages (each busy
-    worker every PROGRESS_INTERVAL_S) take a share `rho` of its time; other messages are
+    worker every `progress_interval_s(workers)`, as hpcinfer sets it) take a share `rho` of
+    its time; other messages are
     served FIFO in the rest, each taking `service / (1 - rho)`."""
 
     rpc_round_trip_s: float = 200e-6
     want_s: float = 30e-6
     message_s: float = 10e-6
-    progress_interval_s: float = PROGRESS_INTERVAL_S
+    progress_interval_s: float | None = None  # None: as hpcinfer sets it for the job
     max_background: float = 0.9
 
 
@@ -395,7 +396,8 @@ class Simulation:
         self.seq = itertools.count().__next__
         self.half_rpc = coordinator.rpc_round_trip_s / 2
         self.want_s, self.message_s = coordinator.want_s, coordinator.message_s
-        self.background_per_holder = coordinator.message_s / coordinator.progress_interval_s
+        interval = coordinator.progress_interval_s or progress_interval_s(config.workers)
+        self.background_per_holder = coordinator.message_s / interval
         self.background_max = coordinator.max_background
         # the coordinator's state, as in coordinator.py
         self.alive = config.workers

@@ -425,3 +425,11 @@ def test_a_refusal_that_arrives_after_the_units_committed_does_not_deadlock(
     assert h.recv_kind() == ("committed", {"unit": second.id})
     assert h.recv_kind()[0] == "bye"
     h.finish()
+
+
+def test_progress_reports_thin_out_at_scale() -> None:
+    from hpcinfer.run.worker import progress_interval_s
+
+    assert progress_interval_s(2) == 0.5  # a node: the bar moves twice a second
+    # 24,576 workers: about 2,000 periodic reports a second reach the coordinator in all.
+    assert 24_576 / progress_interval_s(24_576) == pytest.approx(2000)

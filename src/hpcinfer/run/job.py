@@ -57,7 +57,12 @@ from hpcinfer.run.ranks import (
 )
 from hpcinfer.run.runinfo import write_run_json
 from hpcinfer.run.schedule import static_owners
-from hpcinfer.run.worker import COORDINATOR_KEY_ENV, WORKER_HELLO_ENV, WorkerConfig
+from hpcinfer.run.worker import (
+    COORDINATOR_KEY_ENV,
+    WORKER_HELLO_ENV,
+    WorkerConfig,
+    progress_interval_s,
+)
 from hpcinfer.spec import JobSpec, digest_identity
 
 ENGINE_DEFAULT_MAX_NUM_SEQS = 256
@@ -273,6 +278,7 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
     if units_left is not None:
         n_spawn = min(n_spawn, units_left)  # a rerun of a finished job starts no engine
     node_workers = len(placement.placements) * (cluster.ctx.info.local_size if cluster else 1)
+    total_workers = len(placement.placements) * (cluster.ctx.info.world_size if cluster else 1)
     # Workers start now and import vLLM while this process plans the job and finds the model.
     spawned = [
         spawn_worker(
@@ -308,6 +314,7 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
                     out_dir=str(store.root),
                     max_inflight=max_inflight(spec),
                     local_dir=str(cwd / spec.output.local_dir) if spec.output.local_dir else None,
+                    progress_interval_s=progress_interval_s(total_workers),
                 ),
             )
 
@@ -332,7 +339,6 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
                 "stops then; rerun (or --resubmit) to continue"
             )
         pending = (u for u in _units(spec, inputs, cwd) if not store.is_committed(u.id))
-        total_workers = len(placement.placements) * (cluster.ctx.info.world_size if cluster else 1)
         owners = static_owners(inputs.names, max(total_workers, 1))
         coordinator = Coordinator(
             handles,
