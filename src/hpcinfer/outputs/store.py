@@ -92,12 +92,17 @@ class OutputStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.units_dir.mkdir(exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
-        for stale in self.units_dir.glob(".*.tmp"):  # commits cut short by a kill
-            stale.unlink(missing_ok=True)
+        self.remove_cut_commits()
         self._claim = {"fingerprint": fingerprint, "identity": identity}
         if manifest is None:  # a resume keeps the plan it recorded (same fingerprint)
             self.write_manifest({"fingerprint": fingerprint, "identity": identity, "units": None})
         return manifest is not None
+
+    def remove_cut_commits(self) -> None:
+        """Delete temp files of commits cut short by a kill (at the start of a run, and at its
+        end, once the workers are gone: a worker killed mid-commit leaves one)."""
+        for stale in self.units_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
 
     def clear(self) -> None:
         shutil.rmtree(self.units_dir, ignore_errors=True)

@@ -376,6 +376,7 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
     _reap(spawned, grace_s=REAP_GRACE_S)
     for handle in handles:
         handle.conn.close()
+    store.remove_cut_commits()
     complete = counts["records"] == plan.total_records
     wall = time.monotonic() - started
     failures = [h for h in handles if not h.clean_exit]
