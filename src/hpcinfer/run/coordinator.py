@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hpcinfer.run.joins import Joined, JoinListener
+from hpcinfer.run.joins import Joined, JoinListener, decline
 from hpcinfer.run.plan import WorkUnit
 from hpcinfer.run.schedule import Scheduler
 
@@ -154,7 +154,7 @@ class Coordinator:
         assert self.joins is not None and self.on_join is not None
         for joined in self.joins.take():
             if self.stop_reason is not None or not self.scheduler.has_work():
-                _close_quietly(joined.conn, None)
+                decline(joined.conn)
                 continue
             handle = self.on_join(joined)
             if handle is not None:
@@ -277,10 +277,3 @@ class Coordinator:
 def _send(worker: WorkerHandle, message: tuple[str, Any]) -> None:
     with contextlib.suppress(OSError, ValueError):
         worker.conn.send(message)
-
-
-def _close_quietly(conn: Connection, message: Any) -> None:
-    """Tell a worker there is nothing for it (a None configuration), then hang up."""
-    with contextlib.suppress(OSError, ValueError):
-        conn.send(message)
-    conn.close()

@@ -280,13 +280,9 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
     node_workers = len(placement.placements) * (cluster.ctx.info.local_size if cluster else 1)
     total_workers = len(placement.placements) * (cluster.ctx.info.world_size if cluster else 1)
     # Workers start now and import vLLM while this process plans the job and finds the model.
+    engine_vars = engine_vars_for(spec, profile, node_workers)
     spawned = [
-        spawn_worker(
-            placement.placements[i],
-            engine_vars_for(spec, profile, node_workers),
-            store.log_path(i),
-            index=i,
-        )
+        spawn_worker(placement.placements[i], engine_vars, store.log_path(i), index=i)
         for i in range(n_spawn)
     ]
     handles = spawned

@@ -96,9 +96,7 @@ class JoinListener:
         # Workers that joined but were never admitted wait for a configuration: tell them
         # there is none, or their ranks (and an MPI barrier at the end) would wait forever.
         for joined in self.take():
-            with contextlib.suppress(OSError, ValueError):
-                joined.conn.send(None)
-            joined.conn.close()
+            decline(joined.conn)
 
     def _accept_loop(self) -> None:
         while not self._closed:
@@ -126,15 +124,20 @@ class JoinListener:
             return
         with self._lock:
             if self._closed:  # too late: the job is over (close() already drained the rest)
-                with contextlib.suppress(OSError, ValueError):
-                    conn.send(None)
-                conn.close()
+                decline(conn)
                 return
             self.slots[joined.rank] = joined.slots
             self.joined[joined.rank] = self.joined.get(joined.rank, 0) + 1
             self._arrived.append(joined)
         with contextlib.suppress(OSError):
             self._ring.send(None)
+
+
+def decline(conn: Connection) -> None:
+    """Tell a worker that joined there is nothing for it (a None configuration), hang up."""
+    with contextlib.suppress(OSError, ValueError):
+        conn.send(None)
+    conn.close()
 
 
 def _allow_open_files(wanted: int) -> None:
