@@ -31,8 +31,11 @@ class _Model(BaseModel):
 class EngineSpec(_Model):
     """How the inference engine is started (the same for every worker)."""
 
-    kind: Literal["vllm"] = Field(
-        "vllm", description="Engine adapter: 'vllm' (offline, in-process)."
+    kind: Literal["vllm", "openai", "vllm-server"] = Field(
+        "vllm",
+        description="'vllm': offline, in-process engines; 'openai': dispatch to running "
+        "OpenAI-compatible servers (client.registry or client.urls); 'vllm-server': start a "
+        "fleet of vLLM servers (the `serve` section), dispatch the job to it, stop it.",
     )
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     max_model_len: int | None = Field(
@@ -140,6 +143,71 @@ class WorkersSpec(_Model):
     )
 
 
+class ClientSpec(_Model):
+    """How the dispatcher talks to OpenAI-compatible servers (engine.kind openai)."""
+
+    urls: list[str] = Field(
+        default_factory=list, description="Server base URLs, e.g. http://127.0.0.1:8000."
+    )
+    registry: str | None = Field(
+        None, description="endpoints.json written by `hpcinfer serve` (re-read when it changes)."
+    )
+    api: Literal["auto", "completions", "chat"] = Field(
+        "auto",
+        description="'auto': chat for records with messages, completions for prompts; "
+        "'chat': every prompt as one user message.",
+    )
+    inflight_per_endpoint: int = Field(
+        64, ge=1, description="Most requests outstanding on one endpoint."
+    )
+    request_timeout_s: float = Field(600.0, gt=0, description="One request, first byte to last.")
+    connect_timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(
+        4, ge=0, description="Retries of a record (on another endpoint) before an error row."
+    )
+    eject_after: int = Field(
+        3, ge=1, description="Consecutive failures that take an endpoint out of rotation."
+    )
+    all_down_s: float = Field(
+        120.0,
+        gt=0,
+        description="Give up (the run fails, committed work kept) when no endpoint has "
+        "answered for this long.",
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="Name of the environment variable holding the API key (the key itself "
+        "is never written anywhere).",
+    )
+
+
+class ServeSpec(_Model):
+    """A fleet of vLLM OpenAI-compatible servers (`hpcinfer serve`, engine.kind vllm-server)."""
+
+    servers: int | None = Field(
+        None, ge=1, description="Servers per node; default: one per device group."
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description="Address servers bind; 0.0.0.0 or an interface address to reach them "
+        "from other nodes.",
+    )
+    port: int = Field(8000, ge=1, le=65535, description="First port; server i gets port + i.")
+    registry: str = Field("endpoints.json", description="Endpoints registry file.")
+    api_key_env: str | None = Field(
+        None,
+        description="Require an API key: the name of the environment variable holding it.",
+    )
+    ready_timeout_s: float = Field(
+        900.0, gt=0, description="A server not ready this long after start is failed."
+    )
+    log_dir: str | None = Field(None, description="Server logs; default: beside the registry.")
+    args: list[str] = Field(
+        default_factory=list,
+        description="Extra `vllm serve` arguments, e.g. ['--swap-space', '4'].",
+    )
+
+
 class JobSpec(_Model):
     """Everything `hpcinfer run` needs; see `hpcinfer spec --schema`."""
 
@@ -157,6 +225,8 @@ class JobSpec(_Model):
         "Inside a PBS or Slurm job the default is the job's remaining walltime less a margin.",
     )
     job: JobScriptSpec = Field(default_factory=JobScriptSpec)
+    client: ClientSpec = Field(default_factory=ClientSpec)
+    serve: ServeSpec = Field(default_factory=ServeSpec)
 
     @field_validator("time_limit")
     @classmethod

@@ -329,6 +329,8 @@ def test_spec_json_schema_has_the_top_level_properties() -> None:
         "workers",
         "time_limit",
         "job",
+        "client",
+        "serve",
     }
     assert schema == JobSpec.model_json_schema()
 

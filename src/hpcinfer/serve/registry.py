@@ -1,0 +1,130 @@
+"""The endpoints registry (`endpoints.json`): which servers exist, where, and in what state.
+
+Written by `hpcinfer serve` (atomically, on every state change, so a reader never sees half a
+file) and read by the dispatcher, `hpcinfer endpoints` and job scripts. Across nodes each
+node writes its own part (`<registry>.parts/<node>-<rank>.json`) and rank 0 merges the parts
+into the registry, so no two processes ever write one file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from hpcinfer.errors import HpcinferError
+from hpcinfer.outputs.atomic import write_text_atomic
+
+REGISTRY_VERSION = 1
+
+STARTING = "starting"
+READY = "ready"
+UNHEALTHY = "unhealthy"  # process alive, health check failing
+DEAD = "dead"  # was started, then its process exited
+FAILED = "failed"  # never became ready (exited, or readiness timeout)
+STOPPED = "stopped"  # shut down by hpcinfer
+STATES = (STARTING, READY, UNHEALTHY, DEAD, FAILED, STOPPED)
+
+
+class RegistryError(HpcinferError):
+    """An endpoints registry cannot be read or holds no usable endpoint."""
+
+    exit_code = 2
+
+
+@dataclass
+class Endpoint:
+    """One server as the registry records it."""
+
+    url: str
+    model: str
+    node: str = ""
+    devices: list[str] = field(default_factory=list)
+    pid: int | None = None
+    state: str = STARTING
+    started: str | None = None
+    ready: str | None = None
+    log: str | None = None
+    error: str | None = None
+    rank: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> Endpoint:
+        known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or not data.get("url"):
+            raise RegistryError(f"{where}: an endpoint needs at least a 'url' (got {data!r})")
+        entry = cls(**{k: v for k, v in data.items() if k in known})
+        entry.url = entry.url.rstrip("/")
+        return entry
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def write_registry(path: Path, endpoints: Sequence[Endpoint]) -> None:
+    """Replace the registry atomically."""
+    document = {
+        "version": REGISTRY_VERSION,
+        "updated": now_iso(),
+        "endpoints": [e.as_dict() for e in endpoints],
+    }
+    write_text_atomic(path, json.dumps(document, indent=1) + "\n")
+
+
+def read_registry(path: Path) -> list[Endpoint]:
+    """Every endpoint in a registry file, whatever its state; errors name the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RegistryError(
+            f"endpoints registry {path} does not exist: start servers with `hpcinfer serve "
+            f"--registry {path}`, or pass --url"
+        ) from None
+    except OSError as exc:
+        raise RegistryError(f"endpoints registry {path} cannot be read: {exc}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RegistryError(
+            f"endpoints registry {path} is not valid JSON (line {exc.lineno}: {exc.msg}); "
+            "it is written by `hpcinfer serve`: rerun it, or fix the file by hand"
+        ) from None
+    entries = document.get("endpoints") if isinstance(document, dict) else document
+    if not isinstance(entries, list):
+        raise RegistryError(
+            f'endpoints registry {path}: expected {{"endpoints": [...]}} or a list of endpoints'
+        )
+    return [Endpoint.from_dict(e, f"{path} endpoint {i}") for i, e in enumerate(entries)]
+
+
+def parts_dir(registry: Path) -> Path:
+    return registry.with_name(registry.name + ".parts")
+
+
+def part_path(registry: Path, node: str, rank: int) -> Path:
+    return parts_dir(registry) / f"{node}-{rank}.json"
+
+
+def merge_parts(registry: Path, expected: int | None = None) -> list[Endpoint]:
+    """Merge every node's part into the registry (rank, then URL order); returns the merge."""
+    merged: list[Endpoint] = []
+    for part in sorted(parts_dir(registry).glob("*.json")):
+        try:
+            merged.extend(read_registry(part))
+        except RegistryError:
+            continue  # a part being replaced right now is read on the next merge
+    merged.sort(key=lambda e: (e.rank, e.url))
+    write_registry(registry, merged)
+    return merged
+
+
+def usable(endpoints: Iterable[Endpoint]) -> list[Endpoint]:
+    """Endpoints a dispatcher may send to (ready ones; unhealthy ones may recover)."""
+    return [e for e in endpoints if e.state in (READY, UNHEALTHY)]
