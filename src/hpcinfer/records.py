@@ -44,6 +44,8 @@ class Result:
     output_tokens: int | None = None
     latency_s: float | None = None
     ttft_s: float | None = None
+    endpoint: str | None = None
+    """The server that answered (dispatcher engines only)."""
     status: str = "ok"
     error: str | None = None
 

@@ -55,6 +55,10 @@ RUN_EPILOG = (
 # CLI flag -> dotted spec field. Flags left unset do not override the spec file.
 _FLAG_FIELDS = {
     "model": "model",
+    "engine": "engine.kind",
+    "endpoints": "client.registry",
+    "url": "client.urls",
+    "servers": "serve.servers",
     "out": "output.dir",
     "dtype": "engine.dtype",
     "max_model_len": "engine.max_model_len",
@@ -153,7 +157,28 @@ def run(
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Model directory or HF id in HF_HOME (default: built-in tiny model)."),
+        typer.Option(
+            help="Model directory or HF id in HF_HOME (default: built-in tiny model); with "
+            "--engine openai the served model name (default: what the server lists)."
+        ),
+    ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="vllm (offline engines, default); openai (dispatch to running servers: "
+            "--endpoints or --url); vllm-server (start servers, dispatch, stop them)."
+        ),
+    ] = None,
+    endpoints: Annotated[
+        str | None,
+        typer.Option(help="Endpoints registry from `hpcinfer serve` (engine openai)."),
+    ] = None,
+    url: Annotated[
+        list[str] | None,
+        typer.Option(help="OpenAI-compatible server base URL (repeatable; engine openai)."),
+    ] = None,
+    servers: Annotated[
+        int | None, typer.Option(help="Servers per node (engine vllm-server).")
     ] = None,
     out: Annotated[
         str | None, typer.Option("--out", "-o", help="Output directory (resumable).")
@@ -315,11 +340,14 @@ def _print_summary(summary: Any) -> None:
     table.add_row("tokens", f"{summary.prompt_tokens} in, {summary.output_tokens} out")
     table.add_row("speed", f"{summary.output_tokens_per_s:.0f} output tokens/s")
     table.add_row("wall time", f"{summary.wall_s:.1f} s")
+    for endpoint_url, count in summary.endpoints.items():
+        table.add_row(f"endpoint {endpoint_url}", f"{count} records")
     for w in summary.workers:
         where = f" (rank {w['rank']} on {w['host']})" if w.get("host") else ""
         table.add_row(
             f"worker {w['worker']}{where}",
-            f"{w['records']} records, {w['units']} units on {','.join(w['devices'])}",
+            f"{w['records']} records, {w['units']} units "
+            + (f"on {','.join(w['devices'])}" if w["devices"] else "dispatched"),
         )
     table.add_row("results", f"{summary.out_dir}/results.jsonl")
     err.print(table)

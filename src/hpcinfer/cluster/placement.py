@@ -95,6 +95,9 @@ class PlacementPlan:
         """Rows for a placement table; env shows only binding vars ('-VAR' means unset)."""
         rows = []
         for placement in self.placements:
+            if not placement.group.devices:  # a dispatcher: the servers hold the devices
+                rows.append({"worker": str(placement.worker), "devices": "-", "env": ""})
+                continue
             env = device_env(self.profile, placement.group, self.tp)
             shown = " ".join(f"-{k}" if v is None else f"{k}={v}" for k, v in env.items())
             rows.append(

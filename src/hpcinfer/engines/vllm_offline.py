@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hpcinfer.engines.openai_engine import ClientSetup
 from hpcinfer.errors import EngineError
 from hpcinfer.records import Record, Result
 from hpcinfer.spec import EngineSpec, SamplingSpec
@@ -32,6 +33,7 @@ class EngineSetup:
     sampling: SamplingSpec
     on_cpu: bool
     workers_on_node: int = 1
+    client: ClientSetup | None = None  # set for the dispatcher engines (engine.kind openai)
 
 
 def in_process_engine(setup: EngineSetup) -> bool:

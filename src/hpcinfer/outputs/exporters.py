@@ -49,6 +49,10 @@ def export_all(
 
 
 def _count(counts: dict[str, int], row: dict[str, Any]) -> None:
+    endpoint = row.get("endpoint")
+    if endpoint:
+        key = f"endpoint {endpoint}"
+        counts[key] = counts.get(key, 0) + 1
     counts["records"] += 1
     counts["ok" if row.get("status") == "ok" else "error"] += 1
     counts["prompt_tokens"] += row.get("prompt_tokens") or 0
@@ -119,7 +123,8 @@ def write_parquet(path: Path, jsonl: Path, include_prompt: bool) -> None:
         ("status", pa.string()), ("error", pa.string()), ("text", pa.string()),
         ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()),
         ("output_tokens", pa.int64()), ("latency_s", pa.float64()), ("ttft_s", pa.float64()),
-        ("worker", pa.int64()), ("model", pa.string()), ("fields", pa.string()),
+        ("endpoint", pa.string()), ("worker", pa.int64()), ("model", pa.string()),
+        ("fields", pa.string()),
     ]  # fmt: skip
     if include_prompt:
         columns += [("prompt", pa.string()), ("messages", pa.string())]

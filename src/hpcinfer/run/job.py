@@ -28,7 +28,10 @@ from hpcinfer.cluster import (
     resolve_profile,
 )
 from hpcinfer.cluster.allocation import remaining_walltime_s
-from hpcinfer.cluster.placement import Placement
+from hpcinfer.cluster.placement import DeviceGroup, Placement
+from hpcinfer.engines.factory import ENGINE_KIND_ENV
+from hpcinfer.engines.openai_engine import Target
+from hpcinfer.engines.targets import client_setup, resolve_targets
 from hpcinfer.engines.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
 from hpcinfer.engines.vllm_offline import EngineSetup, engine_env
 from hpcinfer.errors import EngineError, SpecError
@@ -69,12 +72,30 @@ ENGINE_DEFAULT_MAX_NUM_SEQS = 256
 REAP_GRACE_S = 60.0
 
 
-def max_inflight(spec: JobSpec) -> int:
+def max_inflight(spec: JobSpec, endpoints: int = 0) -> int:
     """Default: the engine's batch plus two units, so a unit is always queued behind a full
-    batch and the engine never waits for the coordinator at a unit boundary."""
+    batch and the engine never waits for the coordinator at a unit boundary; a dispatcher's
+    batch is every endpoint's bound of requests in flight."""
     if spec.workers.max_inflight is not None:
         return spec.workers.max_inflight
-    return (spec.engine.max_num_seqs or ENGINE_DEFAULT_MAX_NUM_SEQS) + 2 * spec.workers.unit_size
+    if dispatching(spec):
+        batch = max(endpoints, 1) * spec.client.inflight_per_endpoint
+    else:
+        batch = spec.engine.max_num_seqs or ENGINE_DEFAULT_MAX_NUM_SEQS
+    return batch + 2 * spec.workers.unit_size
+
+
+def dispatching(spec: JobSpec) -> bool:
+    """Workers are HTTP dispatchers to servers, not engines of their own."""
+    return spec.engine.kind != "vllm"
+
+
+def dispatcher_placement(spec: JobSpec, profile: HardwareProfile, count: int) -> PlacementPlan:
+    """Dispatchers hold no device (the servers do): `count` workers, unbound."""
+    placements = [
+        Placement(worker=i, group=DeviceGroup(()), env={}, shared=False) for i in range(count)
+    ]
+    return PlacementPlan(profile, 1, "dispatch", placements, [], [])
 
 
 @dataclass
@@ -103,6 +124,8 @@ class RunSummary:
     output_tokens_per_s: float
     workers: list[dict[str, Any]]
     message: str = ""
+    endpoints: dict[str, int] = field(default_factory=dict)
+    """Records answered per server (dispatcher engines), over every run of the job."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self), exit_code=int(self.exit_code))
@@ -151,6 +174,8 @@ def _make_plan(spec: JobSpec, inputs: _Inputs, cwd: Path, store: OutputStore) ->
 def _placement(spec: JobSpec, profile: HardwareProfile, units_left: int | None) -> PlacementPlan:
     """One worker per device group, or fewer (with more devices each on CPU) when the job
     has fewer units than that and the user did not fix the count."""
+    if dispatching(spec):
+        return dispatcher_placement(spec, profile, spec.workers.count or 1)
     tp, mode = spec.engine.tensor_parallel_size, spec.workers.placement
     placement = plan_placement(profile, workers=spec.workers.count, tp=tp, mode=mode)
     if spec.workers.count is None and units_left and units_left < len(placement.placements):
@@ -161,7 +186,7 @@ def _placement(spec: JobSpec, profile: HardwareProfile, units_left: int | None) 
 def rank_placement(spec: JobSpec, profile: HardwareProfile, ctx: RankContext) -> PlacementPlan:
     """A rank's workers: with several ranks on the node, the one device group of its local
     rank (seed 000's compact tile mapping); alone on its node, one worker per group."""
-    if ctx.info.local_size == 1:
+    if ctx.info.local_size == 1 or dispatching(spec):
         return _placement(spec, profile, None)
     tp, mode = spec.engine.tensor_parallel_size, spec.workers.placement
     node = plan_placement(profile, workers=ctx.info.local_size, tp=tp, mode=mode)
@@ -266,6 +291,7 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
     store.lock()
     resumed = store.prepare(digest_identity(identity), identity, restart=options.restart)
     profile = resolve_profile(spec.workers.profile)
+    targets = resolve_targets(spec, cwd) if dispatching(spec) else []
     # Small inputs are planned first (milliseconds), so a small job starts only the workers
     # it can use, each with more devices; large ones are planned while the workers start.
     plan = _make_plan(spec, inputs, cwd, store) if _is_small(inputs) else None
@@ -293,22 +319,27 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
             plan = _make_plan(spec, inputs, cwd, store)
         summaries, done, todo_units = plan.summaries, plan.done, plan.todo_units
         todo_records = plan.todo_records
-        model_path, model_name = (
-            resolve_model(spec, cwd) if todo_units else ("", spec.model or TINY_MODEL_NAME)
-        )
+        if dispatching(spec):
+            model_path, model_name = "", spec.model or targets[0].model
+        elif todo_units:
+            model_path, model_name = resolve_model(spec, cwd)
+        else:
+            model_path, model_name = "", spec.model or TINY_MODEL_NAME
         for surplus in spawned[todo_units:]:
             _send_config(surplus, None)
         handles = spawned[:todo_units]
 
         def configure(handle: WorkerHandle, workers_on_node: int) -> None:
-            setup = _engine_setup(spec, profile, model_path, model_name, workers_on_node)
+            setup = _engine_setup(
+                spec, profile, model_path, model_name, workers_on_node, cwd=cwd, targets=targets
+            )
             _send_config(
                 handle,
                 WorkerConfig(
                     worker=handle.index,
                     setup=setup,
                     out_dir=str(store.root),
-                    max_inflight=max_inflight(spec),
+                    max_inflight=max_inflight(spec, len(targets)),
                     local_dir=str(cwd / spec.output.local_dir) if spec.output.local_dir else None,
                     progress_interval_s=progress_interval_s(total_workers),
                 ),
@@ -341,7 +372,7 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
             pending,
             todo_records,
             unit_size=spec.workers.unit_size,
-            max_inflight=max_inflight(spec),
+            max_inflight=max_inflight(spec, len(targets)),
             on_progress=view.advance,
             time_limit_s=time_limit,
             time_limit_name=("walltime limit" if limit_source == "walltime" else "time limit"),
@@ -350,7 +381,11 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
                 if spec.workers.schedule == "static"
                 else None
             ),
-            batch=spec.engine.max_num_seqs or ENGINE_DEFAULT_MAX_NUM_SEQS,
+            batch=(
+                max_inflight(spec, len(targets))
+                if dispatching(spec)
+                else spec.engine.max_num_seqs or ENGINE_DEFAULT_MAX_NUM_SEQS
+            ),
             joins=cluster.joins if cluster else None,
             on_join=on_join,
         )
@@ -414,6 +449,9 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
         output_tokens_per_s=round(out_tokens_run / gen_s, 1) if gen_s else 0.0,
         workers=workers_info,
         message=message,
+        endpoints={
+            k.removeprefix("endpoint "): v for k, v in counts.items() if k.startswith("endpoint ")
+        },
     )
     write_run_json(out_dir, spec, summary.as_dict(), profile, placement, model_path)
     return summary
@@ -465,8 +503,16 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 def _engine_setup(
-    spec: JobSpec, profile: HardwareProfile, model_path: str, model_name: str, n_workers: int
+    spec: JobSpec,
+    profile: HardwareProfile,
+    model_path: str,
+    model_name: str,
+    n_workers: int,
+    *,
+    cwd: Path | None = None,
+    targets: list[Target] | None = None,
 ) -> EngineSetup:
+    client = client_setup(spec, cwd or Path.cwd(), targets) if targets else None
     return EngineSetup(
         model_path=model_path,
         model_name=model_name,
@@ -474,12 +520,15 @@ def _engine_setup(
         sampling=spec.sampling,
         on_cpu=profile.vendor == "cpu",
         workers_on_node=n_workers,
+        client=client,
     )
 
 
 def engine_vars_for(
     spec: JobSpec, profile: HardwareProfile, workers_on_node: int
 ) -> dict[str, str]:
+    if dispatching(spec):
+        return {ENGINE_KIND_ENV: "openai"}
     return engine_env(_engine_setup(spec, profile, "", "", workers_on_node))
 
 

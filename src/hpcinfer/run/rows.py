@@ -18,6 +18,7 @@ ROW_FIELDS = (
     "output_tokens",
     "latency_s",
     "ttft_s",
+    "endpoint",
     "worker",
     "model",
 )
@@ -40,6 +41,7 @@ def make_row(record: Record, result: Result, *, worker: int, model: str) -> dict
         "output_tokens": result.output_tokens,
         "latency_s": result.latency_s,
         "ttft_s": result.ttft_s,
+        "endpoint": result.endpoint,
         "worker": worker,
         "model": model,
     }

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcinfer.engines.base import Engine
+from hpcinfer.engines.factory import ENGINE_KIND_ENV, start_engine
 from hpcinfer.engines.vllm_offline import EngineSetup
 from hpcinfer.outputs.buffer import UnitMover
 from hpcinfer.outputs.store import OutputStore
@@ -244,7 +245,10 @@ def _apply_affinity() -> None:
 
 
 def _preload_engine() -> None:
-    """Import vLLM (about 10 s) while the coordinator still plans the job, not after."""
+    """Import vLLM (about 10 s) while the coordinator still plans the job, not after; a
+    dispatcher worker (engine openai) never needs it."""
+    if os.environ.get(ENGINE_KIND_ENV) == "openai":
+        return
     with contextlib.suppress(Exception):
         import vllm  # noqa: F401
 
@@ -289,10 +293,8 @@ def main(argv: list[str]) -> int:
     if config is None:  # more workers were started than the job has work for
         return 0
     try:
-        from hpcinfer.engines.vllm_offline import VllmOfflineEngine
-
         started = time.monotonic()
-        engine = VllmOfflineEngine(config.setup)
+        engine = start_engine(config.setup)
         conn.send(("ready", {"startup_s": round(time.monotonic() - started, 3)}))
         Worker(conn, config, engine).serve()
         engine.close()
