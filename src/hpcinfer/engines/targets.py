@@ -55,6 +55,7 @@ def client_setup(spec: JobSpec, cwd: Path, targets: list[Target]) -> ClientSetup
         targets=tuple(targets),
         client=spec.client,
         sampling=spec.sampling,
-        model=spec.model,
+        # engine openai: --model names the served model; a one-shot fleet serves its own
+        model=spec.model if spec.engine.kind == "openai" else None,
         registry=str(path) if path else None,
     )

@@ -261,6 +261,10 @@ def _units(spec: JobSpec, inputs: _Inputs, cwd: Path) -> Iterator[WorkUnit]:
 
 def run_job(spec: JobSpec, options: RunOptions, ctx: RankContext | None = None) -> RunSummary:
     """The whole job, or, as rank 0 of a launch, the job over every rank's workers."""
+    if spec.engine.kind == "vllm-server" and not spec.client.registry:
+        from hpcinfer.run.fleet_job import run_with_fleet
+
+        return run_with_fleet(spec, options, lambda job: run_job(job, options, ctx))
     if ctx is None:
         return _run(spec, options, None)
     rendezvous = make_rendezvous(ctx, output_dir(spec, options.cwd))
@@ -291,11 +295,12 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
     store.lock()
     resumed = store.prepare(digest_identity(identity), identity, restart=options.restart)
     profile = resolve_profile(spec.workers.profile)
-    targets = resolve_targets(spec, cwd) if dispatching(spec) else []
     # Small inputs are planned first (milliseconds), so a small job starts only the workers
     # it can use, each with more devices; large ones are planned while the workers start.
     plan = _make_plan(spec, inputs, cwd, store) if _is_small(inputs) else None
     units_left = plan.todo_units if plan else (store.units_left() if resumed else None)
+    # A finished job reruns without its servers (a one-shot fleet is not even started).
+    targets = resolve_targets(spec, cwd) if dispatching(spec) and units_left != 0 else []
     if cluster is None:
         placement = _placement(spec, profile, units_left)
     else:
@@ -320,7 +325,8 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
         summaries, done, todo_units = plan.summaries, plan.done, plan.todo_units
         todo_records = plan.todo_records
         if dispatching(spec):
-            model_path, model_name = "", spec.model or targets[0].model
+            model_path = ""
+            model_name = _served_name(spec, targets)
         elif todo_units:
             model_path, model_name = resolve_model(spec, cwd)
         else:
@@ -500,6 +506,13 @@ def _log_tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join("  " + line for line in text[-lines:])
+
+
+def _served_name(spec: JobSpec, targets: list[Target]) -> str:
+    """The model name rows carry: --model for engine openai, else what the servers serve."""
+    if spec.engine.kind == "openai" and spec.model:
+        return spec.model
+    return targets[0].model if targets else spec.model or ""
 
 
 def _engine_setup(
