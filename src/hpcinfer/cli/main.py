@@ -297,7 +297,8 @@ def run(
     spec = build_job_spec(args or [], overrides, set_ or [], Path.cwd())
     options = RunOptions(restart=restart, quiet=quiet or json_out)
     ctx = None
-    if spec.workers.launcher != "local":
+    # A one-shot fleet runs its dispatcher here and starts one serve rank per node itself.
+    if spec.workers.launcher != "local" and spec.engine.kind != "vllm-server":
         ctx = _rank_context(spec, hostfile)
         if ctx.info.rank != 0:
             from hpcinfer.run.agent import serve_rank
@@ -413,10 +414,11 @@ def spec(
 
 def _register_commands() -> None:
     """Commands that live in their own modules (each imports nothing heavy at module level)."""
-    from hpcinfer.cli import stage_cmds, submit_cmds
+    from hpcinfer.cli import serve_cmds, stage_cmds, submit_cmds
 
     submit_cmds.register(app)
     stage_cmds.register(app)
+    serve_cmds.register(app)
 
 
 _register_commands()

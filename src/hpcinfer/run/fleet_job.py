@@ -10,14 +10,24 @@ of a finished job starts no server.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+import yaml
+
+from hpcinfer.errors import EngineError
+from hpcinfer.outputs.atomic import write_text_atomic
 from hpcinfer.outputs.store import OutputStore
-from hpcinfer.run.job import RunOptions, RunSummary, output_dir
+from hpcinfer.run.job import RunOptions, RunSummary, output_dir, resolve_model
+from hpcinfer.serve.process import log_tail
 from hpcinfer.spec import JobSpec
 
 REGISTRY_NAME = "endpoints.json"
@@ -40,24 +50,92 @@ def dispatch_spec(spec: JobSpec, registry: Path) -> JobSpec:
 def run_with_fleet(
     spec: JobSpec, options: RunOptions, run: Callable[[JobSpec], RunSummary]
 ) -> RunSummary:
-    """Start this node's servers, wait for them, run the job on them, always stop them."""
-    from hpcinfer.serve.plan import plan_fleet
-    from hpcinfer.serve.report import EventPrinter
-
+    """Start the servers (this node's, or one serve rank per node through the launcher),
+    wait for the first to be ready, run the job on all of them, always stop them."""
     out_dir = output_dir(spec, options.cwd)
     registry = out_dir / REGISTRY_NAME
     job = dispatch_spec(spec, registry)
     if _finished(out_dir):
         return run(job)  # nothing to dispatch: no server started
+    servers = _node_fleet if spec.workers.launcher == "local" else _serve_ranks
+    with _signals_interrupt(), servers(spec, options, registry):
+        return run(job)
+
+
+@contextmanager
+def _node_fleet(spec: JobSpec, options: RunOptions, registry: Path) -> Iterator[None]:
+    from hpcinfer.serve.plan import plan_fleet
+    from hpcinfer.serve.report import EventPrinter
+
     printer = None if options.quiet else EventPrinter()
     fleet = plan_fleet(spec, options.cwd, registry, on_event=printer)
-    with fleet, _signals_interrupt():
+    with fleet:
         fleet.start()
         # Dispatch from the first ready server on: the dispatcher follows the registry and
         # takes the others as they come up (or not: a failed one is in the registry too).
         fleet.wait_ready(spec.serve.ready_timeout_s, return_when="first")
         fleet.start_monitor()
-        return run(job)
+        yield
+
+
+@contextmanager
+def _serve_ranks(spec: JobSpec, options: RunOptions, registry: Path) -> Iterator[None]:
+    """`hpcinfer serve --launcher ...` (one rank per node, registries merged by its rank 0)
+    in the background for the length of the job; stopped with SIGTERM, which the launcher
+    passes to every rank, each stopping its servers."""
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    spec_file = registry.with_name("serve-spec.yaml")
+    model_path, _ = resolve_model(spec, options.cwd)
+    data = spec.model_dump(mode="json", exclude={"client"})
+    if spec.model is not None and Path(model_path).is_absolute():
+        data["model"] = model_path  # the spec file lives elsewhere: no relative paths
+    write_text_atomic(spec_file, yaml.safe_dump(data, sort_keys=False))
+    log = registry.with_name("serve.log")
+    argv = [
+        sys.executable, "-m", "hpcinfer", "serve", str(spec_file),
+        "--launcher", spec.workers.launcher, "--registry", str(registry),
+    ]  # fmt: skip
+    with log.open("ab") as handle:
+        proc = subprocess.Popen(
+            argv, cwd=options.cwd, stdout=handle, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait_first_ready(proc, registry, log, spec.serve.ready_timeout_s)
+        yield
+    finally:
+        _stop(proc)
+
+
+def _wait_first_ready(
+    proc: subprocess.Popen[bytes], registry: Path, log: Path, timeout_s: float
+) -> None:
+    from hpcinfer.serve.registry import READY, RegistryError, read_registry
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EngineError(
+                f"`hpcinfer serve` exited with code {proc.returncode} before a server was "
+                f"ready; see {log}:\n{log_tail(log)}"
+            )
+        with contextlib.suppress(RegistryError):
+            if registry.exists() and any(e.state == READY for e in read_registry(registry)):
+                return
+        time.sleep(1.0)
+    raise EngineError(f"no server ready after {timeout_s:.0f}s; see {log} and the server logs")
+
+
+def _stop(proc: subprocess.Popen[bytes], grace_s: float = 60.0) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)  # serve passes it to the launcher, then ranks
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _finished(out_dir: Path) -> bool:
