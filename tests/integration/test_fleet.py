@@ -1,0 +1,166 @@
+"""Real CPU vLLM servers started by `hpcinfer serve`, driven by `hpcinfer run --engine openai`.
+
+One fleet of two one-core servers serves the module (each start costs ~30 s here); the test
+that kills a server runs last. The one-shot `--engine vllm-server` test starts its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcinfer.serve.registry import read_registry
+from tests.conftest import hpcinfer_cmd, read_rows, run_cli, start_cli
+
+pytestmark = pytest.mark.integration
+
+
+def _server_pids(ports: list[int]) -> list[int]:
+    """Processes still running a vLLM server on one of these ports (orphans, after a stop)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in cmdline]
+        if any("vllm" in a for a in args) and any(
+            f"{p}" == args[i + 1] for i, a in enumerate(args[:-1]) if a == "--port" for p in ports
+        ):
+            found.append(int(proc.name))
+    return found
+
+
+def _workload(path: Path, count: int) -> dict[str, int]:
+    expected = {}
+    with path.open("w", encoding="utf-8") as handle:
+        for i in range(count):
+            budget = 8 + (i * 7) % 41
+            handle.write(json.dumps({"id": f"r{i}", "prompt": f"story {i} of", "n": budget}) + "\n")
+            expected[f"r{i}"] = budget
+    return expected
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("fleet")
+    registry = root / "endpoints.json"
+    proc = start_cli(
+        hpcinfer_cmd("serve", "--servers", "2", "--registry", str(registry), "--port", "8610"),
+        root,
+        cli_env,
+    )
+    info: dict[str, Any] = {"root": root, "registry": registry, "proc": proc, "ports": [8610, 8611]}
+    try:
+        ready = run_cli(["endpoints", str(registry), "--wait", "400"], root, cli_env, 450)
+        assert ready.returncode == 0, ready.stdout + ready.stderr + _stderr(proc)
+        yield info
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        info["exit"] = proc.returncode
+        time.sleep(1)
+        assert _server_pids(info["ports"]) == [], "orphan servers after serve stopped"
+
+
+def _stderr(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        return ""
+    return proc.stderr.read() if proc.stderr else ""
+
+
+def test_a_job_is_dispatched_across_both_servers(
+    fleet: dict[str, Any], cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    entries = read_registry(fleet["registry"])
+    assert [e.state for e in entries] == ["ready", "ready"]
+    assert sorted(d for e in entries for d in e.devices) == ["core0", "core1"]
+    expected = _workload(tmp_path / "w.jsonl", 240)
+    done = run_cli(
+        ["run", "w.jsonl", "--engine", "openai", "--endpoints", str(fleet["registry"]),
+         "--max-tokens-field", "n", "--ignore-eos", "-o", "out", "--json"],
+        tmp_path, cli_env, 300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert set(summary["endpoints"]) == {e.url for e in entries}
+    assert all(n >= 20 for n in summary["endpoints"].values()), summary["endpoints"]
+    rows = read_rows(tmp_path / "out" / "results.jsonl")
+    assert {r["id"]: r["output_tokens"] for r in rows} == expected  # ids kept, usage exact
+    assert all(r["ttft_s"] and r["latency_s"] >= r["ttft_s"] for r in rows)
+    assert rows[0]["model"] == entries[0].model
+
+
+def test_kill_9_of_a_server_mid_dispatch_loses_nothing(
+    fleet: dict[str, Any], cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    expected = _workload(tmp_path / "w.jsonl", 600)
+    proc = start_cli(
+        hpcinfer_cmd(
+            "run", "w.jsonl", "--engine", "openai", "--endpoints", str(fleet["registry"]),
+            "--max-tokens-field", "n", "--ignore-eos", "-o", "out", "--json",
+            "--unit-size", "8",
+        ),
+        tmp_path,
+        cli_env,
+    )  # fmt: skip
+    units = tmp_path / "out" / "units"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(units.glob("*.jsonl"))) < 4:
+        time.sleep(0.1)
+    victim = read_registry(fleet["registry"])[1]
+    assert victim.pid is not None
+    os.kill(victim.pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    rows = read_rows(tmp_path / "out" / "results.jsonl")
+    assert {r["id"]: r["output_tokens"] for r in rows} == expected  # every record, once
+    summary = json.loads(out)
+    assert summary["records_ok"] == 600
+    deadline = time.monotonic() + 20
+    state = ""
+    while time.monotonic() < deadline:
+        state = {e.url: e.state for e in read_registry(fleet["registry"])}[victim.url]
+        if state == "dead":
+            break
+        time.sleep(0.5)
+    assert state == "dead"
+    check = run_cli(["endpoints", str(fleet["registry"])], tmp_path, cli_env, 60)
+    assert check.returncode == 1 and "1 up, 1 down" in check.stdout + check.stderr
+
+
+def test_one_shot_vllm_server_job_and_rerun(cli_env: dict[str, str], tmp_path: Path) -> None:
+    expected = _workload(tmp_path / "w.jsonl", 120)
+    args = ["run", "w.jsonl", "--engine", "vllm-server", "--servers", "2", "--max-tokens-field",
+            "n", "--ignore-eos", "-o", "out", "--json", "--set", "serve.port=8620"]  # fmt: skip
+    done = run_cli(args, tmp_path, cli_env, 500)
+    assert done.returncode == 0, done.stderr
+    rows = read_rows(tmp_path / "out" / "results.jsonl")
+    assert {r["id"]: r["output_tokens"] for r in rows} == expected
+    entries = read_registry(tmp_path / "out" / "endpoints.json")
+    assert [e.state for e in entries] == ["stopped", "stopped"]
+    assert sum(json.loads(done.stdout)["endpoints"].values()) == 120
+    assert _server_pids([8620, 8621]) == []
+    started = time.monotonic()
+    again = run_cli(args, tmp_path, cli_env, 120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["records_this_run"] == 0
+    assert time.monotonic() - started < 30  # a finished job starts no server
+    assert "starting" not in again.stderr
