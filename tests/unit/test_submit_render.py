@@ -124,6 +124,18 @@ def test_slurm_launch_line_uses_srun_and_this_python_without_activation() -> Non
     ]  # fmt: skip
 
 
+def test_a_one_shot_fleet_runs_once_and_needs_a_reachable_host() -> None:
+    fleet = dict(AURORA_SPEC, engine={"kind": "vllm-server"})
+    with pytest.raises(SpecError, match=r"--host 0\.0\.0\.0"):
+        prepare(fleet, "pbs")  # 4 nodes of servers bound to 127.0.0.1: unreachable
+    fleet["serve"] = {"host": "0.0.0.0", "api_key_env": "FLEET_KEY"}
+    prepared = prepare(fleet, "pbs")
+    line = next(ln for ln in prepared.script.splitlines() if "--launcher mpi" in ln)
+    assert shlex.split(line) == [
+        "hpcinfer", "run", str(WORKDIR / "out" / "job" / "spec.yaml"), "--launcher", "mpi",
+    ]  # fmt: skip; it starts one serve rank per node itself
+
+
 def test_directives_per_scheduler() -> None:
     pbs = prepare(AURORA_SPEC, "pbs").script.splitlines()
     for line in (

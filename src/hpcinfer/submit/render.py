@@ -94,8 +94,16 @@ def launch_argv(
     ranks: int,
     run_options: tuple[str, ...] = (),
 ) -> list[str]:
-    """`mpiexec ... hpcinfer run SPEC` (PBS) or `srun ... hpcinfer run SPEC` (Slurm)."""
+    """`mpiexec ... hpcinfer run SPEC` (PBS) or `srun ... hpcinfer run SPEC` (Slurm); a
+    one-shot server fleet (engine vllm-server) runs once and starts one serve rank per node
+    itself, so its line is the bare command."""
     command = [*hpcinfer, "run", str(spec_path), "--launcher", RUN_LAUNCHER[scheduler]]
+    if spec.engine.kind == "vllm-server":
+        if spec.job.nodes > 1:
+            from hpcinfer.serve.plan import check_reachable
+
+            check_reachable(spec.serve.host, multi_host=True)
+        return [*command, *run_options]
     request = LaunchRequest(
         command=[*command, *run_options],
         nodes=spec.job.nodes,
