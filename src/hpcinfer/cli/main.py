@@ -290,6 +290,10 @@ def run(
     Across nodes: `hpcinfer run spec.yaml --launcher mpi` inside a PBS/Slurm job (or
     `mpiexec -n 48 -ppn 12 hpcinfer run spec.yaml --launcher mpi`) makes every rank a worker
     of one job, balanced dynamically; rank 0 coordinates and prints the summary.
+
+    On servers: `--engine openai --endpoints endpoints.json` (from `hpcinfer serve`) or
+    `--url http://HOST:PORT` dispatches to running OpenAI-compatible servers;
+    `--engine vllm-server --servers 2` starts a fleet for this job and stops it after.
     """
     from hpcinfer.run.job import RunOptions, run_job
 
