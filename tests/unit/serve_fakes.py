@@ -1,0 +1,128 @@
+"""Stand-ins for vLLM servers in the serve unit tests: a real HTTP server (in a thread, or a
+process started like a server) answering /health and /v1/models the way vLLM does."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+from hpcinfer.serve.fleet import ServerLaunch
+
+# A server process: `python fake_server.py PORT MODEL SICK_FILE`. /health answers 503 while
+# SICK_FILE exists; /v1/models wants `Bearer $VLLM_API_KEY` when that variable is set;
+# FAKE_DELAY seconds pass before it listens.
+FAKE_SERVER = r"""
+import json, os, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+port, model, sick = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+key = os.environ.get("VLLM_API_KEY")
+print("fake server starting on", port, flush=True)
+time.sleep(float(os.environ.get("FAKE_DELAY", "0")))
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b""
+        if self.path == "/health":
+            code = 503 if os.path.exists(sick) else 200
+        elif self.path == "/v1/models":
+            if key and self.headers.get("Authorization") != "Bearer " + key:
+                code = 401
+            else:
+                code, body = 200, json.dumps({"data": [{"id": model}]}).encode()
+        else:
+            code = 404
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def fake_launch(
+    tmp_path: Path,
+    index: int,
+    *,
+    argv: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    model: str = "m",
+) -> tuple[ServerLaunch, Path]:
+    """A launch of the fake server (or of `argv`), and the file that makes it sick."""
+    script = tmp_path / "fake_server.py"
+    script.write_text(FAKE_SERVER, encoding="utf-8")
+    port = free_port()
+    sick = tmp_path / f"sick-{index}"
+    command = argv or [sys.executable, str(script), str(port), model, str(sick)]
+    launch = ServerLaunch(
+        index=index,
+        argv=command,
+        env=dict(env or {"PATH": "/usr/bin:/bin"}),
+        log=tmp_path / "logs" / f"node-{index}.log",
+        url=f"http://127.0.0.1:{port}",
+        model=model,
+        node="node",
+        devices=(f"core{index}",),
+    )
+    return launch, sick
+
+
+class _Handler(BaseHTTPRequestHandler):
+    model = "m"
+    key: str | None = None
+    seen_auth: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        body = b""
+        type(self).seen_auth.append(self.headers.get("Authorization"))
+        if self.path == "/health":
+            code = 200
+        elif self.path == "/v1/models":
+            if self.key and self.headers.get("Authorization") != f"Bearer {self.key}":
+                code = 401
+            else:
+                code, body = 200, json.dumps({"data": [{"id": self.model}]}).encode()
+        else:
+            code = 404
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def http_server(model: str = "m", key: str | None = None) -> Iterator[tuple[str, list]]:
+    """An OpenAI-like server in a thread: (its URL, the Authorization headers it saw)."""
+    seen: list[str | None] = []
+    handler = type("Handler", (_Handler,), {"model": model, "key": key, "seen_auth": seen})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()

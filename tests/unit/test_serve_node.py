@@ -1,0 +1,229 @@
+"""`hpcinfer serve` on one node, with stand-in servers: the loop's exits (signal, deadline,
+nothing left to serve), rank 0's merge of the parts, and the CLI's refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcinfer.cli.serve_cmds import build_serve_spec
+from hpcinfer.cluster.allocation import Allocation
+from hpcinfer.errors import SpecError
+from hpcinfer.run.selflaunch import launch_commands
+from hpcinfer.serve import node
+from hpcinfer.serve.errors import ServeError
+from hpcinfer.serve.fleet import Fleet, ServerLaunch
+from hpcinfer.serve.launch import one_rank_per_node
+from hpcinfer.serve.node import ServeOptions, serve_node
+from hpcinfer.serve.parts import PartsMerger
+from hpcinfer.serve.registry import Endpoint, part_path, parts_dir, read_registry, write_registry
+from hpcinfer.spec import JobSpec
+from tests.unit.serve_fakes import fake_launch
+from tests.unit.test_serve_endpoints import run_main
+
+
+def use_fakes(monkeypatch: pytest.MonkeyPatch, launches: list[ServerLaunch]) -> None:
+    """serve_node plans these launches instead of vLLM servers."""
+
+    def plan(spec: JobSpec, cwd: Path, registry: Path, rank: Any = None, **kw: Any) -> Fleet:
+        return Fleet(launches, kw["write_to"], on_event=kw["on_event"], monitor_interval_s=0.2)
+
+    monkeypatch.setattr(node, "plan_fleet", plan)
+
+
+def spec(tmp_path: Path, **fields: Any) -> JobSpec:
+    return JobSpec.model_validate(
+        {"serve": {"registry": str(tmp_path / "endpoints.json")}, **fields}
+    )
+
+
+def later(seconds: float, action: Callable[[], None]) -> threading.Timer:
+    timer = threading.Timer(seconds, action)
+    timer.start()
+    return timer
+
+
+def test_sigterm_stops_the_servers_and_exits_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    launches = [fake_launch(tmp_path, i, env=dict(os.environ))[0] for i in range(2)]
+    use_fakes(monkeypatch, launches)
+    registry = tmp_path / "endpoints.json"
+
+    def terminate_when_ready() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if [e.state for e in read_registry(registry)] == ["ready", "ready"]:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.1)
+        time.sleep(0.6)  # let the loop announce
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    timer = later(0, terminate_when_ready)
+    code = serve_node(spec(tmp_path), ServeOptions(cwd=tmp_path, json_out=True))
+    timer.join()
+    assert code == 0
+    assert [e.state for e in read_registry(registry)] == ["stopped", "stopped"]
+    out, err = capsys.readouterr()
+    assert [e["state"] for e in json.loads(out)["endpoints"]] == ["ready", "ready"]
+    assert "serving; Ctrl-C or SIGTERM stops the servers" in err
+    assert "SIGTERM: stopping the servers" in err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_the_time_limit_stops_the_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    use_fakes(monkeypatch, [fake_launch(tmp_path, 0, env=dict(os.environ))[0]])
+    started = time.monotonic()
+    code = serve_node(spec(tmp_path, time_limit="3s"), ServeOptions(cwd=tmp_path))
+    assert code == 0 and time.monotonic() - started < 15
+    assert [e.state for e in read_registry(tmp_path / "endpoints.json")] == ["stopped"]
+    assert "time limit reached" in capsys.readouterr().err
+
+
+def test_no_server_ready_exits_1_with_log_tails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    crash = ["sh", "-c", "echo 'RuntimeError: Engine core initialization failed' >&2; exit 1"]
+    use_fakes(monkeypatch, [fake_launch(tmp_path, i, argv=crash)[0] for i in range(2)])
+    with pytest.raises(ServeError, match="no server became ready") as info:
+        serve_node(spec(tmp_path), ServeOptions(cwd=tmp_path))
+    assert info.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err.count("Engine core initialization failed") == 2  # each server's tail
+    assert [e.state for e in read_registry(tmp_path / "endpoints.json")] == ["failed"] * 2
+
+
+def test_every_server_dead_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    launch, _ = fake_launch(tmp_path, 0, env=dict(os.environ))
+    use_fakes(monkeypatch, [launch])
+    registry = tmp_path / "endpoints.json"
+
+    def kill_when_ready() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                entries = read_registry(registry)
+                if entries[0].state == "ready":
+                    os.kill(entries[0].pid or 0, signal.SIGKILL)
+                    return
+            except Exception:
+                pass
+            time.sleep(0.1)
+
+    timer = later(0, kill_when_ready)
+    with pytest.raises(ServeError, match="every server has stopped working"):
+        serve_node(spec(tmp_path), ServeOptions(cwd=tmp_path))
+    timer.join()
+    assert [e.state for e in read_registry(registry)] == ["dead"]
+    assert "killed by SIGKILL" in capsys.readouterr().err
+
+
+def test_rank_0_merges_parts_and_cleans_up_after_earlier_launches(tmp_path: Path) -> None:
+    registry = tmp_path / "endpoints.json"
+    stale = part_path(registry, "oldnode", 5)
+    write_registry(stale, [Endpoint(url="http://old:1", model="m", rank=5)])
+    os.utime(stale, (time.time() - 100, time.time() - 100))
+    merger = PartsMerger(registry, world_size=2)
+    merger.remove_stale(time.time() - 1)
+    assert not stale.exists()
+    write_registry(part_path(registry, "b", 1), [Endpoint(url="http://b:1", model="m", rank=1)])
+    write_registry(part_path(registry, "a", 0), [Endpoint(url="http://a:1", model="m", rank=0)])
+    merged = merger.merge_if_changed()
+    assert merged is not None and [e.url for e in merged] == ["http://a:1", "http://b:1"]
+    assert merger.merge_if_changed() is None  # nothing changed
+    assert [e.rank for e in read_registry(registry)] == [0, 1]
+    assert not merger.ranks_settled()  # both still 'starting'
+    for name, rank in (("a", 0), ("b", 1)):
+        entry = Endpoint(url=f"http://{name}:1", model="m", rank=rank, state="stopped")
+        write_registry(part_path(registry, name, rank), [entry])
+    assert merger.ranks_settled()
+    final = merger.finish(wait_s=1)
+    assert [e.state for e in final] == ["stopped", "stopped"]
+    assert not parts_dir(registry).exists()
+
+
+def test_a_part_removed_by_mistake_is_written_again(tmp_path: Path) -> None:
+    launch, _ = fake_launch(tmp_path, 0)
+    part = part_path(tmp_path / "endpoints.json", "n", 1)
+    fleet = Fleet([launch], part)
+    fleet.write()
+    part.unlink()
+    fleet.rewrite_if_missing()
+    assert part.exists()
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+
+def test_flags_and_set_build_the_serve_spec(tmp_path: Path) -> None:
+    (tmp_path / "job.yaml").write_text(
+        "serve:\n  port: 9000\n  servers: 3\nengine:\n  dtype: float16\n"
+    )
+    built = build_serve_spec(
+        "job.yaml",
+        {"servers": 2, "host": "0.0.0.0", "api_key_env": "K", "ready_timeout": 60.0, "tp": None},
+        ["serve.args=[--swap-space, '4']"],
+        tmp_path,
+    )
+    assert (built.serve.port, built.serve.servers, built.serve.host) == (9000, 2, "0.0.0.0")
+    assert built.serve.api_key_env == "K" and built.serve.ready_timeout_s == 60.0
+    assert built.engine.dtype == "float16"
+    assert built.serve.args == ["--swap-space", "4"]
+    with pytest.raises(SpecError, match="takes a spec file"):
+        build_serve_spec("prompts.txt", {}, [], tmp_path)
+    with pytest.raises(SpecError, match=r"serve\.port"):
+        build_serve_spec(None, {"port": 70000}, [], tmp_path)
+
+
+def test_cli_refuses_an_unset_key_variable_before_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    code, out = run_main(["serve", "--api-key-env", "NO_SUCH_KEY_VAR"], monkeypatch, capsys)
+    assert code == 2 and "$NO_SUCH_KEY_VAR is not set" in out
+    assert not (tmp_path / "endpoints.json").exists()
+
+
+def test_cli_refuses_loopback_across_hosts_before_launching(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "HPCINFER_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "hosts").write_text("node1\nnode2\n")
+    code, out = run_main(["serve", "--launcher", "ssh", "--hostfile", "hosts"], monkeypatch, capsys)
+    assert code == 2
+    assert "--host 0.0.0.0" in out and "--api-key-env" in out
+
+
+def test_self_launch_starts_one_serve_rank_per_node() -> None:
+    spec = JobSpec.model_validate({"workers": {"count": 4}, "serve": {"host": "0.0.0.0"}})
+    hosts = ("n1", "n2", "n3")
+    allocation = Allocation(hosts=hosts, slots=dict.fromkeys(hosts, 4), source="pbs", job_id="1")
+    command = ["python", "-m", "hpcinfer", "serve", "--launcher", "mpi"]
+    (mpi,) = launch_commands(
+        one_rank_per_node(spec), "mpi", command, allocation, {}, runner=lambda argv: "HYDRA"
+    )
+    assert mpi[1:5] == ["-n", "3", "-ppn", "1"]
+    assert mpi[-len(command) :] == command
+    (srun,) = launch_commands(
+        one_rank_per_node(spec), "srun", command, allocation, {"SLURM_JOB_ID": "7"}
+    )
+    assert srun[srun.index("--ntasks-per-node") + 1] == "1"
+    assert spec.workers.count == 4  # the user's spec is left alone
