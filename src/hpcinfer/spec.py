@@ -185,7 +185,10 @@ class ServeSpec(_Model):
     """A fleet of vLLM OpenAI-compatible servers (`hpcinfer serve`, engine.kind vllm-server)."""
 
     servers: int | None = Field(
-        None, ge=1, description="Servers per node; default: one per device group."
+        None,
+        ge=1,
+        description="Servers per node; default: one per device group (GPUs), one per node "
+        "on all cores (CPU).",
     )
     host: str = Field(
         "127.0.0.1",
