@@ -6,11 +6,13 @@ that kills a server runs last. The one-shot `--engine vllm-server` test starts i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,26 +21,9 @@ import pytest
 
 from hpcinfer.serve.registry import read_registry
 from tests.conftest import hpcinfer_cmd, read_rows, run_cli, start_cli
+from tests.processes import assert_no_orphans, marked
 
 pytestmark = pytest.mark.integration
-
-
-def _server_pids(ports: list[int]) -> list[int]:
-    """Processes still running a vLLM server on one of these ports (orphans, after a stop)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        args = [a.decode(errors="replace") for a in cmdline]
-        if any("vllm" in a for a in args) and any(
-            f"{p}" == args[i + 1] for i, a in enumerate(args[:-1]) if a == "--port" for p in ports
-        ):
-            found.append(int(proc.name))
-    return found
 
 
 def _workload(path: Path, count: int) -> dict[str, int]:
@@ -55,29 +40,37 @@ def _workload(path: Path, count: int) -> dict[str, int]:
 def fleet(
     cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
+    """`hpcinfer serve --servers 2` for the module; at the end SIGTERM must stop it cleanly
+    (exit 0, every server stopped or dead, nothing left running)."""
     root = tmp_path_factory.mktemp("fleet")
     registry = root / "endpoints.json"
+    mark = uuid.uuid4().hex
+    env = dict(cli_env, HPCINFER_TEST_MARK=mark)
     proc = start_cli(
         hpcinfer_cmd("serve", "--servers", "2", "--registry", str(registry), "--port", "8610"),
         root,
-        cli_env,
+        env,
     )
-    info: dict[str, Any] = {"root": root, "registry": registry, "proc": proc, "ports": [8610, 8611]}
+    info: dict[str, Any] = {"registry": registry, "env": env}
     try:
-        ready = run_cli(["endpoints", str(registry), "--wait", "400"], root, cli_env, 450)
+        ready = run_cli(["endpoints", str(registry), "--wait", "480"], root, env, 500)
         assert ready.returncode == 0, ready.stdout + ready.stderr + _stderr(proc)
+        assert "2 up, 0 down" in ready.stdout
         yield info
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        assert {e.state for e in read_registry(registry)} <= {"stopped", "dead"}
+        assert_no_orphans(mark, "--port 8610", "--port 8611")
+        after = run_cli(["endpoints", str(registry)], root, env, 60)
+        assert after.returncode == 1 and "0 up, 2 down" in after.stdout
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        info["exit"] = proc.returncode
-        time.sleep(1)
-        assert _server_pids(info["ports"]) == [], "orphan servers after serve stopped"
+            proc.communicate()
+        for pid in marked(mark):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
 def _stderr(proc: subprocess.Popen[str]) -> str:
@@ -86,9 +79,8 @@ def _stderr(proc: subprocess.Popen[str]) -> str:
     return proc.stderr.read() if proc.stderr else ""
 
 
-def test_a_job_is_dispatched_across_both_servers(
-    fleet: dict[str, Any], cli_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_a_job_is_dispatched_across_both_servers(fleet: dict[str, Any], tmp_path: Path) -> None:
+    cli_env = fleet["env"]
     entries = read_registry(fleet["registry"])
     assert [e.state for e in entries] == ["ready", "ready"]
     assert sorted(d for e in entries for d in e.devices) == ["core0", "core1"]
@@ -109,8 +101,9 @@ def test_a_job_is_dispatched_across_both_servers(
 
 
 def test_kill_9_of_a_server_mid_dispatch_loses_nothing(
-    fleet: dict[str, Any], cli_env: dict[str, str], tmp_path: Path
+    fleet: dict[str, Any], tmp_path: Path
 ) -> None:
+    cli_env = fleet["env"]
     expected = _workload(tmp_path / "w.jsonl", 600)
     proc = start_cli(
         hpcinfer_cmd(
@@ -147,6 +140,8 @@ def test_kill_9_of_a_server_mid_dispatch_loses_nothing(
 
 
 def test_one_shot_vllm_server_job_and_rerun(cli_env: dict[str, str], tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    cli_env = dict(cli_env, HPCINFER_TEST_MARK=mark)
     expected = _workload(tmp_path / "w.jsonl", 120)
     args = ["run", "w.jsonl", "--engine", "vllm-server", "--servers", "2", "--max-tokens-field",
             "n", "--ignore-eos", "-o", "out", "--json", "--set", "serve.port=8620"]  # fmt: skip
@@ -157,7 +152,7 @@ def test_one_shot_vllm_server_job_and_rerun(cli_env: dict[str, str], tmp_path: P
     entries = read_registry(tmp_path / "out" / "endpoints.json")
     assert [e.state for e in entries] == ["stopped", "stopped"]
     assert sum(json.loads(done.stdout)["endpoints"].values()) == 120
-    assert _server_pids([8620, 8621]) == []
+    assert_no_orphans(mark, "--port 8620", "--port 8621")
     started = time.monotonic()
     again = run_cli(args, tmp_path, cli_env, 120)
     assert again.returncode == 0, again.stderr

@@ -27,56 +27,12 @@ import pytest
 from hpcinfer.serve.ports import port_in_use
 from hpcinfer.serve.registry import read_registry
 from tests.conftest import hpcinfer_cmd, require, run_cli, start_cli
+from tests.processes import assert_no_orphans, marked
 
 pytestmark = pytest.mark.integration
 
 TWO_CORES = "name: two-cores\nvendor: cpu\ngpus_per_node: 0\ncores_per_node: 2\n"
 READY_WAIT_S = "480"  # a loaded 2-core CI machine can take minutes per start
-
-
-def marked(mark: str) -> list[int]:
-    """Pids of live processes whose environment holds the test's mark (not zombies)."""
-    needle = f"HPCINFER_TEST_MARK={mark}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if needle not in (proc / "environ").read_bytes():
-                continue
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            found.append(int(proc.name))
-    return found
-
-
-def with_text(pids: list[int], text: str) -> list[int]:
-    """Pids (among all) whose command line contains `text` (a port, a model path)."""
-    hits = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if text.encode() in (proc / "cmdline").read_bytes():
-                hits.append(int(proc.name))
-        except OSError:
-            continue
-    return [p for p in hits if p in pids or not pids]
-
-
-def assert_no_orphans(mark: str, *texts: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while marked(mark) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert marked(mark) == [], "processes left behind: " + ", ".join(
-        (Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        for p in marked(mark)
-        if Path(f"/proc/{p}").exists()
-    )
-    for text in texts:
-        assert with_text([], text) == [], f"a process still names {text}"
 
 
 @pytest.fixture
@@ -129,44 +85,6 @@ def stop(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, s
     os.kill(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
-
-
-def test_two_servers_ready_answer_and_stop_cleanly(
-    tmp_path: Path, env: dict[str, str], started: Callable[..., subprocess.Popen[str]]
-) -> None:
-    (tmp_path / "two.yaml").write_text(TWO_CORES)
-    port = free_base_port(2)
-    args = ["serve", "--servers", "2", "--registry", "reg/endpoints.json", "--port", str(port)]
-    args += ["--profile", "two.yaml", "--json"]
-    began = time.monotonic()
-    serve = started(hpcinfer_cmd(*args), tmp_path, env)
-
-    waited = run_cli(["endpoints", "reg/endpoints.json", "--wait", READY_WAIT_S], tmp_path, env)
-    if serve.poll() is not None:
-        pytest.fail("hpcinfer serve ended early:\n" + serve.communicate()[1][-4000:])
-    assert waited.returncode == 0, waited.stdout + waited.stderr[-3000:]
-    assert "2 up, 0 down" in waited.stdout
-    print(f"both servers ready after {time.monotonic() - began:.1f}s")
-
-    entries = read_registry(tmp_path / "reg" / "endpoints.json")
-    assert [e.state for e in entries] == ["ready", "ready"]
-    assert [e.url for e in entries] == [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
-    assert [e.devices for e in entries] == [["core0"], ["core1"]]
-    assert all(e.pid and e.ready and e.log for e in entries)
-    assert (tmp_path / "reg" / "serve-logs").is_dir()
-    for entry in entries:
-        answer = complete(entry.url, entry.model)
-        assert answer["usage"]["completion_tokens"] == 4
-
-    code, out, err = stop(serve)
-    assert code == 0, err[-3000:]
-    assert "serving; Ctrl-C or SIGTERM stops the servers" in err
-    assert [e["state"] for e in json.loads(out.splitlines()[0])["endpoints"]] == ["ready"] * 2
-    entries = read_registry(tmp_path / "reg" / "endpoints.json")
-    assert [e.state for e in entries] == ["stopped", "stopped"]
-    assert_no_orphans(env["HPCINFER_TEST_MARK"], f"--port {port}", f"--port {port + 1}")
-    after = run_cli(["endpoints", "reg/endpoints.json"], tmp_path, env)
-    assert after.returncode == 1 and "0 up, 2 down" in after.stdout
 
 
 def test_a_broken_model_fails_fast_with_the_log_tail(tmp_path: Path, env: dict[str, str]) -> None:
