@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hpcinfer.serve.process import ServerProcess, log_tail, stop_all
+from hpcinfer.logtail import log_tail
+from hpcinfer.serve.process import ServerProcess, stop_all
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 

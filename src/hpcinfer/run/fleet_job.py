@@ -24,10 +24,10 @@ from types import FrameType
 import yaml
 
 from hpcinfer.errors import EngineError
+from hpcinfer.logtail import log_tail
 from hpcinfer.outputs.atomic import write_text_atomic
 from hpcinfer.outputs.store import OutputStore
 from hpcinfer.run.job import RunOptions, RunSummary, output_dir, resolve_model
-from hpcinfer.serve.process import log_tail
 from hpcinfer.spec import JobSpec
 
 REGISTRY_NAME = "endpoints.json"

@@ -38,6 +38,7 @@ from hpcinfer.errors import EngineError, SpecError
 from hpcinfer.exitcodes import ExitCode
 from hpcinfer.inputs import PromptTemplate, display_name, expand_inputs, read_records
 from hpcinfer.inputs.options import apply_max_tokens_field
+from hpcinfer.logtail import log_tail
 from hpcinfer.outputs.exporters import check_exports, export_all
 from hpcinfer.outputs.store import OutputStore, unit_file_name
 from hpcinfer.run.coordinator import Coordinator, WorkerHandle
@@ -492,20 +493,12 @@ def _outcome(
     # A worker that reported its error has said why; one that died silently (killed, out of
     # memory, a crash in native code) is explained by the end of its log.
     silent = [h for h in failures if (h.error or "").startswith("exited with code")]
-    tail = _log_tail(silent[0].log) if silent else ""
+    tail = log_tail(silent[0].log, lines=15) if silent else ""
     raise EngineError(
         f"the run failed: {details or 'workers stopped before the work was done'}; committed "
         f"units in {store.root} are kept, rerun to resume"
         + (f"\nlast log lines:\n{tail}" if tail else "")
     )
-
-
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join("  " + line for line in text[-lines:])
 
 
 def _served_name(spec: JobSpec, targets: list[Target]) -> str:

@@ -31,9 +31,10 @@ from types import TracebackType
 from typing import Literal
 
 from hpcinfer.errors import SpecError
+from hpcinfer.logtail import log_tail
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.monitor import INTERVAL_S, watch_health
-from hpcinfer.serve.process import ServerProcess, log_tail, stop_all
+from hpcinfer.serve.process import ServerProcess, stop_all
 from hpcinfer.serve.readiness import await_ready
 from hpcinfer.serve.registry import (
     DEAD,

@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from hpcinfer.logtail import LOG_TAIL_LINES, log_tail
+
 PR_SET_PDEATHSIG = 1
-LOG_TAIL_LINES = 25
 
 
 def _load_prctl() -> Callable[..., int] | None:
@@ -119,19 +120,6 @@ class ServerProcess:
             with contextlib.suppress(ValueError):
                 return f"killed by {signal.Signals(-code).name}"
         return f"exited with code {code}"
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of a log, indented, for an error message ('' when there is none)."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 64 * 1024))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join("  " + line for line in text.splitlines()[-lines:])
 
 
 def stop_all(servers: Sequence[ServerProcess], grace_s: float) -> None:
