@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hpcinfer.engines.openai_engine import ClientSetup, Target
 from hpcinfer.errors import SpecError
-from hpcinfer.serve.registry import RegistryError, read_registry, usable
+from hpcinfer.serve.registry import LIVE_STATES, RegistryError, read_registry, usable
 from hpcinfer.spec import JobSpec
 
 
@@ -47,6 +47,20 @@ def resolve_targets(spec: JobSpec, cwd: Path) -> list[Target]:
             "or --url http://HOST:PORT (repeatable)"
         )
     return list(targets.values())
+
+
+def expected_endpoints(spec: JobSpec, cwd: Path, targets: list[Target]) -> int:
+    """Endpoints the dispatcher will have once the fleet is up: the ready ones plus those of
+    the registry still starting, so the worker asks for enough work to fill servers that
+    join after the dispatch began (a one-shot fleet starts dispatching at the first)."""
+    path = registry_path(spec, cwd)
+    if path is None:
+        return len(targets)
+    try:
+        live = {e.url for e in read_registry(path) if e.state in LIVE_STATES}
+    except RegistryError:
+        return len(targets)
+    return len(live | {t.url for t in targets})
 
 
 def client_setup(spec: JobSpec, cwd: Path, targets: list[Target]) -> ClientSetup:

@@ -31,7 +31,7 @@ from hpcinfer.cluster.allocation import remaining_walltime_s
 from hpcinfer.cluster.placement import DeviceGroup, Placement
 from hpcinfer.engines.factory import ENGINE_KIND_ENV
 from hpcinfer.engines.openai_engine import Target
-from hpcinfer.engines.targets import client_setup, resolve_targets
+from hpcinfer.engines.targets import client_setup, expected_endpoints, resolve_targets
 from hpcinfer.engines.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
 from hpcinfer.engines.vllm_offline import EngineSetup, engine_env
 from hpcinfer.errors import EngineError, SpecError
@@ -302,6 +302,7 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
     units_left = plan.todo_units if plan else (store.units_left() if resumed else None)
     # A finished job reruns without its servers (a one-shot fleet is not even started).
     targets = resolve_targets(spec, cwd) if dispatching(spec) and units_left != 0 else []
+    n_endpoints = expected_endpoints(spec, cwd, targets) if targets else 0
     if cluster is None:
         placement = _placement(spec, profile, units_left)
     else:
@@ -346,7 +347,7 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
                     worker=handle.index,
                     setup=setup,
                     out_dir=str(store.root),
-                    max_inflight=max_inflight(spec, len(targets)),
+                    max_inflight=max_inflight(spec, n_endpoints),
                     local_dir=str(cwd / spec.output.local_dir) if spec.output.local_dir else None,
                     progress_interval_s=progress_interval_s(total_workers),
                 ),
@@ -379,7 +380,7 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
             pending,
             todo_records,
             unit_size=spec.workers.unit_size,
-            max_inflight=max_inflight(spec, len(targets)),
+            max_inflight=max_inflight(spec, n_endpoints),
             on_progress=view.advance,
             time_limit_s=time_limit,
             time_limit_name=("walltime limit" if limit_source == "walltime" else "time limit"),
@@ -389,7 +390,7 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
                 else None
             ),
             batch=(
-                max_inflight(spec, len(targets))
+                max_inflight(spec, n_endpoints)
                 if dispatching(spec)
                 else spec.engine.max_num_seqs or ENGINE_DEFAULT_MAX_NUM_SEQS
             ),

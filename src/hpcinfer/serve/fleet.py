@@ -39,6 +39,7 @@ from hpcinfer.serve.readiness import await_ready
 from hpcinfer.serve.registry import (
     DEAD,
     FAILED,
+    LIVE_STATES,
     READY,
     STARTING,
     STOPPED,
@@ -50,7 +51,7 @@ from hpcinfer.serve.registry import (
 
 STOP_GRACE_S = 30.0
 FAILED_SERVER_GRACE_S = 10.0
-LIVE = (STARTING, READY, UNHEALTHY)
+LIVE = LIVE_STATES
 
 
 @dataclass(frozen=True)

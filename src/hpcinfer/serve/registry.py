@@ -27,6 +27,7 @@ DEAD = "dead"  # was started, then its process exited
 FAILED = "failed"  # never became ready (exited, or readiness timeout)
 STOPPED = "stopped"  # shut down by hpcinfer
 STATES = (STARTING, READY, UNHEALTHY, DEAD, FAILED, STOPPED)
+LIVE_STATES = (STARTING, READY, UNHEALTHY)
 
 
 class RegistryError(HpcinferError):
