@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcinfer.engines.openai_engine import Target
-from hpcinfer.engines.targets import expected_endpoints, resolve_targets
+from hpcinfer.engines.targets import resolve_targets
 from hpcinfer.errors import SpecError
 from hpcinfer.serve.registry import Endpoint, RegistryError, write_registry
 from hpcinfer.spec import build_spec
@@ -27,10 +26,10 @@ def test_urls_and_ready_registry_entries_without_duplicates(tmp_path: Path) -> N
         ],
     )
     spec = _spec(urls=["http://a:1/", "http://x:2"], registry="r.json")
-    targets = resolve_targets(spec, tmp_path)  # type: ignore[arg-type]
-    assert [t.url for t in targets] == ["http://a:1", "http://x:2"]
+    found = resolve_targets(spec, tmp_path)  # type: ignore[arg-type]
+    assert [t.url for t in found.endpoints] == ["http://a:1", "http://x:2"]
     # b is still starting: the worker asks for enough work to fill it once it is up
-    assert expected_endpoints(spec, tmp_path, targets) == 3  # type: ignore[arg-type]
+    assert found.expected == 3
 
 
 def test_no_endpoint_is_a_clear_error(tmp_path: Path) -> None:
@@ -45,4 +44,4 @@ def test_no_endpoint_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_expected_endpoints_without_a_registry() -> None:
     spec = _spec(urls=["http://a:1"])
-    assert expected_endpoints(spec, Path("."), [Target("http://a:1")]) == 1  # type: ignore[arg-type]
+    assert resolve_targets(spec, Path(".")).expected == 1  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import queue
 import random
@@ -401,8 +402,6 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def _json_or_none(body: bytes) -> Any:
-    import json
-
     try:
         return json.loads(body)
     except ValueError:

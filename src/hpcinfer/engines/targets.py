@@ -6,6 +6,7 @@ with no ready server fails at once with the fix, not inside a worker log.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from hpcinfer.engines.openai_engine import ClientSetup, Target
@@ -21,7 +22,17 @@ def registry_path(spec: JobSpec, cwd: Path) -> Path | None:
     return path if path.is_absolute() else cwd / path
 
 
-def resolve_targets(spec: JobSpec, cwd: Path) -> list[Target]:
+@dataclass(frozen=True)
+class Targets:
+    """The endpoints to dispatch to now, and how many there will be once the fleet is up
+    (ready ones plus registry entries still starting): the worker asks for enough work to
+    fill servers that join after the dispatch began (a one-shot fleet starts at its first)."""
+
+    endpoints: list[Target]
+    expected: int
+
+
+def resolve_targets(spec: JobSpec, cwd: Path) -> Targets:
     """Every endpoint to dispatch to, URLs first, without duplicates."""
     targets: dict[str, Target] = {}
     for url in spec.client.urls:
@@ -29,6 +40,7 @@ def resolve_targets(spec: JobSpec, cwd: Path) -> list[Target]:
         if not clean.startswith(("http://", "https://")):
             raise SpecError(f"--url {url!r}: write a base URL such as http://127.0.0.1:8000")
         targets.setdefault(clean, Target(clean))
+    live: set[str] = set()
     path = registry_path(spec, cwd)
     if path is not None:
         entries = read_registry(path)
@@ -41,26 +53,13 @@ def resolve_targets(spec: JobSpec, cwd: Path) -> list[Target]:
             )
         for entry in ready:
             targets.setdefault(entry.url, Target(entry.url, entry.model))
+        live = {e.url for e in entries if e.state in LIVE_STATES}
     if not targets:
         raise SpecError(
             "engine openai needs servers: --endpoints endpoints.json (from `hpcinfer serve`) "
             "or --url http://HOST:PORT (repeatable)"
         )
-    return list(targets.values())
-
-
-def expected_endpoints(spec: JobSpec, cwd: Path, targets: list[Target]) -> int:
-    """Endpoints the dispatcher will have once the fleet is up: the ready ones plus those of
-    the registry still starting, so the worker asks for enough work to fill servers that
-    join after the dispatch began (a one-shot fleet starts dispatching at the first)."""
-    path = registry_path(spec, cwd)
-    if path is None:
-        return len(targets)
-    try:
-        live = {e.url for e in read_registry(path) if e.state in LIVE_STATES}
-    except RegistryError:
-        return len(targets)
-    return len(live | {t.url for t in targets})
+    return Targets(list(targets.values()), len(live | set(targets)))
 
 
 def client_setup(spec: JobSpec, cwd: Path, targets: list[Target]) -> ClientSetup:

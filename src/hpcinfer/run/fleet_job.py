@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,10 +23,10 @@ from types import FrameType
 import yaml
 
 from hpcinfer.errors import EngineError
-from hpcinfer.logtail import log_tail
 from hpcinfer.outputs.atomic import write_text_atomic
 from hpcinfer.outputs.store import OutputStore
 from hpcinfer.run.job import RunOptions, RunSummary, output_dir, resolve_model
+from hpcinfer.serve.process import ServerProcess
 from hpcinfer.spec import JobSpec
 
 REGISTRY_NAME = "endpoints.json"
@@ -95,47 +94,43 @@ def _serve_ranks(spec: JobSpec, options: RunOptions, registry: Path) -> Iterator
         sys.executable, "-m", "hpcinfer", "serve", str(spec_file),
         "--launcher", spec.workers.launcher, "--registry", str(registry),
     ]  # fmt: skip
-    with log.open("ab") as handle:
-        proc = subprocess.Popen(
-            argv, cwd=options.cwd, stdout=handle, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+    # Its own process group and a parent-death signal, like the servers it starts.
+    serve = ServerProcess(argv, dict(os.environ), log, cwd=options.cwd)
     try:
-        _wait_first_ready(proc, registry, log, spec.serve.ready_timeout_s)
+        _wait_first_ready(serve, registry, spec.serve.ready_timeout_s)
         yield
     finally:
-        _stop(proc)
+        _stop(serve)
 
 
-def _wait_first_ready(
-    proc: subprocess.Popen[bytes], registry: Path, log: Path, timeout_s: float
-) -> None:
+def _wait_first_ready(serve: ServerProcess, registry: Path, timeout_s: float) -> None:
     from hpcinfer.serve.registry import READY, RegistryError, read_registry
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if not serve.alive():
             raise EngineError(
-                f"`hpcinfer serve` exited with code {proc.returncode} before a server was "
-                f"ready; see {log}:\n{log_tail(log)}"
+                f"`hpcinfer serve` exited with code {serve.returncode} before a server was "
+                f"ready; see {serve.log}:\n{serve.log_tail()}"
             )
         with contextlib.suppress(RegistryError):
             if registry.exists() and any(e.state == READY for e in read_registry(registry)):
                 return
         time.sleep(1.0)
-    raise EngineError(f"no server ready after {timeout_s:.0f}s; see {log} and the server logs")
+    raise EngineError(
+        f"no server ready after {timeout_s:.0f}s; see {serve.log} and the server logs"
+    )
 
 
-def _stop(proc: subprocess.Popen[bytes], grace_s: float = 60.0) -> None:
-    if proc.poll() is None:
+def _stop(serve: ServerProcess, grace_s: float = 60.0) -> None:
+    """SIGTERM to serve alone (it passes it to the launcher, which passes it to the ranks,
+    each stopping its servers), then SIGKILL to whatever of its group is left."""
+    if serve.alive():
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)  # serve passes it to the launcher, then ranks
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.kill(serve.pid, signal.SIGTERM)
+        if not serve.wait(grace_s):
+            serve.signal_group(signal.SIGKILL)
+    serve.reap_group()
 
 
 def _finished(out_dir: Path) -> bool:

@@ -31,7 +31,7 @@ from hpcinfer.cluster.allocation import remaining_walltime_s
 from hpcinfer.cluster.placement import DeviceGroup, Placement
 from hpcinfer.engines.factory import ENGINE_KIND_ENV
 from hpcinfer.engines.openai_engine import Target
-from hpcinfer.engines.targets import client_setup, expected_endpoints, resolve_targets
+from hpcinfer.engines.targets import client_setup, resolve_targets
 from hpcinfer.engines.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
 from hpcinfer.engines.vllm_offline import EngineSetup, engine_env
 from hpcinfer.errors import EngineError, SpecError
@@ -91,7 +91,7 @@ def dispatching(spec: JobSpec) -> bool:
     return spec.engine.kind != "vllm"
 
 
-def dispatcher_placement(spec: JobSpec, profile: HardwareProfile, count: int) -> PlacementPlan:
+def dispatcher_placement(profile: HardwareProfile, count: int) -> PlacementPlan:
     """Dispatchers hold no device (the servers do): `count` workers, unbound."""
     placements = [
         Placement(worker=i, group=DeviceGroup(()), env={}, shared=False) for i in range(count)
@@ -176,7 +176,7 @@ def _placement(spec: JobSpec, profile: HardwareProfile, units_left: int | None) 
     """One worker per device group, or fewer (with more devices each on CPU) when the job
     has fewer units than that and the user did not fix the count."""
     if dispatching(spec):
-        return dispatcher_placement(spec, profile, spec.workers.count or 1)
+        return dispatcher_placement(profile, spec.workers.count or 1)
     tp, mode = spec.engine.tensor_parallel_size, spec.workers.placement
     placement = plan_placement(profile, workers=spec.workers.count, tp=tp, mode=mode)
     if spec.workers.count is None and units_left and units_left < len(placement.placements):
@@ -301,8 +301,8 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
     plan = _make_plan(spec, inputs, cwd, store) if _is_small(inputs) else None
     units_left = plan.todo_units if plan else (store.units_left() if resumed else None)
     # A finished job reruns without its servers (a one-shot fleet is not even started).
-    targets = resolve_targets(spec, cwd) if dispatching(spec) and units_left != 0 else []
-    n_endpoints = expected_endpoints(spec, cwd, targets) if targets else 0
+    found = resolve_targets(spec, cwd) if dispatching(spec) and units_left != 0 else None
+    targets, n_endpoints = (found.endpoints, found.expected) if found else ([], 0)
     if cluster is None:
         placement = _placement(spec, profile, units_left)
     else:
@@ -327,8 +327,8 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
         summaries, done, todo_units = plan.summaries, plan.done, plan.todo_units
         todo_records = plan.todo_records
         if dispatching(spec):
-            model_path = ""
-            model_name = _served_name(spec, targets)
+            # the dispatcher learns the served name from its endpoints (rows carry that)
+            model_path, model_name = "", spec.model or ""
         elif todo_units:
             model_path, model_name = resolve_model(spec, cwd)
         else:
@@ -500,13 +500,6 @@ def _outcome(
         f"units in {store.root} are kept, rerun to resume"
         + (f"\nlast log lines:\n{tail}" if tail else "")
     )
-
-
-def _served_name(spec: JobSpec, targets: list[Target]) -> str:
-    """The model name rows carry: --model for engine openai, else what the servers serve."""
-    if spec.engine.kind == "openai" and spec.model:
-        return spec.model
-    return targets[0].model if targets else spec.model or ""
 
 
 def _engine_setup(

@@ -51,7 +51,6 @@ from hpcinfer.serve.registry import (
 
 STOP_GRACE_S = 30.0
 FAILED_SERVER_GRACE_S = 10.0
-LIVE = LIVE_STATES
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ class Fleet:
 
     def all_down(self) -> bool:
         """No server is starting, ready or unhealthy: nothing left to serve or wait for."""
-        return self._started and all(e.state not in LIVE for e in self.endpoints)
+        return self._started and all(e.state not in LIVE_STATES for e in self.endpoints)
 
     def failure_report(self, tails: bool = True) -> str:
         """Every failed or dead server with its error, its log and (`tails`) the log's end."""
@@ -235,7 +234,7 @@ class Fleet:
         stop_all(processes, grace_s)
         with self._lock:
             for server in self._servers:
-                if server.endpoint.state in LIVE:
+                if server.endpoint.state in LIVE_STATES:
                     self._transition(server, STOPPED, None, force=True)
         for server in self._servers:
             if server.thread is not None:

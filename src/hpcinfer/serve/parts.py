@@ -15,16 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from hpcinfer.serve.registry import (
-    READY,
-    STARTING,
-    UNHEALTHY,
-    Endpoint,
-    RegistryError,
-    merge_parts,
-    parts_dir,
-    read_registry,
-)
+from hpcinfer.serve.registry import LIVE_STATES, Endpoint, merge_parts, parts_dir, read_parts
 
 FINAL_WAIT_S = 45.0
 
@@ -62,9 +53,9 @@ class PartsMerger:
 
     def ranks_settled(self) -> bool:
         """Every rank has a part, and none of its servers is still live."""
-        entries = self._entries()
+        entries = read_parts(self.registry)
         ranks = {e.rank for e in entries}
-        live = [e for e in entries if e.state in (STARTING, READY, UNHEALTHY)]
+        live = [e for e in entries if e.state in LIVE_STATES]
         return len(ranks) >= self.world_size and not live
 
     def finish(self, wait_s: float | None = None) -> list[Endpoint]:
@@ -75,10 +66,3 @@ class PartsMerger:
         merged = merge_parts(self.registry)
         shutil.rmtree(parts_dir(self.registry), ignore_errors=True)
         return merged
-
-    def _entries(self) -> list[Endpoint]:
-        entries: list[Endpoint] = []
-        for part in parts_dir(self.registry).glob("*.json"):
-            with contextlib.suppress(RegistryError):
-                entries.extend(read_registry(part))
-        return entries

@@ -113,15 +113,21 @@ def part_path(registry: Path, node: str, rank: int) -> Path:
     return parts_dir(registry) / f"{node}-{rank}.json"
 
 
-def merge_parts(registry: Path, expected: int | None = None) -> list[Endpoint]:
-    """Merge every node's part into the registry (rank, then URL order); returns the merge."""
-    merged: list[Endpoint] = []
+def read_parts(registry: Path) -> list[Endpoint]:
+    """Every endpoint of every node's part, in rank then URL order."""
+    entries: list[Endpoint] = []
     for part in sorted(parts_dir(registry).glob("*.json")):
         try:
-            merged.extend(read_registry(part))
+            entries.extend(read_registry(part))
         except RegistryError:
             continue  # a part being replaced right now is read on the next merge
-    merged.sort(key=lambda e: (e.rank, e.url))
+    entries.sort(key=lambda e: (e.rank, e.url))
+    return entries
+
+
+def merge_parts(registry: Path) -> list[Endpoint]:
+    """Merge every node's part into the registry; returns the merge."""
+    merged = read_parts(registry)
     write_registry(registry, merged)
     return merged
 
