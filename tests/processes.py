@@ -5,8 +5,15 @@ environment, which every child inherits."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 
 def marked(mark: str) -> list[int]:
@@ -52,3 +59,35 @@ def assert_no_orphans(mark: str, *texts: str, timeout: float = 30.0) -> None:
     )
     for text in texts:
         assert with_text([], text) == [], f"a process still names {text}"
+
+
+@contextmanager
+def stub_process(*args: str, cores: set[int] | None = None) -> Iterator[str]:
+    """`python -m hpcinfer.testing.stub_server --port 0 ARGS` in its own process (client and
+    server must not share a GIL), as a user starts it, optionally pinned to `cores`; its URL.
+    Stopped with SIGTERM, then killed, at the end."""
+    cmd = [sys.executable, "-m", "hpcinfer.testing.stub_server", "--port", "0", *args]
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        preexec_fn=pin,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http://"):
+            proc.kill()
+            pytest.fail(f"the stub server did not start: {proc.communicate(timeout=10)[1]}")
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()

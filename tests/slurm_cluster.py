@@ -9,7 +9,6 @@ Clients find the cluster through ``SLURM_CONF`` in ``cluster.env``.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,25 +16,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.apt import apt_install
+from tests.apt import missing_programs as _missing
+
 PROGRAMS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo", "slurmctld", "slurmd", "munged")
 APT_PACKAGES = ("slurm-wlm", "munge")
 
 
 def missing_programs() -> list[str]:
-    return [name for name in PROGRAMS if shutil.which(name) is None]
+    return _missing(PROGRAMS)
 
 
 def install_slurm(timeout: float = 600) -> str | None:
     """apt-get install Slurm and munge (we are root in CI); the error text, or None."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "installing Slurm needs root and apt-get"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", *APT_PACKAGES]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0 and cmd[1] == "install":
-            return f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
-    missing = missing_programs()
-    return f"still missing after apt-get: {', '.join(missing)}" if missing else None
+    return apt_install(APT_PACKAGES, PROGRAMS, timeout=timeout)
 
 
 def _free_port() -> int:

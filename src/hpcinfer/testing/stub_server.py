@@ -7,7 +7,14 @@ being the bottleneck. A real vLLM server gives neither: its outputs are not cont
 its faults are not reproducible. This one answers in vLLM's exact wire format (checked
 against vLLM 0.32's `/v1/completions` and `/v1/chat/completions`), generates exactly the
 request's `max_tokens` (" tok0 tok1 ..."), counts a prompt's tokens as its
-whitespace-separated words, and fails on purpose when told to.
+whitespace-separated words (a prompt of token ids, as vLLM accepts, as its length), and fails
+on purpose when told to.
+
+Its timing is exact, so a benchmark's figures can be checked against it: token k of a request
+goes out at arrival + ttft + k * itl, on absolute deadlines from the request's arrival (never
+by adding up sleeps, whose errors would accumulate), woken by a timerfd (`bench.pacer`), not
+by asyncio's millisecond timers. In chat streams the role chunk goes with the first token, as
+vLLM sends it.
 
 Run it in-process (tests):
 
@@ -52,7 +59,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
+import math
 import random
 import re
 import signal
@@ -65,6 +74,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from hpcinfer.bench.pacer import Pacer
 
 MODES = ("http500", "malformed", "truncate", "hang", "drop")
 HTTP500, MALFORMED, TRUNCATE, HANG, DROP = MODES
@@ -198,6 +209,7 @@ class _Stats:
     bad_request: int = 0
     client_disconnects: int = 0
     running: int = 0
+    max_running: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -214,6 +226,7 @@ class _Stats:
             "bad_request": self.bad_request,
             "client_disconnects": self.client_disconnects,
             "running": self.running,
+            "max_running": self.max_running,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
         }
@@ -226,7 +239,7 @@ class _BadRequest(Exception):
 @dataclass(frozen=True)
 class _Request:
     api: str
-    text: str  # the prompt, or all chat message contents joined (for triggers)
+    text: str  # the prompt, or all chat message contents joined (for triggers); '' for ids
     prompt_tokens: int
     max_tokens: int
     stream: bool
@@ -248,21 +261,38 @@ def _message_text(content: Any) -> str:
     return ""
 
 
+def _token_ids(prompt: Any) -> bool:
+    """A prompt given as token ids: a non-empty list of non-negative ints."""
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)
+    )
+
+
 def _parse_request(api: str, body: Any, default_max_tokens: int) -> _Request:
     if not isinstance(body, dict):
         raise _BadRequest("the request body must be a JSON object")
     if api == _COMPLETIONS:
         prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise _BadRequest("'prompt' must be a string (the stub serves one prompt a request)")
-        text = prompt
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+            prompt = prompt[0]  # a batch of one
+        if _token_ids(prompt):
+            assert isinstance(prompt, list)
+            text, prompt_tokens = "", len(prompt)
+        elif isinstance(prompt, str):
+            text, prompt_tokens = prompt, len(prompt.split())
+        else:
+            raise _BadRequest(
+                "'prompt' must be a string or a non-empty list of token ids (the stub serves "
+                "one prompt a request)"
+            )
     else:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _BadRequest("'messages' must be a non-empty list")
         text = " ".join(_message_text(m.get("content")) for m in messages if isinstance(m, dict))
+        prompt_tokens = len(text.split())
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         max_tokens = body.get("max_completion_tokens", default_max_tokens)
@@ -272,7 +302,7 @@ def _parse_request(api: str, body: Any, default_max_tokens: int) -> _Request:
     return _Request(
         api=api,
         text=text,
-        prompt_tokens=len(text.split()),
+        prompt_tokens=prompt_tokens,
         max_tokens=max_tokens,
         stream=bool(body.get("stream", False)),
         include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
@@ -361,9 +391,12 @@ class _Stub:
     """The request handlers and their state; one per server."""
 
     def __init__(self, config: StubConfig) -> None:
+        """Made on the server's running loop (the pacer's timer is registered with it)."""
         self.config = config
         self.stats = _Stats()
         self.stopping = asyncio.Event()
+        self.pacer = Pacer()
+        self.arrivals: dict[Any, float] = {}  # connection handler -> its latest bytes' arrival
         self._auth = f"Bearer {config.api_key}" if config.api_key else None
 
     def app(self) -> web.Application:
@@ -459,6 +492,8 @@ class _Stub:
         return Fault(mode or HTTP500)
 
     async def _generate(self, request: web.Request, api: str) -> web.StreamResponse:
+        # every token deadline of this request counts from its arrival on the socket
+        arrival = min(self.arrivals.get(request.protocol, math.inf), time.monotonic())
         stats = self.stats
         if not self._authorized(request):
             stats.unauthorized += 1
@@ -491,8 +526,9 @@ class _Stub:
         n = stats.requests
         fault = self._fault_for(req, n)
         stats.running += 1
+        stats.max_running = max(stats.max_running, stats.running)
         try:
-            return await self._answer(request, req, fault, n)
+            return await self._answer(request, req, fault, n, arrival)
         except (ConnectionError, asyncio.CancelledError):
             stats.client_disconnects += 1
             raise
@@ -500,7 +536,7 @@ class _Stub:
             stats.running -= 1
 
     async def _answer(
-        self, request: web.Request, req: _Request, fault: Fault | None, n: int
+        self, request: web.Request, req: _Request, fault: Fault | None, n: int, arrival: float
     ) -> web.StreamResponse:
         mode = fault.mode if fault else None
         if mode is not None:
@@ -517,9 +553,9 @@ class _Stub:
             return web.Response(status=503)
         enc = _Encoder(req.api, self.config.model)
         if req.stream:
-            resp = await self._stream(request, req, enc, fault)
+            resp = await self._stream(request, req, enc, fault, arrival)
         else:
-            resp = await self._whole(request, req, enc, fault)
+            resp = await self._whole(request, req, enc, fault, arrival)
         if mode is None:
             self.stats.ok += 1
             self.stats.prompt_tokens += req.prompt_tokens
@@ -527,11 +563,16 @@ class _Stub:
         return resp
 
     async def _whole(
-        self, request: web.Request, req: _Request, enc: _Encoder, fault: Fault | None
+        self,
+        request: web.Request,
+        req: _Request,
+        enc: _Encoder,
+        fault: Fault | None,
+        arrival: float,
     ) -> web.StreamResponse:
         delay = self.config.ttft_s + self.config.itl_s * (req.max_tokens - 1)
         if delay > 0:
-            await asyncio.sleep(delay)
+            await self.pacer.sleep_until(arrival + delay)
         if fault is not None and fault.mode == MALFORMED:
             return web.Response(body=b"{not json", content_type="application/json")
         body = enc.full_body(req.prompt_tokens, req.max_tokens)
@@ -545,13 +586,19 @@ class _Stub:
         return web.Response(body=body, content_type="application/json")
 
     async def _stream(
-        self, request: web.Request, req: _Request, enc: _Encoder, fault: Fault | None
+        self,
+        request: web.Request,
+        req: _Request,
+        enc: _Encoder,
+        fault: Fault | None,
+        arrival: float,
     ) -> web.StreamResponse:
-        """Send the events; consecutive events with no delay between them go in one write.
+        """Send the events at their deadlines; events due together go in one write.
 
         With ttft and itl at 0 the whole stream is one write, which keeps the stub cheap
         enough to measure a client's own ceiling; with delays each token is its own write
-        at its own time, as from a real server.
+        at its own time, as from a real server. A deadline already past (the stub fell
+        behind) is sent at once, and the next ones still keep to theirs.
         """
         resp = web.StreamResponse(
             status=200, headers={"Content-Type": "text/event-stream; charset=utf-8"}
@@ -561,16 +608,20 @@ class _Stub:
         truncated = fault is not None and fault.mode == TRUNCATE
         if fault is not None and fault.mode == MALFORMED:
             # Never after [DONE]: a client may stop reading there.
-            events.insert(min(fault.chunks, len(events) - 1), (0.0, _MALFORMED_EVENT))
+            at = min(fault.chunks, len(events) - 1)
+            events.insert(at, (events[at][0], _MALFORMED_EVENT))
         elif truncated and fault is not None:
             del events[min(fault.chunks, len(events) - 1) :]  # [DONE] is never sent
         pending: list[bytes] = []
-        for delay, event in events:
-            if delay > 0:
+        sent_until = arrival
+        for offset, event in events:
+            due = arrival + offset
+            if due > sent_until:
                 if pending:
                     await resp.write(b"".join(pending))
                     pending.clear()
-                await asyncio.sleep(delay)
+                await self.pacer.sleep_until(due)
+                sent_until = due
             pending.append(event)
         if truncated:
             if pending:
@@ -581,18 +632,18 @@ class _Stub:
         return resp
 
     def _events(self, req: _Request, enc: _Encoder) -> list[tuple[float, bytes]]:
-        """The whole stream as (delay before it, event) pairs, as vLLM sends it."""
+        """The whole stream as (seconds after arrival, event) pairs, as vLLM sends it: the
+        chat role chunk with the first token, the usage chunk and [DONE] with the last."""
+        ttft, itl = self.config.ttft_s, self.config.itl_s
+        last = req.max_tokens - 1
         events: list[tuple[float, bytes]] = []
         if req.api == _CHAT:
-            events.append((0.0, enc.role_event()))
-        last = req.max_tokens - 1
-        ttft, itl = self.config.ttft_s, self.config.itl_s
-        events += [
-            (ttft if i == 0 else itl, enc.token_event(i, i == last)) for i in range(last + 1)
-        ]
+            events.append((ttft, enc.role_event()))
+        events += [(ttft + i * itl, enc.token_event(i, i == last)) for i in range(last + 1)]
+        end = ttft + last * itl
         if req.include_usage:
-            events.append((0.0, enc.usage_event(req.prompt_tokens, req.max_tokens)))
-        events.append((0.0, _DONE_EVENT))
+            events.append((end, enc.usage_event(req.prompt_tokens, req.max_tokens)))
+        events.append((end, _DONE_EVENT))
         return events
 
 
@@ -612,11 +663,73 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+class _Stamped(asyncio.Protocol):
+    """One connection, passed through to aiohttp's handler, noting when its latest bytes
+    arrived: a request's deadlines count from the moment it reached the stub's socket, not
+    from when aiohttp's parsing and task switches (about 0.5 ms on a slow machine) got it to
+    the handler.
+
+    The reads are stamped at once and handed to aiohttp later in the same loop iteration
+    (the end and loss of the connection queued behind them, in order): when many requests
+    arrive together (a fixed-concurrency client starting its next batch), each is stamped
+    before any is parsed, so no request's deadlines wait on another's parsing."""
+
+    def __init__(self, handler: Any, arrivals: dict[Any, float]) -> None:
+        self.handler = handler
+        self.arrivals = arrivals
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.arrivals[self.handler] = time.monotonic()
+        self.loop.call_soon(self.handler.data_received, data)
+
+    def eof_received(self) -> bool | None:
+        self.loop.call_soon(self.handler.eof_received)
+        return None  # as aiohttp's handler answers: the transport closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.loop.call_soon(self._lost, exc)
+
+    def _lost(self, exc: Exception | None) -> None:
+        self.arrivals.pop(self.handler, None)
+        self.handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+
+class _StampingRunner(web.AppRunner):
+    """An AppRunner whose sites make `_Stamped` connections (through the public `server`
+    protocol factory that every site calls once per connection)."""
+
+    def __init__(self, app: web.Application, arrivals: dict[Any, float], **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._arrivals = arrivals
+
+    @property
+    def server(self) -> Any:
+        server = super().server
+        if server is None:
+            return None
+        arrivals = self._arrivals
+        return lambda: _Stamped(server(), arrivals)
+
+
 async def _start(stub: _Stub, host: str, port: int) -> tuple[web.AppRunner, int]:
     # handler_cancellation: a handler stops when its client goes away (a streaming request
     # whose client timed out must not go on writing into a dead socket).
-    runner = web.AppRunner(
-        stub.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+    runner = _StampingRunner(
+        stub.app(),
+        stub.arrivals,
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=1.0,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
@@ -706,6 +819,7 @@ class StubServer:
         finally:
             self._stub.stopping.set()  # hung requests end; then the runner can close
             await runner.cleanup()
+            self._stub.pacer.close()
 
     def stats(self) -> dict[str, Any]:
         """The counters (as `GET /stats` returns them)."""
@@ -738,8 +852,15 @@ def serve_forever(
     host: str = "127.0.0.1",
     port: int = 0,
     on_listening: Callable[[str], None] | None = None,
+    busy_poll: bool = False,
 ) -> None:
-    """Serve in this process until SIGINT or SIGTERM (the subprocess form)."""
+    """Serve in this process until SIGINT or SIGTERM (the subprocess form).
+
+    `busy_poll` keeps the event loop polling instead of sleeping (one core at 100%): a
+    sleeping process on a virtual machine can take 0.2-0.5 ms to be woken, by a request or
+    by its own timer, and that would add to every TTFT it is meant to fix exactly. A test of
+    a benchmark's exactness uses it; nothing else needs it.
+    """
 
     async def main() -> None:
         stub = _Stub(config)
@@ -750,14 +871,31 @@ def serve_forever(
             loop.add_signal_handler(sig, stop.set)
         if on_listening is not None:
             on_listening(f"http://{host}:{bound}")
+        # what exists now lives as long as the server: keep it out of every collection, so a
+        # full one (several ms on a slow core) does not stall the tokens it is timing
+        gc.collect()
+        gc.freeze()
+        if busy_poll:
+            _keep_polling(loop)
         try:
             await stop.wait()
         finally:
             stub.stopping.set()
             await runner.cleanup()
+            stub.pacer.close()
 
     with asyncio.Runner(loop_factory=_new_loop) as runner:
         runner.run(main())
+
+
+def _keep_polling(loop: asyncio.AbstractEventLoop) -> None:
+    """A callback that always reschedules itself: the loop never has nothing to do, so it
+    polls its sockets and timers with a zero timeout instead of sleeping."""
+
+    def again() -> None:
+        loop.call_soon(again)
+
+    loop.call_soon(again)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -782,6 +920,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--accept-any-model", action="store_true", help="Answer whatever 'model' is asked for."
     )
+    parser.add_argument(
+        "--busy-poll",
+        action="store_true",
+        help="Poll instead of sleeping (uses a whole core): every deadline met to a few µs, "
+        "for tests of a client's exactness.",
+    )
     return parser
 
 
@@ -802,7 +946,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default_max_tokens=args.default_max_tokens,
         accept_any_model=args.accept_any_model,
     )
-    serve_forever(config, args.host, args.port, on_listening=lambda url: print(url, flush=True))
+    serve_forever(
+        config,
+        args.host,
+        args.port,
+        on_listening=lambda url: print(url, flush=True),
+        busy_poll=args.busy_poll,
+    )
     return 0
 
 
