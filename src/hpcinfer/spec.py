@@ -211,6 +211,27 @@ class ServeSpec(_Model):
     )
 
 
+class FomCaseSpec(_Model):
+    """One case of `hpcinfer bench fom`: exact lengths, a batch submitted together, and the
+    context length its engine is started with."""
+
+    name: str = Field(min_length=1, description="Case name in tables, e.g. FOM1.")
+    input_len: int = Field(gt=0, description="Prompt tokens per request (exactly).")
+    output_len: int = Field(gt=0, description="Generated tokens per request (exactly).")
+    batch_size: int = Field(1, gt=0, description="Requests submitted together.")
+    max_model_len: int = Field(gt=0, description="The engine's context length for this case.")
+
+
+class BenchSpec(_Model):
+    """Benchmark settings read by `hpcinfer bench` (the engine comes from `engine`)."""
+
+    fom_cases: list[FomCaseSpec] = Field(
+        default_factory=list,
+        description="Cases of `hpcinfer bench fom` (instead of a --preset), e.g. FOM1 "
+        "prefill-heavy, FOM2 decode-heavy, FOM3 with a large max_model_len.",
+    )
+
+
 class JobSpec(_Model):
     """Everything `hpcinfer run` needs; see `hpcinfer spec --schema`."""
 
@@ -230,6 +251,7 @@ class JobSpec(_Model):
     job: JobScriptSpec = Field(default_factory=JobScriptSpec)
     client: ClientSpec = Field(default_factory=ClientSpec)
     serve: ServeSpec = Field(default_factory=ServeSpec)
+    bench: BenchSpec = Field(default_factory=BenchSpec)
 
     @field_validator("time_limit")
     @classmethod

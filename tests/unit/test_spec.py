@@ -331,6 +331,7 @@ def test_spec_json_schema_has_the_top_level_properties() -> None:
         "job",
         "client",
         "serve",
+        "bench",
     }
     assert schema == JobSpec.model_json_schema()
 

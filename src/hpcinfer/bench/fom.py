@@ -349,14 +349,7 @@ def append_csv_row(
             f"unexpected {extra or 'none'}"
         )
     existing = path.read_bytes() if path.exists() else b""
-    if existing:
-        first_line = existing.decode("utf-8").splitlines()[0]
-        found = [name.strip() for name in next(csv.reader([first_line]))]
-        if found != header:
-            raise ValueError(
-                f"{path} has the header {found}, not {header}: write to a new file or "
-                "move this one aside"
-            )
+    _check_header(path, existing, header)
     with path.open("a", encoding="utf-8", newline="") as handle:
         if existing and not existing.endswith(b"\n"):
             handle.write("\n")
@@ -364,3 +357,21 @@ def append_csv_row(
         if not existing:
             writer.writerow(header)
         writer.writerow([row[name] for name in header])
+
+
+def check_csv_header(path: Path, columns: Iterable[str] = SEED003_COLUMNS) -> None:
+    """Raise ValueError now if rows with `columns` cannot be appended to `path` later (its
+    header differs), so a benchmark fails before it runs, not after."""
+    _check_header(path, path.read_bytes() if path.exists() else b"", list(columns))
+
+
+def _check_header(path: Path, existing: bytes, header: list[str]) -> None:
+    if not existing:
+        return
+    first_line = existing.decode("utf-8").splitlines()[0]
+    found = [name.strip() for name in next(csv.reader([first_line]))]
+    if found != header:
+        raise ValueError(
+            f"{path} has the header {found}, not {header}: write to a new file or "
+            "move this one aside"
+        )
