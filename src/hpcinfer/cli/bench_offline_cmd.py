@@ -1,0 +1,436 @@
+"""CLI commands `hpcinfer bench offline` and `hpcinfer bench fom` (registered on the bench group).
+
+Thin: flags (and an optional spec file for the engine) -> BenchSettings -> one call into
+hpcinfer.bench.offline / hpcinfer.bench.fom_bench -> a table on stdout (or the result
+document with --json). Progress goes to stderr. Nothing heavy is imported at module level;
+vLLM is imported only by the engine process the benchmark starts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hpcinfer.errors import SpecError
+
+OFFLINE_EPILOG = (
+    "Example (the built-in tiny model on a CPU, about 30 s): `hpcinfer bench offline "
+    "--input-len 128 --output-len 128 --batch-size 8 --out bench-out`; add `--tp 2` for "
+    "tensor parallelism. A real model: `hpcinfer bench offline --model /models/Llama-3.1-8B "
+    "--tp 4 --input-len 1024 --output-len 1024 --batch-size 32 --csv fom.csv`. Writes "
+    "DIR/offline.json and appends seed 003's row to DIR/offline.csv (and --csv PATH). "
+    "Exit codes: 0 done; 1 the engine failed (its log is named); 2 bad flags or spec."
+)
+FOM_EPILOG = (
+    "Example (the built-in tiny model on a CPU, about a minute): `hpcinfer bench fom "
+    "--preset cpu-tiny --out bench-out`. A real model: `hpcinfer bench fom --model "
+    "/models/Llama-3.1-8B --tp 4 --preset seed003`, or your own cases: `--case "
+    "FOM1:3584:512:8:4096 --case FOM2:512:3584:8:4096 --case FOM3:1024:1024:8:16384` "
+    "(NAME:INPUT_LEN:OUTPUT_LEN:BATCH_SIZE:MAX_MODEL_LEN) or bench.fom_cases in SPEC.yaml. "
+    "Writes DIR/fom.json and DIR/fom.csv. Exit codes: 0 done; 1 an engine failed (its log "
+    "is named); 2 bad flags, cases or spec."
+)
+
+_SPEC_SUFFIXES = (".yaml", ".yml")
+
+# Engine flags, shared by both commands; each maps onto the JobSpec field `hpcinfer run` uses.
+SpecFile = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="SPEC.yaml",
+        help="Job spec for the engine (model, engine, workers.profile, bench.fom_cases).",
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(help="Model directory or HF id in HF_HOME (default: built-in tiny model)."),
+]
+TpOpt = Annotated[int | None, typer.Option("--tp", help="Tensor-parallel devices (default 1).")]
+PpOpt = Annotated[
+    int,
+    typer.Option(
+        "--pp", help="Pipeline-parallel stages (on CPU, vLLM 0.32 fails with PP: use --tp)."
+    ),
+]
+DtypeOpt = Annotated[str | None, typer.Option(help="auto, float16, bfloat16 or float32.")]
+MaxNumSeqsOpt = Annotated[
+    int | None, typer.Option(help="Engine's concurrent requests (default: the batch size).")
+]
+MemoryShareOpt = Annotated[
+    float | None, typer.Option(help="vLLM gpu_memory_utilization (CPU: RAM share for KV cache).")
+]
+KvBytesOpt = Annotated[int | None, typer.Option(help="Exact KV-cache size in bytes.")]
+EagerOpt = Annotated[bool | None, typer.Option("--enforce-eager/--no-enforce-eager")]
+TrustOpt = Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code")]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(help="Hardware profile name or YAML (default: detect); gives the MFU peak."),
+]
+PeakOpt = Annotated[
+    float | None,
+    typer.Option(help="Peak TFLOPS per device for MFU (default: the profile's peak_tflops_bf16)."),
+]
+WarmupOpt = Annotated[int, typer.Option(help="Untimed iterations first.")]
+ItersOpt = Annotated[int, typer.Option(help="Timed iterations.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the random prompts and of sampling.")]
+TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")]
+PercentilesOpt = Annotated[str, typer.Option(help="Latency percentiles to report, e.g. 50,90,99.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Directory for the result files.")]
+CsvOpt = Annotated[
+    Path | None, typer.Option(help="Also append seed 003's CSV row(s) to this file.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Any spec field: --set engine.extra.max_num_batched_tokens=8192."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result document on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")]
+
+DEFAULT_OUT = Path("bench-out")
+
+
+def bench_settings(
+    spec_file: str | None,
+    engine_flags: Mapping[str, Any],
+    sets: Sequence[str],
+    *,
+    pp: int,
+    warmup_iters: int,
+    iters: int,
+    seed: int,
+    temperature: float,
+    percentiles: str,
+    peak_tflops: float | None,
+    out: Path,
+    csv: Path | None,
+    cwd: Path,
+) -> Any:
+    """Spec file + engine flags + --set (validated as `run` validates them) + benchmark
+    flags -> BenchSettings; every problem is a SpecError naming the flag."""
+    from hpcinfer.bench.metrics import parse_percentiles
+    from hpcinfer.bench.offline import BenchSettings
+    from hpcinfer.cli.main import build_job_spec
+
+    if spec_file is not None and not spec_file.endswith(_SPEC_SUFFIXES):
+        raise SpecError(
+            f"`hpcinfer bench` takes a spec file (.yaml/.yml), not {spec_file!r}; the model "
+            "goes in --model"
+        )
+    spec = build_job_spec([spec_file] if spec_file else [], dict(engine_flags), list(sets), cwd)
+    try:
+        chosen = parse_percentiles(percentiles)
+    except ValueError as exc:
+        raise SpecError(f"--percentiles: {exc}") from None
+    return BenchSettings(
+        spec=spec,
+        out_dir=out if out.is_absolute() else cwd / out,
+        pp=pp,
+        warmup_iters=warmup_iters,
+        iters=iters,
+        seed=seed,
+        temperature=temperature,
+        percentiles=chosen,
+        peak_tflops=peak_tflops,
+        csv_copy=None if csv is None else (csv if csv.is_absolute() else cwd / csv),
+        cwd=cwd,
+    )
+
+
+def _progress(quiet: bool) -> Any:
+    def show(line: str) -> None:
+        if not quiet:
+            print(f"bench: {line}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _num(value: float | None, spec: str = ".1f", unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+
+def _flops(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}FLOP/s"
+    return f"{value:.3g} FLOP/s"
+
+
+def _mfu(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.3g}%"
+
+
+def offline(
+    spec_file: SpecFile = None,
+    input_len: Annotated[
+        int, typer.Option(min=1, help="Prompt tokens per request (exactly).")
+    ] = 32,
+    output_len: Annotated[
+        int, typer.Option(min=1, help="Generated tokens per request (exactly).")
+    ] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="Requests submitted together.")] = 8,
+    model: ModelOpt = None,
+    tp: TpOpt = None,
+    pp: PpOpt = 1,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="Context length (default: the model's).")
+    ] = None,
+    dtype: DtypeOpt = None,
+    max_num_seqs: MaxNumSeqsOpt = None,
+    memory_share: MemoryShareOpt = None,
+    kv_cache_bytes: KvBytesOpt = None,
+    enforce_eager: EagerOpt = None,
+    trust_remote_code: TrustOpt = None,
+    profile: ProfileOpt = None,
+    peak_tflops: PeakOpt = None,
+    warmup_iters: WarmupOpt = 1,
+    iters: ItersOpt = 3,
+    seed: SeedOpt = 0,
+    temperature: TemperatureOpt = 0.0,
+    percentiles: PercentilesOpt = "50,90,99",
+    out: OutOpt = DEFAULT_OUT,
+    csv: CsvOpt = None,
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Seed 003's benchmark on an in-process vLLM engine, with exact lengths and warm-up.
+
+    Reports throughput, latency, prefill and decode rates, the FLOP FOM and MFU.
+    Each iteration submits --batch-size requests of exactly --input-len random token ids
+    (ignore_eos, max_tokens = --output-len) and waits for all: its latency L is seed 003's
+    end to end. Throughput = (input + output tokens) / L (over the timed iterations:
+    their tokens over their summed latencies); prefill = input tokens / time to the last
+    first token; decode = later output tokens / the rest of L.
+    """
+    from hpcinfer.bench.offline import run_offline
+
+    engine_flags = {
+        "model": model,
+        "tp": tp,
+        "max_model_len": max_model_len,
+        "dtype": dtype,
+        "max_num_seqs": max_num_seqs,
+        "memory_share": memory_share,
+        "kv_cache_bytes": kv_cache_bytes,
+        "enforce_eager": enforce_eager,
+        "trust_remote_code": trust_remote_code,
+        "profile": profile,
+    }
+    settings = bench_settings(
+        spec_file,
+        engine_flags,
+        set_ or [],
+        pp=pp,
+        warmup_iters=warmup_iters,
+        iters=iters,
+        seed=seed,
+        temperature=temperature,
+        percentiles=percentiles,
+        peak_tflops=peak_tflops,
+        out=out,
+        csv=csv,
+        cwd=Path.cwd(),
+    )
+    outcome = run_offline(settings, input_len, output_len, batch_size, _progress(quiet))
+    if json_out:
+        print(json.dumps(outcome.document, indent=1))
+        return
+    _print_offline(outcome)
+
+
+def _print_offline(outcome: Any) -> None:
+    from rich.table import Table
+
+    from hpcinfer.serve.report import wide_console
+
+    config, result = outcome.document["config"], outcome.document["result"]
+    latency = result["latency_s"]
+    requests = result["requests"]
+    table = Table(
+        title=(
+            f"bench offline: {config['model']} ({config['precision']}), "
+            f"TP={config['tensor_parallel']} PP={config['pipeline_parallel']}, "
+            f"batch {config['batch_size']} x "
+            f"({config['input_len']} in, {config['output_len']} out), {result['iterations']} "
+            "timed iterations"
+        ),
+        show_header=False,
+    )
+    shown = ", ".join(
+        f"{key} {value:.4f}" for key, value in latency.items() if key not in ("mean",)
+    )
+    table.add_row("latency", f"{latency['mean']:.4f} s mean ({shown})")
+    table.add_row("throughput", f"{result['throughput']:.1f} tokens/s (input + output) / latency")
+    table.add_row("prefill", _num(result["prefill_tokens_per_s"], unit=" tokens/s"))
+    table.add_row("decode", _num(result["decode_tokens_per_s"], unit=" tokens/s"))
+    table.add_row(
+        "per request",
+        f"TTFT {requests['mean_ttft_ms']:.1f} ms mean, E2E {requests['mean_e2el_ms']:.1f} ms mean",
+    )
+    table.add_row(
+        "tokens",
+        f"{result['input_tokens']} in, {result['output_tokens']} out per iteration (exact)",
+    )
+    table.add_row("FLOP FOM", f"{_flops(result['flops_per_s'])} ({config['flops_note']})")
+    mfu = result["mfu"]
+    table.add_row(
+        "MFU", config["mfu_note"] if mfu is None else f"{_mfu(mfu)} ({config['mfu_note']})"
+    )
+    paths = [str(outcome.json_path), *(str(p) for p in outcome.csv_paths)]
+    table.add_row("results", ", ".join(paths))
+    wide_console().print(table)
+
+
+def fom(
+    spec_file: SpecFile = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="cpu-tiny or seed003 (default: cpu-tiny on a CPU, seed003 otherwise)."),
+    ] = None,
+    case: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--case",
+            help="A case NAME:INPUT_LEN:OUTPUT_LEN:BATCH_SIZE:MAX_MODEL_LEN (repeatable; "
+            "replaces the preset).",
+        ),
+    ] = None,
+    model: ModelOpt = None,
+    tp: TpOpt = None,
+    pp: PpOpt = 1,
+    dtype: DtypeOpt = None,
+    max_num_seqs: MaxNumSeqsOpt = None,
+    memory_share: MemoryShareOpt = None,
+    kv_cache_bytes: KvBytesOpt = None,
+    enforce_eager: EagerOpt = None,
+    trust_remote_code: TrustOpt = None,
+    profile: ProfileOpt = None,
+    peak_tflops: PeakOpt = None,
+    warmup_iters: WarmupOpt = 1,
+    iters: ItersOpt = 3,
+    seed: SeedOpt = 0,
+    temperature: TemperatureOpt = 0.0,
+    percentiles: PercentilesOpt = "50,90,99",
+    out: OutOpt = DEFAULT_OUT,
+    csv: CsvOpt = None,
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Seed 003's FOM = FOM1 + FOM2 + FOM3, each case measured, and the sum.
+
+    FOM1 is prefill-heavy, FOM2 decode-heavy, FOM3 has a large max-model-len; each case is
+    timed as `bench offline` times a batch. Cases sharing a max-model-len share one engine;
+    the engines run one after the other."""
+    from hpcinfer.bench.fom_bench import run_fom
+
+    engine_flags = {
+        "model": model,
+        "tp": tp,
+        "dtype": dtype,
+        "max_num_seqs": max_num_seqs,
+        "memory_share": memory_share,
+        "kv_cache_bytes": kv_cache_bytes,
+        "enforce_eager": enforce_eager,
+        "trust_remote_code": trust_remote_code,
+        "profile": profile,
+    }
+    settings = bench_settings(
+        spec_file,
+        engine_flags,
+        set_ or [],
+        pp=pp,
+        warmup_iters=warmup_iters,
+        iters=iters,
+        seed=seed,
+        temperature=temperature,
+        percentiles=percentiles,
+        peak_tflops=peak_tflops,
+        out=out,
+        csv=csv,
+        cwd=Path.cwd(),
+    )
+    outcome = run_fom(settings, preset, case or [], _progress(quiet))
+    if json_out:
+        print(json.dumps(outcome.document, indent=1))
+        return
+    _print_fom(outcome)
+
+
+def _print_fom(outcome: Any) -> None:
+    from rich.table import Table
+
+    from hpcinfer.serve.report import wide_console
+
+    config = outcome.document["config"]
+    table = Table(
+        title=(
+            f"bench fom: {config['model']} ({config['precision']}), TP={config['tensor_parallel']}"
+            f" PP={config['pipeline_parallel']}, cases from {config['cases_from']}"
+        )
+    )
+    for column in (
+        "case",
+        "input",
+        "output",
+        "batch",
+        "max-model-len",
+        "latency s",
+        "throughput tok/s",
+        "prefill tok/s",
+        "decode tok/s",
+        "FLOP FOM",
+        "MFU",
+    ):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for row in outcome.document["cases"]:
+        table.add_row(
+            row["name"],
+            str(row["input_len"]),
+            str(row["output_len"]),
+            str(row["batch_size"]),
+            str(row["max_model_len"]),
+            f"{row['latency_s']:.4f}",
+            f"{row['throughput']:.1f}",
+            _num(row["prefill_tokens_per_s"]),
+            _num(row["decode_tokens_per_s"]),
+            _flops(row["flops_per_s"]),
+            _mfu(row["mfu"]),
+        )
+    total = outcome.document["fom"]
+    table.add_row(
+        "FOM",
+        "",
+        "",
+        "",
+        "",
+        "",
+        f"{total['throughput']:.1f}",
+        "",
+        "",
+        _flops(total["flops_per_s"]),
+        "",
+        style="bold",
+    )
+    console = wide_console()
+    console.print(table)
+    notes = [config["flops_note"], config["mfu_note"]]
+    paths = [outcome.json_path, outcome.csv_path]
+    if outcome.seed003_csv is not None:
+        paths.append(outcome.seed003_csv)
+    console.print(
+        "\n".join([*notes, "results: " + ", ".join(str(p) for p in paths)]), highlight=False
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `offline` and `fom` to the `hpcinfer bench` group."""
+    app.command(epilog=OFFLINE_EPILOG)(offline)
+    app.command(epilog=FOM_EPILOG)(fom)
