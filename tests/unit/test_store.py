@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,19 @@ def test_atomic_writer_failure_keeps_old_file(tmp_path: Path) -> None:
         raise ValueError
     assert target.read_text() == "old"
     assert leftovers(target.parent) == []
+
+
+def test_atomic_files_are_shared_as_a_plain_write_would_be_unless_private(
+    tmp_path: Path,
+) -> None:
+    old = os.umask(0o027)
+    try:
+        write_text_atomic(tmp_path / "results.json", "{}")
+        write_text_atomic(tmp_path / "key.json", "{}", private=True)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "key.json").stat().st_mode & 0o777 == 0o600
 
 
 # -- prepare / resume -------------------------------------------------------------------------

@@ -8,7 +8,6 @@ shows as text.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,13 +110,4 @@ def write_report(directory: Path, out: Path | None = None) -> Path:
     if target.is_dir():
         raise InputError(f"--out {target} is a directory: give a file, e.g. {target}/report.html")
     write_text_atomic(target, page)
-    _shareable(target)
     return target
-
-
-def _shareable(path: Path) -> None:
-    """The atomic write leaves a private (0600) file; a report is made to be shared, so give
-    it what a plain write would (0666 less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    path.chmod(0o666 & ~mask)

@@ -143,7 +143,7 @@ class FileRendezvous:
         if address is not None and key is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             body = {"launch": self.launch_id, "address": address, "key": key.hex()}
-            write_text_atomic(self.path, json.dumps(body))  # mkstemp: mode 0600
+            write_text_atomic(self.path, json.dumps(body), private=True)  # holds the key
             return address, key
         deadline = time.monotonic() + self.wait_s
         while time.monotonic() < deadline:
