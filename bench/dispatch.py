@@ -802,6 +802,36 @@ def all_verified(result: dict[str, Any]) -> bool:
     return all(r["verify"]["ok"] for r in runs)
 
 
+@contextlib.contextmanager
+def bench_run(name: str, out: Path, result: dict[str, Any], keep: bool) -> Iterator[Path]:
+    """A benchmark script's run: a work directory beside `out`, SIGTERM unwinding like
+    Ctrl-C (so servers are always stopped), and `result` (stamped with the command, date,
+    CPUs and commit) written to `out` however the run ends; the work directory is removed
+    unless `keep` or the run failed (its logs say what went wrong)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=out.parent))
+    result.update(
+        command=" ".join([f"bench/{name}.py", *sys.argv[1:]]),
+        date=time.strftime("%Y-%m-%d %H:%M:%S"),
+        cpus=os.cpu_count(),
+        commit=_commit(),
+    )
+    began = time.monotonic()
+    try:
+        yield work
+    except BaseException:
+        keep = True
+        raise
+    finally:
+        result["bench_s"] = round(time.monotonic() - began, 1)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        if keep:
+            print(f"work directory and logs kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def _commit() -> str:
     """HEAD, with '+dirty' when the working tree differs from it (figures belong to a tree)."""
     git = ["git", "-C", str(REPO)]
@@ -837,37 +867,15 @@ def main() -> None:
         ceiling_requests=args.ceiling_requests or base.ceiling_requests,
         ceiling_repeat=args.ceiling_repeat or base.ceiling_repeat,
     )
-    # SIGTERM (a scheduler, a timeout) unwinds like Ctrl-C, so servers are always stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="dispatch-", dir=out.parent))
-    logs = work / "logs"
-    logs.mkdir()
-    result: dict[str, Any] = {
-        "command": " ".join(["bench/dispatch.py", *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "sizes": vars(sizes),
-        "cpus": os.cpu_count(),
-        "commit": _commit(),
-    }
-    started_at = time.monotonic()
-    keep = args.keep
-    try:
+    result: dict[str, Any] = {"sizes": vars(sizes)}
+    with bench_run("dispatch", out, result, args.keep) as work:
+        logs = work / "logs"
+        logs.mkdir()
         if args.part in ("1", "all"):
             result["part1"] = part1(sizes, work, logs)
         if args.part in ("2", "all"):
             result["part2"] = part2(sizes, work, logs)
-    except BaseException:
-        keep = True  # the logs say what went wrong
-        raise
-    finally:
-        result["bench_s"] = round(time.monotonic() - started_at, 1)
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        if keep:
-            print(f"work directory and logs kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     print_tables(result)
     print(f"\nbench took {result['bench_s']:.0f} s; figures written to {out}")
     if not all_verified(result):
