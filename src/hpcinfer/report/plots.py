@@ -81,7 +81,7 @@ def throughput_latency(points: Sequence[ServePoint], tail: str | None) -> Plot:
         highest = max((y for y in [*means, *tails] if not math.isnan(y)), default=0.0)
         ax.set_ylim(0, highest * 1.2 or 1.0)  # room above for the labels
         ax.grid(True, color=GRID)
-        ax.legend(loc="upper left")
+        ax.legend(loc="lower right")  # the curves sit above it: the axis starts at 0
     alt = "Latency against throughput: " + "; ".join(
         f"{p.label}: {p.output_throughput:.4g} tok/s" for p in drawn
     )
@@ -96,9 +96,11 @@ def percentile_bars(points: Sequence[ServePoint], names: Sequence[str]) -> Plot:
     width = 0.8 / max(count, 1)
     positions = range(len(points))
     for ax, name in zip(axes, METRIC_COLOURS, strict=True):
+        highest = 0.0
         for j, percentile in enumerate(names):
             offset = (j - (count - 1) / 2) * width
             heights = [_value(p.stat(name, percentile)) for p in points]
+            highest = max([highest, *(h for h in heights if not math.isnan(h))])
             ax.bar(
                 [i + offset for i in positions],
                 heights,
@@ -117,7 +119,8 @@ def percentile_bars(points: Sequence[ServePoint], names: Sequence[str]) -> Plot:
         ax.set_ylabel("milliseconds")
         ax.grid(True, axis="y", color=GRID)
         ax.set_axisbelow(True)
-    axes[0].legend(title="percentile", fontsize=8)
+        ax.set_ylim(0, highest * 1.25 or 1.0)  # headroom for the legend, clear of the bars
+    axes[0].legend(loc="upper left", ncol=count, fontsize=8)
     alt = "Latency percentiles (" + ", ".join(names) + ") per load point"
     return _plot(fig, "Latency percentiles per load point", alt)
 
