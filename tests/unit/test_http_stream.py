@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 
@@ -140,8 +141,20 @@ def test_a_kept_alive_connection_dropped_by_the_server_is_resent_once() -> None:
     was written): nothing was answered, so the request goes again on a new connection and
     the benchmark sees no failure."""
     seen = {"requests": 0, "dropped": 0}
+    open_handlers = [0]
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        open_handlers[0] += 1
+        try:
+            await answer_one_then_drop(reader, writer)
+        except asyncio.IncompleteReadError:
+            writer.close()  # the client closed its pool at the end
+        finally:
+            open_handlers[0] -= 1
+
+    async def answer_one_then_drop(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         answered = False
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -171,9 +184,13 @@ def test_a_kept_alive_connection_dropped_by_the_server_is_resent_once() -> None:
                 [f"http://127.0.0.1:{port}"], requests, fixed_concurrency(5, 1), LoadOptions("m")
             )
         finally:
+            deadline = time.monotonic() + 5
+            while open_handlers[0] and time.monotonic() < deadline:
+                time.sleep(0.01)  # every handler sees its connection close, none left pending
             loop.call_soon_threadsafe(server.close)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(5)
+            loop.close()
         return result.failed, seen
 
     failed, counts = main()
