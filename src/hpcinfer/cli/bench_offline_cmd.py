@@ -94,6 +94,26 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines
 DEFAULT_OUT = Path("bench-out")
 
 
+ENGINE_FLAGS = (
+    "model", "tp", "max_model_len", "dtype", "max_num_seqs", "memory_share",
+    "kv_cache_bytes", "enforce_eager", "trust_remote_code", "profile",
+)  # fmt: skip
+"""The flags of `bench offline`/`fom` that set the engine, as `run` names them."""
+BENCH_FLAGS = (
+    "pp", "warmup_iters", "iters", "seed", "temperature", "percentiles", "peak_tflops",
+    "out", "csv",
+)  # fmt: skip
+
+
+def settings_from_flags(flags: Mapping[str, Any]) -> Any:
+    """BenchSettings from a command's flags (its `locals()`): both commands take the same
+    flags, and one place maps them (a flag a command lacks, e.g. fom's max_model_len, which
+    comes per case, is left out)."""
+    engine = {name: flags[name] for name in ENGINE_FLAGS if name in flags}
+    common = {name: flags[name] for name in BENCH_FLAGS}
+    return bench_settings(flags["spec_file"], engine, flags["set_"] or [], **common, cwd=Path.cwd())
+
+
 def bench_settings(
     spec_file: str | None,
     engine_flags: Mapping[str, Any],
@@ -211,33 +231,7 @@ def offline(
     """
     from hpcinfer.bench.offline import run_offline
 
-    engine_flags = {
-        "model": model,
-        "tp": tp,
-        "max_model_len": max_model_len,
-        "dtype": dtype,
-        "max_num_seqs": max_num_seqs,
-        "memory_share": memory_share,
-        "kv_cache_bytes": kv_cache_bytes,
-        "enforce_eager": enforce_eager,
-        "trust_remote_code": trust_remote_code,
-        "profile": profile,
-    }
-    settings = bench_settings(
-        spec_file,
-        engine_flags,
-        set_ or [],
-        pp=pp,
-        warmup_iters=warmup_iters,
-        iters=iters,
-        seed=seed,
-        temperature=temperature,
-        percentiles=percentiles,
-        peak_tflops=peak_tflops,
-        out=out,
-        csv=csv,
-        cwd=Path.cwd(),
-    )
+    settings = settings_from_flags(locals())
     outcome = run_offline(settings, input_len, output_len, batch_size, _progress(quiet))
     if json_out:
         print(json.dumps(outcome.document, indent=1))
@@ -331,32 +325,7 @@ def fom(
     the engines run one after the other."""
     from hpcinfer.bench.fom_bench import run_fom
 
-    engine_flags = {
-        "model": model,
-        "tp": tp,
-        "dtype": dtype,
-        "max_num_seqs": max_num_seqs,
-        "memory_share": memory_share,
-        "kv_cache_bytes": kv_cache_bytes,
-        "enforce_eager": enforce_eager,
-        "trust_remote_code": trust_remote_code,
-        "profile": profile,
-    }
-    settings = bench_settings(
-        spec_file,
-        engine_flags,
-        set_ or [],
-        pp=pp,
-        warmup_iters=warmup_iters,
-        iters=iters,
-        seed=seed,
-        temperature=temperature,
-        percentiles=percentiles,
-        peak_tflops=peak_tflops,
-        out=out,
-        csv=csv,
-        cwd=Path.cwd(),
-    )
+    settings = settings_from_flags(locals())
     outcome = run_fom(settings, preset, case or [], _progress(quiet))
     if json_out:
         print(json.dumps(outcome.document, indent=1))
