@@ -611,17 +611,8 @@ def ceiling_hpcinfer(n: int, url: str, stub: int, work: Path, tag: str) -> dict[
 
 def ceiling_vllm_bench(n: int, url: str, stub: int, work: Path, tag: str) -> dict[str, Any]:
     result_dir = work / f"vllm-bench-{tag}"
-    shutil.rmtree(result_dir, ignore_errors=True)
-    result_dir.mkdir(parents=True)
-    flags = [
-        "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
-        "--model", SERVED, "--tokenizer", str(ensure_tiny_model()),
-        "--dataset-name", "random", "--random-input-len", str(CEILING_PROMPT_WORDS),
-        "--random-output-len", str(CEILING_OUTPUT_TOKENS), "--ignore-eos",
-        "--num-prompts", str(n), "--request-rate", "inf", "--max-concurrency",
-        str(CEILING_INFLIGHT), "--disable-tqdm", "--save-result",
-        "--result-dir", str(result_dir), "--result-filename", "result.json",
-    ]  # fmt: skip
+    load = ["--request-rate", "inf", "--max-concurrency", str(CEILING_INFLIGHT)]
+    flags = vllm_bench_flags(url, CEILING_PROMPT_WORDS, CEILING_OUTPUT_TOKENS, n, load, result_dir)
     cmd = ["taskset", "-c", "0", PY, str(Path(__file__).resolve()), "vllm-bench", *flags]
     cpu0, cores0 = cpu_seconds(stub), core_ticks()
     ran = run_logged(cmd, work / f"vllm-bench-{tag}.log")
@@ -677,6 +668,24 @@ def _load(
         "core_busy": busy,
         "noisy": client_share < NOISY_CLIENT_SHARE or stub_share > NOISY_STUB_SHARE,
     }
+
+
+def vllm_bench_flags(
+    url: str, input_len: int, output_len: int, n: int, load: list[str], result_dir: Path
+) -> list[str]:
+    """`vllm bench serve`'s flags for n random requests of these lengths against the tiny
+    model at `url` under `load` (its rate/concurrency flags), its result written to
+    `result_dir`/result.json (the directory emptied first)."""
+    shutil.rmtree(result_dir, ignore_errors=True)
+    result_dir.mkdir(parents=True)
+    return [
+        "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
+        "--model", SERVED, "--tokenizer", str(ensure_tiny_model()),
+        "--dataset-name", "random", "--random-input-len", str(input_len),
+        "--random-output-len", str(output_len), "--ignore-eos", "--num-prompts", str(n),
+        *load, "--disable-tqdm", "--save-result",
+        "--result-dir", str(result_dir), "--result-filename", "result.json",
+    ]  # fmt: skip
 
 
 def vllm_bench_main(argv: list[str]) -> int:

@@ -52,7 +52,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
-from bench.dispatch import abba, bench_run, started, stop_group, vllm_bench_main  # noqa: E402
+from bench.dispatch import (  # noqa: E402
+    abba,
+    bench_run,
+    started,
+    stop_group,
+    vllm_bench_flags,
+    vllm_bench_main,
+)
+from hpcinfer.bench.metrics import percentile  # noqa: E402
 from hpcinfer.engines.tiny_model import ensure_tiny_model  # noqa: E402
 
 PY = sys.executable
@@ -99,15 +107,6 @@ def take_arrivals(url: str) -> list[float]:
 
 
 # ---------------------------------------------------------------------------- judging
-
-
-def percentile(ordered: list[float], p: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def judge(arrivals: list[float], rate: float, n: int) -> dict[str, Any]:
@@ -181,17 +180,8 @@ def run_hpcinfer(url: str, rate: float, n: int, work: Path, tag: str) -> dict[st
 
 def run_vllm(url: str, rate: float, n: int, work: Path, tag: str) -> dict[str, Any]:
     result_dir = work / f"vllm-{tag}"
-    shutil.rmtree(result_dir, ignore_errors=True)
-    result_dir.mkdir(parents=True)
-    flags = [
-        "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
-        "--model", SERVED, "--tokenizer", str(ensure_tiny_model()),
-        "--dataset-name", "random", "--random-input-len", str(INPUT_LEN),
-        "--random-output-len", str(OUTPUT_LEN), "--ignore-eos",
-        "--num-prompts", str(n), "--request-rate", f"{rate:g}", "--burstiness", "inf",
-        "--disable-tqdm", "--save-result",
-        "--result-dir", str(result_dir), "--result-filename", "result.json",
-    ]  # fmt: skip
+    load = ["--request-rate", f"{rate:g}", "--burstiness", "inf"]
+    flags = vllm_bench_flags(url, INPUT_LEN, OUTPUT_LEN, n, load, result_dir)
     cmd = ["taskset", "-c", "0", PY, str(Path(__file__).resolve()), "vllm-bench", *flags]
     run_logged(cmd, work / f"vllm-{tag}.log")
     result = json.loads((result_dir / "result.json").read_text())

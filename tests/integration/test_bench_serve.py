@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from hpcinfer.serve.ports import port_in_use
+from hpcinfer.serve.ports import choose_port
 from tests.conftest import hpcinfer_cmd, run_cli
 from tests.processes import marked, stub_process
 
@@ -173,10 +173,7 @@ with open(out, "w") as handle:
 
 
 def _free_port() -> int:
-    for port in range(23000 + os.getpid() % 500 * 4, 60000, 7):
-        if not port_in_use("127.0.0.1", port):
-            return port
-    raise AssertionError("no free port")
+    return choose_port("127.0.0.1", 23000 + os.getpid() % 500 * 4, 7).port
 
 
 @pytest.fixture

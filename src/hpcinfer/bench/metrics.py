@@ -169,7 +169,7 @@ def _median(ordered: Sequence[float]) -> float:
     return (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def _percentile(ordered: Sequence[float], p: float) -> float:
+def percentile(ordered: Sequence[float], p: float) -> float:
     """np.percentile(method="linear") on sorted values: index (n-1)*p/100, interpolated with
     numpy's `_lerp` (which computes from the upper neighbour when the fraction >= 0.5)."""
     n = len(ordered)
@@ -206,7 +206,7 @@ def describe(values: Sequence[float], percentiles: Sequence[float], name: str) -
         f"std_{name}_ms": _std(sample) * 1000,
     }
     for p in percentiles:
-        out[f"{percentile_key(p)}_{name}_ms"] = _percentile(ordered, p) * 1000
+        out[f"{percentile_key(p)}_{name}_ms"] = percentile(ordered, p) * 1000
     out[f"{name}_count"] = len(values)
     return out
 
