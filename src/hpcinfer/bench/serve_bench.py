@@ -396,9 +396,10 @@ def run_point(
     before = prometheus.scrape(endpoints, api_key=options.api_key)
     result = _load(endpoints, workload.requests, schedule, load_options, progress)
     after = prometheus.scrape(endpoints, api_key=options.api_key)
-    timings = list(result.timings)
-    duration = result.duration_s if result.duration_s > 0 else 1e-9
-    metrics = summarize(timings, duration, options.percentiles, options.slo, from_scheduled=True)
+    metrics = summarize(
+        list(result.timings), result.duration_s, options.percentiles, options.slo,
+        from_scheduled=True,
+    )  # fmt: skip
     return {
         "label": point.label,
         "load": {

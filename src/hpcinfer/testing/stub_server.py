@@ -71,7 +71,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiohttp import web
 
@@ -261,7 +261,7 @@ def _message_text(content: Any) -> str:
     return ""
 
 
-def _token_ids(prompt: Any) -> bool:
+def _token_ids(prompt: Any) -> TypeGuard[list[int]]:
     """A prompt given as token ids: a non-empty list of non-negative ints."""
     return (
         isinstance(prompt, list)
@@ -278,7 +278,6 @@ def _parse_request(api: str, body: Any, default_max_tokens: int) -> _Request:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]  # a batch of one
         if _token_ids(prompt):
-            assert isinstance(prompt, list)
             text, prompt_tokens = "", len(prompt)
         elif isinstance(prompt, str):
             text, prompt_tokens = prompt, len(prompt.split())
