@@ -119,6 +119,11 @@ def test_a_directory_without_config_json_is_refused_before_start(
         ["run", "p.txt", "--model", "./empty", "--out", "out"], cwd=tmp_path, env=cli_env
     )
     assert proc.returncode == 2 and "no config.json" in proc.stderr
+    # Nothing was committed, so the fixed rerun (the built-in model) takes the same directory
+    # without --restart.
+    fixed = run_cli(["run", "p.txt", "--out", "out", "--workers", "1"], cwd=tmp_path, env=cli_env)
+    assert fixed.returncode == 0, fixed.stderr
+    assert [row["status"] for row in read_rows(tmp_path / "out" / "results.jsonl")] == ["ok"]
 
 
 def test_missing_input_and_bad_spec_fail_before_any_engine(

@@ -151,6 +151,7 @@ def test_prepare_different_fingerprint_refuses_naming_the_change(store: OutputSt
 
 
 def test_prepare_conflict_without_identity_difference_still_explains(store: OutputStore) -> None:
+    store.commit("u", rows("a", 1))
     with pytest.raises(ResumeConflictError, match="fingerprint differs"):
         store.prepare("fp2", {"model": "m"}, restart=False)
 
@@ -178,6 +179,7 @@ def test_restart_with_same_fingerprint_also_starts_afresh(store: OutputStore) ->
 
 
 def test_corrupt_manifest_is_a_resume_conflict_mentioning_restart(store: OutputStore) -> None:
+    store.commit("u", rows("a", 1))
     (store.root / "manifest.json").write_text("{not json")
     with pytest.raises(ResumeConflictError) as info:
         OutputStore(store.root).prepare("fp", {"model": "m"}, restart=False)
@@ -234,3 +236,19 @@ def test_recorded_plan_tells_a_resume_how_many_units_are_left(tmp_path: Path) ->
     assert store.units_left() == 2
     store.commit("a.in:1-2", [{"id": "a"}, {"id": "b"}])
     assert OutputStore(tmp_path / "out").units_left() == 1
+
+
+def test_a_directory_without_committed_units_takes_any_spec(store: OutputStore) -> None:
+    """A run that failed before its first commit (bad model path) leaves a manifest but no
+    results: the fixed rerun, a different spec, is accepted without --restart."""
+    (store.root / "results.jsonl").write_text("")
+    again = OutputStore(store.root)
+    assert again.prepare("fp2", {"model": "fixed"}, restart=False) is False
+    assert json.loads((store.root / "manifest.json").read_text())["fingerprint"] == "fp2"
+    assert not (store.root / "results.jsonl").exists()
+
+
+def test_a_corrupt_manifest_without_committed_units_is_replaced(store: OutputStore) -> None:
+    (store.root / "manifest.json").write_text("{not json")
+    assert OutputStore(store.root).prepare("fp", {"model": "m"}, restart=False) is False
+    assert json.loads((store.root / "manifest.json").read_text())["fingerprint"] == "fp"

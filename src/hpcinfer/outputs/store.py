@@ -78,9 +78,11 @@ class OutputStore:
         """Claim the directory for a spec; return True when this resumes an earlier run.
 
         A directory holding another spec's results is refused (mixing them would corrupt the
-        results) unless `restart`, which deletes the earlier results first.
+        results) unless `restart`, which deletes the earlier results first. A directory with no
+        committed unit holds no results, so it takes any spec: a run that failed before its
+        first commit (a bad model path, a typo) must not lock the directory for the fixed rerun.
         """
-        if restart:
+        if restart or self._holds_no_results_for(fingerprint):
             self.clear()
         manifest = self.read_manifest()
         if manifest is not None and manifest.get("fingerprint") != fingerprint and not restart:
@@ -97,6 +99,17 @@ class OutputStore:
         if manifest is None:  # a resume keeps the plan it recorded (same fingerprint)
             self.write_manifest({"fingerprint": fingerprint, "identity": identity, "units": None})
         return manifest is not None
+
+    def _holds_no_results_for(self, fingerprint: str) -> bool:
+        """True when nothing committed here could be mixed up: no unit file, and a manifest
+        that is absent, unreadable or another spec's (the same spec's plan is kept)."""
+        if self.committed():
+            return False
+        try:
+            manifest = self.read_manifest()
+        except ResumeConflictError:
+            return True
+        return manifest is not None and manifest.get("fingerprint") != fingerprint
 
     def remove_cut_commits(self) -> None:
         """Delete temp files of commits cut short by a kill (at the start of a run, and at its
