@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hpcinfer.cli.flags import spec_fields
 from hpcinfer.errors import SpecError
 
 OFFLINE_EPILOG = (
@@ -35,8 +36,6 @@ FOM_EPILOG = (
     "Writes DIR/fom.json and DIR/fom.csv. Exit codes: 0 done; 1 an engine failed (its log "
     "is named); 2 bad flags, cases or spec."
 )
-
-_SPEC_SUFFIXES = (".yaml", ".yml")
 
 # Engine flags, shared by both commands; each maps onto the JobSpec field `hpcinfer run` uses.
 SpecFile = Annotated[
@@ -134,14 +133,14 @@ def bench_settings(
     flags -> BenchSettings; every problem is a SpecError naming the flag."""
     from hpcinfer.bench.metrics import parse_percentiles
     from hpcinfer.bench.offline import BenchSettings
-    from hpcinfer.cli.main import build_job_spec
+    from hpcinfer.core.spec_loading import is_spec_file, load_job_spec
 
-    if spec_file is not None and not spec_file.endswith(_SPEC_SUFFIXES):
+    if spec_file is not None and not is_spec_file(spec_file):
         raise SpecError(
             f"`hpcinfer bench` takes a spec file (.yaml/.yml), not {spec_file!r}; the model "
             "goes in --model"
         )
-    spec = build_job_spec([spec_file] if spec_file else [], dict(engine_flags), list(sets), cwd)
+    spec = load_job_spec(spec_file, (), spec_fields(engine_flags), sets, cwd)
     try:
         chosen = parse_percentiles(percentiles)
     except ValueError as exc:

@@ -6,7 +6,6 @@ Nothing heavy is imported at module level, so `hpcinfer --help` is instant.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from hpcinfer.cli.flags import spec_fields
 from hpcinfer.errors import HpcinferError, SpecError
 from hpcinfer.exitcodes import ExitCode
 
@@ -51,102 +51,6 @@ RUN_EPILOG = (
     "4 incomplete (signal or --time-limit): rerun the same command to resume; "
     "1 the run failed (see the worker log named); 2 bad spec, flags or input paths."
 )
-
-# CLI flag -> dotted spec field. Flags left unset do not override the spec file.
-_FLAG_FIELDS = {
-    "model": "model",
-    "engine": "engine.kind",
-    "endpoints": "client.registry",
-    "url": "client.urls",
-    "servers": "serve.servers",
-    "out": "output.dir",
-    "dtype": "engine.dtype",
-    "max_model_len": "engine.max_model_len",
-    "tp": "engine.tensor_parallel_size",
-    "memory_share": "engine.memory_share",
-    "kv_cache_bytes": "engine.kv_cache_bytes",
-    "max_num_seqs": "engine.max_num_seqs",
-    "trust_remote_code": "engine.trust_remote_code",
-    "enforce_eager": "engine.enforce_eager",
-    "temperature": "sampling.temperature",
-    "top_p": "sampling.top_p",
-    "top_k": "sampling.top_k",
-    "max_tokens": "sampling.max_tokens",
-    "seed": "sampling.seed",
-    "stop": "sampling.stop",
-    "ignore_eos": "sampling.ignore_eos",
-    "input_format": "inputs.format",
-    "prompt_field": "inputs.prompt_field",
-    "id_field": "inputs.id_field",
-    "template": "inputs.template",
-    "max_tokens_field": "inputs.max_tokens_field",
-    "export": "output.exports",
-    "include_prompt": "output.include_prompt",
-    "workers": "workers.count",
-    "profile": "workers.profile",
-    "placement": "workers.placement",
-    "unit_size": "workers.unit_size",
-    "max_inflight": "workers.max_inflight",
-    "time_limit": "time_limit",
-    "launcher": "workers.launcher",
-    "schedule": "workers.schedule",
-    "local_dir": "output.local_dir",
-}
-
-_SPEC_SUFFIXES = (".yaml", ".yml")
-
-
-def build_job_spec(args: list[str], overrides: dict[str, Any], sets: list[str], cwd: Path) -> Any:
-    """Spec file (if the first argument is YAML) + input paths + flags + --set, validated once."""
-    from hpcinfer.spec import build_spec, load_spec_file, parse_set_option, set_dotted
-
-    data: dict[str, Any] = {}
-    source = "command-line options"
-    inputs = list(args)
-    if inputs and inputs[0].endswith(_SPEC_SUFFIXES):
-        spec_path = cwd / inputs.pop(0)
-        data = load_spec_file(spec_path)
-        source = str(spec_path)
-        if spec_path.resolve().parent != cwd.resolve():
-            _rebase_spec_paths(data, spec_path.resolve().parent)
-    bad = [a for a in inputs if a.endswith(_SPEC_SUFFIXES)]
-    if bad:
-        raise SpecError(f"only one spec file can be given, and it must come first: {bad[0]}")
-    if inputs:
-        set_dotted(data, "inputs.paths", inputs)
-    for name, value in overrides.items():
-        if value is not None and value != []:
-            set_dotted(data, _FLAG_FIELDS[name], value)
-    for item in sets:
-        key, value = parse_set_option(item)
-        set_dotted(data, key, value)
-    return build_spec(data, source)
-
-
-def _rebase_spec_paths(data: dict[str, Any], spec_dir: Path) -> None:
-    """Paths written in a spec file are relative to that file, so a spec works from anywhere."""
-
-    def rebase(value: Any) -> Any:
-        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
-            return value
-        return os.path.normpath(spec_dir / value)
-
-    model = data.get("model")
-    if isinstance(model, str) and model.startswith(("./", "../")):
-        data["model"] = rebase(model)
-    section = data.get("inputs")
-    if isinstance(section, dict):
-        paths = section.get("paths")
-        if isinstance(paths, str):
-            section["paths"] = [rebase(paths)]
-        elif isinstance(paths, list):
-            section["paths"] = [rebase(p) for p in paths]
-        template = section.get("template")
-        if isinstance(template, str) and template.startswith("@"):
-            section["template"] = "@" + rebase(template[1:])
-    section = data.get("output")
-    if isinstance(section, dict) and "dir" in section:
-        section["dir"] = rebase(section["dir"])
 
 
 @app.command(epilog=RUN_EPILOG)
@@ -295,10 +199,12 @@ def run(
     `--url http://HOST:PORT` dispatches to running OpenAI-compatible servers;
     `--engine vllm-server --servers 2` starts a fleet for this job and stops it after.
     """
+    from hpcinfer.core.spec_loading import load_job_spec, split_spec_and_inputs
     from hpcinfer.run.job import RunOptions, run_job
 
-    overrides = {k: v for k, v in locals().items() if k in _FLAG_FIELDS}
-    spec = build_job_spec(args or [], overrides, set_ or [], Path.cwd())
+    fields = spec_fields(locals())
+    spec_file, inputs = split_spec_and_inputs(args or [])
+    spec = load_job_spec(spec_file, inputs, fields, set_ or [])
     options = RunOptions(restart=restart, quiet=quiet or json_out)
     ctx = None
     # A one-shot fleet runs its dispatcher here and starts one serve rank per node itself.

@@ -45,31 +45,21 @@ _SERVE_FLAGS = {
     "launcher": "workers.launcher",
     "log_dir": "serve.log_dir",
 }
-_SPEC_SUFFIXES = (".yaml", ".yml")
 
 
 def build_serve_spec(
     spec_file: str | None, overrides: dict[str, Any], sets: list[str], cwd: Path
 ) -> Any:
     """Spec file (paths in it relative to it, as for `run`) + flags + --set, validated."""
-    from hpcinfer.cli.main import build_job_spec
-    from hpcinfer.spec import build_spec, parse_set_option, set_dotted
+    from hpcinfer.core.spec_loading import is_spec_file, load_job_spec
 
-    if spec_file is not None and not spec_file.endswith(_SPEC_SUFFIXES):
+    if spec_file is not None and not is_spec_file(spec_file):
         raise SpecError(
             f"`hpcinfer serve` takes a spec file (.yaml/.yml), not {spec_file!r}; the model "
             "goes in --model"
         )
-    base = build_job_spec([spec_file] if spec_file else [], {}, [], cwd)
-    data = base.model_dump(exclude_unset=True)
-    for name, value in overrides.items():
-        if value is not None:
-            set_dotted(data, _SERVE_FLAGS[name], value)
-    for item in sets:
-        key, value = parse_set_option(item)
-        set_dotted(data, key, value)
-    source = str(cwd / spec_file) + " and options" if spec_file else "command-line options"
-    return build_spec(data, source)
+    fields = {_SERVE_FLAGS[name]: value for name, value in overrides.items()}
+    return load_job_spec(spec_file, (), fields, sets, cwd)
 
 
 def serve(

@@ -111,14 +111,14 @@ def submit(
         bool, typer.Option("--dry-run", help="Print the script; write and submit nothing.")
     ] = False,
 ) -> None:
-    from hpcinfer.cli.main import build_job_spec
+    from hpcinfer.core.spec_loading import load_job_spec
     from hpcinfer.submit.prepare import prepare_job
     from hpcinfer.submit.scheduler import get_scheduler
 
     if spec_file.suffix not in (".yaml", ".yml"):
         raise SpecError(f"{spec_file}: give the job spec as a .yaml file")
     cwd = Path.cwd()
-    spec = build_job_spec([str(spec_file)], {}, set_ or [], cwd)
+    spec = load_job_spec(spec_file, (), {}, set_ or [], cwd)
     flags = {
         "nodes": nodes,
         "walltime": walltime,
