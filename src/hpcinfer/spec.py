@@ -47,7 +47,8 @@ class EngineSpec(_Model):
         gt=0,
         le=1,
         description="vLLM gpu_memory_utilization; on CPU the share of RAM for the KV cache. "
-        "Default: 0.9 on GPUs, 0.3 split between the workers on CPU.",
+        "Default: 0.9 on GPUs; on CPU 0.3 split between the node's engine processes "
+        "(workers x tensor-parallel ranks).",
     )
     kv_cache_bytes: int | None = Field(
         None, gt=0, description="Exact KV-cache size (overrides memory_share)."

@@ -260,6 +260,7 @@ def test_run_without_inputs_exits_2_with_a_hint(hpcinfer: Main) -> None:
 def test_run_into_another_specs_output_exits_2_mentioning_restart(hpcinfer: Main) -> None:
     manifest = hpcinfer.cwd / "out" / "manifest.json"
     write(manifest, json.dumps({"fingerprint": "other", "identity": {"model": "earlier"}}))
+    write(hpcinfer.cwd / "out" / "units" / "p.txt_1-1.jsonl", '{"id": "p.txt:1"}\n')
     text = usage_error(hpcinfer("run", "p.txt", "--out", "out"))
     assert "different spec" in text and "--restart" in text
     assert json.loads(manifest.read_text())["fingerprint"] == "other"  # untouched

@@ -215,3 +215,13 @@ def test_empty_env_values_are_ignored(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("XDG_CACHE_HOME", "")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert cache_root() == tmp_path / ".cache" / "hpcinfer"
+
+
+@pytest.mark.parametrize(("workers", "tp", "share"), [(1, 2, 0.15), (2, 2, 0.075), (1, 4, 0.075)])
+def test_cpu_kv_share_is_split_between_tensor_parallel_ranks(
+    workers: int, tp: int, share: float
+) -> None:
+    """vLLM's CPU build gives the share to each TP rank's process: two ranks at 0.3 asked for
+    14 GiB of a 24 GiB machine."""
+    kwargs = llm_kwargs(make_setup(on_cpu=True, workers_on_node=workers, tensor_parallel_size=tp))
+    assert kwargs["gpu_memory_utilization"] == pytest.approx(share)

@@ -45,6 +45,8 @@ def test_cpu_defaults_split_the_kv_share_and_run_eager() -> None:
     assert value_of(argv, "--gpu-memory-utilization") == "0.15"  # 0.3 over 2 servers
     assert "--enforce-eager" in argv
     assert "--max-model-len" not in argv
+    tp2 = server_argv(CPU, EngineSpec(tensor_parallel_size=2), ServeSpec())
+    assert value_of(tp2, "--gpu-memory-utilization") == "0.075"  # and over each TP rank
 
 
 def test_gpu_defaults_leave_memory_and_graphs_to_vllm() -> None:

@@ -13,14 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hpcinfer.engines.cpu_memory import cpu_kv_cache_share
 from hpcinfer.engines.openai_engine import ClientSetup
 from hpcinfer.errors import EngineError
 from hpcinfer.records import Record, Result
 from hpcinfer.spec import EngineSpec, SamplingSpec
-
-CPU_KV_CACHE_SHARE = 0.3
-"""Share of RAM reserved for KV caches on CPU, split between the workers of a node (vLLM's
-GPU default of 0.9 fails on CPU)."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +68,8 @@ def llm_kwargs(setup: EngineSetup) -> dict[str, Any]:
     elif spec.memory_share is not None:
         kwargs["gpu_memory_utilization"] = spec.memory_share
     elif setup.on_cpu:
-        kwargs["gpu_memory_utilization"] = round(
-            CPU_KV_CACHE_SHARE / max(1, setup.workers_on_node), 4
+        kwargs["gpu_memory_utilization"] = cpu_kv_cache_share(
+            setup.workers_on_node, spec.tensor_parallel_size
         )
     if in_process_engine(setup):
         kwargs["distributed_executor_backend"] = "uni"

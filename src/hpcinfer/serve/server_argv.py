@@ -16,15 +16,13 @@ from typing import Any
 
 from hpcinfer.cluster import apply_env
 from hpcinfer.cluster.binding import BindingEnv
+from hpcinfer.engines.cpu_memory import cpu_kv_cache_share
 from hpcinfer.errors import SpecError
 from hpcinfer.run.ranks import worker_env
 from hpcinfer.spec import EngineSpec, ServeSpec
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 API_KEY_VAR = "VLLM_API_KEY"
-CPU_KV_CACHE_SHARE = 0.3
-"""Share of RAM for KV caches on CPU, split between the node's servers (vLLM's GPU default
-of 0.9 fails on CPU); the same default as the offline engine's."""
 
 
 @dataclass(frozen=True)
@@ -67,13 +65,14 @@ def extra_flags(extra: Mapping[str, Any]) -> list[str]:
 
 
 def memory_flags(engine: EngineSpec, on_cpu: bool, servers_on_node: int) -> list[str]:
-    """KV-cache size: exact bytes, else the share asked for, else 0.3 of RAM split on CPU."""
+    """KV-cache size: exact bytes, else the share asked for, else 0.3 of RAM split between
+    the node's engine processes on CPU."""
     if engine.kv_cache_bytes is not None:
         return ["--kv-cache-memory-bytes", str(engine.kv_cache_bytes)]
     if engine.memory_share is not None:
         return ["--gpu-memory-utilization", str(engine.memory_share)]
     if on_cpu:
-        share = round(CPU_KV_CACHE_SHARE / max(1, servers_on_node), 4)
+        share = cpu_kv_cache_share(servers_on_node, engine.tensor_parallel_size)
         return ["--gpu-memory-utilization", str(share)]
     return []
 
