@@ -13,8 +13,25 @@ from typing import Any
 
 import pytest
 
+from tests.harness import InProcessCLI
+
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+INTEGRATION = REPO / "tests" / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration is of the integration tier: `-m integration`
+    selects it, `-m "not integration"` is the unit tier."""
+    for item in items:
+        if item.path.is_relative_to(INTEGRATION):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def main_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> InProcessCLI:
+    """`main_cli("run", ...)` -> Ran: the entry point in this process (see tests/harness.py)."""
+    return InProcessCLI(monkeypatch, capsys)
 
 
 def require(component: str, present: bool, fix: str) -> None:

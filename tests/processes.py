@@ -4,34 +4,45 @@ environment, which every child inherits."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.harness import wait_for
 
-def marked(mark: str) -> list[int]:
-    """Pids of live processes whose environment holds the test's mark (not zombies)."""
-    needle = f"HPCINFER_TEST_MARK={mark}".encode()
+
+def _live(keep: Callable[[Path, list[str]], bool]) -> list[int]:
+    """Pids of live (not zombie) processes other than this one for which `keep(/proc/PID,
+    the fields of its stat after the name)` holds."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            if needle not in (proc / "environ").read_bytes():
-                continue
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and keep(proc, fields):
+                found.append(int(proc.name))
         except OSError:
             continue
-        if state != "Z":
-            found.append(int(proc.name))
     return found
+
+
+def marked(mark: str) -> list[int]:
+    """Pids of live processes whose environment holds the test's mark (not zombies)."""
+    needle = f"HPCINFER_TEST_MARK={mark}".encode()
+    return _live(lambda proc, _: needle in (proc / "environ").read_bytes())
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes whose process group is `pgid`."""
+    return _live(lambda _, fields: int(fields[2]) == pgid)
 
 
 def with_text(pids: list[int], text: str) -> list[int]:
@@ -48,14 +59,24 @@ def with_text(pids: list[int], text: str) -> list[int]:
     return [p for p in hits if p in pids or not pids]
 
 
+def command_lines(pids: list[int]) -> list[str]:
+    """The command lines of those of `pids` still there, for a failure message."""
+    lines = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            lines.append(raw.replace(b"\0", b" ").decode(errors="replace").strip())
+    return lines
+
+
 def assert_no_orphans(mark: str, *texts: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while marked(mark) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert marked(mark) == [], "processes left behind: " + ", ".join(
-        (Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        for p in marked(mark)
-        if Path(f"/proc/{p}").exists()
+    """Every process carrying `mark` ends within `timeout`, and none names any of `texts`."""
+    wait_for(
+        lambda: not marked(mark),
+        timeout,
+        "every process the test started to end",
+        state=lambda: command_lines(marked(mark)),
+        interval=0.3,
     )
     for text in texts:
         assert with_text([], text) == [], f"a process still names {text}"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tests.apt import apt_install
 from tests.apt import missing_programs as _missing
+from tests.harness import free_port
 
 PROGRAMS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo", "slurmctld", "slurmd", "munged")
 APT_PACKAGES = ("slurm-wlm", "munge")
@@ -30,12 +31,6 @@ def missing_programs() -> list[str]:
 def install_slurm(timeout: float = 600) -> str | None:
     """apt-get install Slurm and munge (we are root in CI); the error text, or None."""
     return apt_install(APT_PACKAGES, PROGRAMS, timeout=timeout)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _node_line() -> str:
@@ -114,8 +109,8 @@ def _write_conf(root: Path, node_line: str, node: str) -> Path:
         f"SlurmctldHost={node}",
         "SlurmUser=root",
         "SlurmdUser=root",
-        f"SlurmctldPort={_free_port()}",
-        f"SlurmdPort={_free_port()}",
+        f"SlurmctldPort={free_port()}",
+        f"SlurmdPort={free_port()}",
         "AuthType=auth/munge",
         "CredType=cred/munge",
         f"AuthInfo=socket={munge_socket}",

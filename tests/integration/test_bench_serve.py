@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from hpcinfer.serve.ports import choose_port
 from tests.conftest import hpcinfer_cmd, run_cli
+from tests.harness import free_port
 from tests.processes import marked, stub_process
 
 pytestmark = pytest.mark.integration
@@ -172,10 +172,6 @@ with open(out, "w") as handle:
 """
 
 
-def _free_port() -> int:
-    return choose_port("127.0.0.1", 23000 + os.getpid() % 500 * 4, 7).port
-
-
 @pytest.fixture
 def vllm_server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """One real vLLM server with the tiny model on 127.0.0.1, on core 0 when there are two
@@ -191,7 +187,7 @@ def vllm_server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, 
     pinned = (os.cpu_count() or 1) >= 2
     if pinned:
         env["VLLM_CPU_OMP_THREADS_BIND"] = "0"
-    port = _free_port()
+    port = free_port()
     argv = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
         "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),

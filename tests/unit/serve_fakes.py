@@ -4,7 +4,6 @@ process started like a server) answering /health and /v1/models the way vLLM doe
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from hpcinfer.serve.fleet import ServerLaunch
+from tests.harness import free_port
 
 # A server process: `python fake_server.py PORT MODEL SICK_FILE`. /health answers 503 while
 # SICK_FILE exists; /v1/models wants `Bearer $VLLM_API_KEY` when that variable is set;
@@ -51,13 +51,6 @@ class Handler(BaseHTTPRequestHandler):
 
 ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def fake_launch(

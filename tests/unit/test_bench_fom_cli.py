@@ -3,7 +3,6 @@ they share engines, fom.csv's rows, --help, and flag errors (exit 2, before any 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from hpcinfer.bench.fom_bench import (
 from hpcinfer.cli import main as cli_main
 from hpcinfer.errors import SpecError
 from hpcinfer.spec import build_spec
+from tests.harness import call_main
 
 runner = CliRunner()
 
@@ -171,14 +171,8 @@ class Main:
         return refuse
 
     def __call__(self, *args: str) -> tuple[int, str]:
-        self.monkeypatch.setattr(sys, "argv", ["hpcinfer", *args])
-        with pytest.raises(SystemExit) as info:
-            cli_main.main()
-        captured = self.capsys.readouterr()
-        code = info.value.code
-        return (code if isinstance(code, int) else 1), " ".join(
-            (captured.out + captured.err).split()
-        )
+        ran = call_main(args, self.monkeypatch, self.capsys)
+        return ran.code, " ".join(ran.output.split())
 
 
 @pytest.fixture

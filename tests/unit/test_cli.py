@@ -10,7 +10,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 from pydantic import BaseModel
@@ -21,6 +20,7 @@ from hpcinfer.cli.flags import FLAG_FIELDS
 from hpcinfer.cli.main import app, run
 from hpcinfer.errors import SpecError
 from hpcinfer.spec import JobSpec
+from tests.harness import InProcessCLI, call_main
 
 runner = CliRunner()
 
@@ -165,12 +165,8 @@ class Main:
         write(tmp_path / "p.txt", "hello\n")
 
     def __call__(self, *args: str) -> tuple[int, str]:
-        self.monkeypatch.setattr(sys, "argv", ["hpcinfer", *args])
-        with pytest.raises(SystemExit) as info:
-            cli_main.main()
-        captured = self.capsys.readouterr()
-        code = info.value.code
-        return (code if isinstance(code, int) else 1), captured.out + captured.err
+        ran = call_main(args, self.monkeypatch, self.capsys)
+        return ran.code, ran.output
 
 
 @pytest.fixture
@@ -296,14 +292,9 @@ def test_process_unknown_set_field_exits_2_with_message_and_no_traceback(
     assert "engine modules: []" in text  # the CLI and the job module import no engine
 
 
-def test_version_flag_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_flag_prints_the_version(main_cli: InProcessCLI) -> None:
     import hpcinfer
-    from hpcinfer.cli.main import main
 
-    with (
-        mock.patch.object(sys, "argv", ["hpcinfer", "--version"]),
-        pytest.raises(SystemExit) as exit_info,
-    ):
-        main()
-    assert exit_info.value.code == 0
-    assert capsys.readouterr().out.strip() == f"hpcinfer {hpcinfer.__version__}"
+    ran = main_cli("--version")
+    assert ran.code == 0
+    assert ran.out.strip() == f"hpcinfer {hpcinfer.__version__}"

@@ -18,6 +18,7 @@ from hpcinfer.run.joins import JoinListener
 from hpcinfer.run.ranks import FileRendezvous, current_rank, launch_id, worker_env
 from hpcinfer.run.selflaunch import launch_commands, mpi_flavor
 from hpcinfer.spec import JobSpec
+from tests.harness import wait_for
 
 # -- which process is which rank -----------------------------------------------------------
 
@@ -103,19 +104,15 @@ def test_join_listener_admits_authenticated_workers_only() -> None:
         assert joins.pending()
         first = Client((host, int(port)), authkey=joins.key)
         first.send(_hello(1))
-        deadline = time.monotonic() + 10
-        arrived = []
-        while not arrived and time.monotonic() < deadline:
-            if joins.doorbell.poll(0.1):
-                arrived = joins.take()
+        arrived = wait_for(
+            lambda: joins.take() if joins.doorbell.poll(0.1) else [], 10, "rank 1 to join"
+        )
         assert [(j.rank, j.host, j.devices) for j in arrived] == [(1, "n1", ["g0"])]
         assert joins.pending() and joins.missing_ranks() == [2]
         second = Client((host, int(port)), authkey=joins.key)
         second.send(_hello(2))
-        deadline = time.monotonic() + 10
-        while joins.pending() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not joins.pending() and joins.missing_ranks() == []
+        wait_for(lambda: not joins.pending(), 10, "rank 2 to join", state=joins.missing_ranks)
+        assert joins.missing_ranks() == []
         first.close()
         second.close()
     finally:

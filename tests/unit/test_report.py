@@ -7,9 +7,8 @@ import base64
 import io
 import json
 import re
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from typing import Any
 import pytest
 
 from hpcinfer.bench.results import write_result
-from hpcinfer.cli.main import main
 from hpcinfer.report import render_report
+from tests.harness import Ran, call_main
 from tests.report_docs import fom_document, offline_document, serve_document, write_documents
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -269,13 +268,6 @@ def test_concurrency_and_all_at_once_points_are_named(tmp_path: Path) -> None:
 # -- the command -------------------------------------------------------------------------------
 
 
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
-
-
 @pytest.fixture
 def hpcinfer(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -283,11 +275,8 @@ def hpcinfer(
     """The `hpcinfer` entry point run in this process, as a shell would run it."""
 
     def run(*args: str) -> Ran:
-        monkeypatch.setattr(sys, "argv", ["hpcinfer", *args])
-        with pytest.raises(SystemExit) as info:
-            main()
-        out, err = capsys.readouterr()
-        return Ran(int(info.value.code or 0), out, " ".join(err.split()))
+        ran = call_main(args, monkeypatch, capsys, width=None)
+        return replace(ran, err=" ".join(ran.err.split()))
 
     return run
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -11,22 +10,17 @@ from typing import Any
 
 import pytest
 
-from hpcinfer.cli import main as cli_main
 from hpcinfer.serve.checks import wait_until_up
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.registry import Endpoint, write_registry
-from tests.unit.serve_fakes import free_port, http_server
+from tests.harness import call_main, free_port
+from tests.unit.serve_fakes import http_server
 
 
 def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: Any) -> tuple[int, str]:
     """hpcinfer.cli.main.main() as the console script runs it: (exit code, stdout + stderr)."""
-    monkeypatch.setattr(sys, "argv", ["hpcinfer", *args])
-    monkeypatch.setattr(cli_main.err, "width", 300)
-    with pytest.raises(SystemExit) as info:
-        cli_main.main()
-    captured = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 0), captured.out + captured.err
+    ran = call_main(args, monkeypatch, capsys)
+    return ran.code, ran.output
 
 
 def closed_url() -> str:

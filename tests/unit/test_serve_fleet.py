@@ -16,18 +16,12 @@ from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.fleet import Fleet, FleetEvent, ServerLaunch
 from hpcinfer.serve.registry import read_registry
 from hpcinfer.serve.report import event_line
+from tests.harness import wait_for
 from tests.unit.serve_fakes import fake_launch
 
 
 def states(registry: Path) -> list[str]:
     return [e.state for e in read_registry(registry)]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -77,7 +71,12 @@ def test_the_ready_timeout_is_honoured(tmp_path: Path, fleets: Callable[..., Fle
         fleet.wait_ready()
     assert 1.9 <= time.monotonic() - started < 6
     assert states(tmp_path / "endpoints.json") == ["failed"]
-    wait_for(lambda: not _alive(read_registry(tmp_path / "endpoints.json")))
+    wait_for(
+        lambda: not _alive(read_registry(tmp_path / "endpoints.json")),
+        15,
+        "no server alive in the registry",
+        state=lambda: read_registry(tmp_path / "endpoints.json"),
+    )
 
 
 def _alive(entries: list) -> bool:
@@ -103,12 +102,27 @@ def test_monitor_follows_unhealthy_recovery_and_death(
     assert ready.state == "ready" and ready.ready and ready.pid
     fleet.start_monitor()
     sick.touch()
-    wait_for(lambda: states(registry) == ["unhealthy"])
+    wait_for(
+        lambda: states(registry) == ["unhealthy"],
+        15,
+        "the server unhealthy",
+        state=lambda: states(registry),
+    )
     assert "503" in (read_registry(registry)[0].error or "")
     sick.unlink()
-    wait_for(lambda: states(registry) == ["ready"])
+    wait_for(
+        lambda: states(registry) == ["ready"],
+        15,
+        "the server ready",
+        state=lambda: states(registry),
+    )
     os.kill(ready.pid, signal.SIGKILL)
-    wait_for(lambda: states(registry) == ["dead"])
+    wait_for(
+        lambda: states(registry) == ["dead"],
+        15,
+        "the server dead",
+        state=lambda: states(registry),
+    )
     assert "killed by SIGKILL" in (read_registry(registry)[0].error or "")
     assert fleet.all_down()
     fleet.stop()
@@ -169,7 +183,12 @@ def test_readiness_sends_the_api_key(tmp_path: Path, fleets: Callable[..., Fleet
     wrong.start()
     with pytest.raises(ServeError, match="401"):
         wrong.wait_ready()
-    wait_for(lambda: states(tmp_path / "good.json") == ["ready"])
+    wait_for(
+        lambda: states(tmp_path / "good.json") == ["ready"],
+        15,
+        "the good server ready",
+        state=lambda: states(tmp_path / "good.json"),
+    )
     assert "k3y" not in (tmp_path / "good.json").read_text()
 
 

@@ -7,36 +7,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from hpcinfer.logtail import log_tail
 from hpcinfer.serve.process import ServerProcess, stop_all
+from tests.harness import wait_for
+from tests.processes import group_members
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes whose process group is `pgid`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(proc.name))
-    return found
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_a_server_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
@@ -44,7 +22,7 @@ def test_a_server_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path
     script = "trap '' TERM; sleep 60 & echo up; wait"
     server = ServerProcess(["sh", "-c", script], ENV, tmp_path / "s.log")
     try:
-        wait_for(lambda: "up" in (tmp_path / "s.log").read_text())
+        wait_for(lambda: "up" in (tmp_path / "s.log").read_text(), 10, "the server's 'up' line")
         assert len(group_members(server.pid)) == 2  # the shell and its sleep
         started = time.monotonic()
         stop_all([server], grace_s=1.0)
@@ -104,7 +82,12 @@ def test_servers_die_with_a_killed_hpcinfer(tmp_path: Path) -> None:
         assert group_members(child) == [child]
         parent.kill()
         parent.wait()
-        wait_for(lambda: group_members(child) == [], timeout=5)
+        wait_for(
+            lambda: group_members(child) == [],
+            5,
+            "the process group to be empty",
+            state=lambda: group_members(child),
+        )
     finally:
         parent.kill()
         parent.wait()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcinfer.cli.main import main
+from tests.harness import call_main
 from tests.unit.test_stage_helpers import make_hf_cache, make_model_dir
 
 _LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "SLURM_", "PALS_", "MPI_", "HYDRA_")
@@ -44,11 +44,8 @@ def hpcinfer(
         monkeypatch.chdir(cwd)
         for name, value in (env or {}).items():
             monkeypatch.setenv(name, value)
-        monkeypatch.setattr(sys, "argv", ["hpcinfer", *args])
-        with pytest.raises(SystemExit) as info:
-            main()
-        out, err = capsys.readouterr()
-        return Ran(int(info.value.code or 0), out, err)
+        ran = call_main(args, monkeypatch, capsys, width=None)
+        return Ran(ran.code, ran.out, ran.err)
 
     return run
 
