@@ -15,16 +15,10 @@ import pytest
 from hpcinfer.bench import pacer as pacer_module
 from hpcinfer.bench.arrivals import all_at_once, fixed_concurrency, fixed_rate
 from hpcinfer.bench.dataset import BenchRequest, random_requests
-from hpcinfer.bench.loadgen import (
-    LoadOptions,
-    _Failure,
-    _Stream,
-    base_url,
-    request_body,
-    run_load,
-)
+from hpcinfer.bench.loadgen import LoadOptions, _Stream, base_url, request_body, run_load
 from hpcinfer.bench.metrics import summarize
 from hpcinfer.bench.pacer import Pacer
+from hpcinfer.core.openai_wire import StreamError
 from hpcinfer.testing.stub_server import StubServer
 
 OPTIONS = LoadOptions(model="tiny")
@@ -137,7 +131,7 @@ def test_stream_counts_chunks_as_vllm_does_without_the_chat_role_announcement() 
 )
 def test_broken_streams_are_failures(raw: bytes, kind: str) -> None:
     stream = _Stream()
-    with pytest.raises(_Failure, match=kind):
+    with pytest.raises(StreamError, match=kind):
         stream.feed(raw, 1.0)
         stream.finish()
 

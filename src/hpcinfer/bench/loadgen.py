@@ -49,13 +49,21 @@ from hpcinfer.bench.dataset import BenchRequest
 from hpcinfer.bench.http_stream import Connection, HttpError, Pool, post_bytes, request_head
 from hpcinfer.bench.metrics import RequestTiming
 from hpcinfer.bench.pacer import Pacer
-from hpcinfer.engines.openai_api import DONE, PATHS, error_text
+from hpcinfer.core import openai_wire
+from hpcinfer.core.openai_wire import (
+    PATHS,
+    SseParser,
+    StreamError,
+    error_text,
+    first_choice,
+    is_decode_step,
+    usage_counts,
+)
 
 PROGRESS_EVERY_S = 0.1
 """The progress callback is called at most this often (and once at the end)."""
 WARM_CONNECTIONS_MAX = 64
 """Keep-alive connections opened per endpoint before the start, at most (see LoadOptions)."""
-_DONE = DONE.encode()
 
 
 @dataclass(frozen=True)
@@ -101,128 +109,62 @@ class LoadResult:
         return sum(1 for t in self.timings if not t.ok)
 
 
-class _Failure(Exception):
-    """A failed request: `kind` is the errors key (no per-request detail), `detail` the rest."""
-
-    def __init__(self, kind: str, detail: str = "") -> None:
-        super().__init__(kind)
-        self.kind = kind
-        self.detail = detail or kind
-
-
-def _snippet(data: bytes) -> str:
-    return data[:120].decode("utf-8", errors="replace")
-
-
 class _Stream:
-    """Parses one SSE response as it arrives; notes when each token-carrying chunk came."""
+    """One SSE response as it arrives (`core.openai_wire`); notes when each decode step came."""
 
-    __slots__ = ("buffer", "chunks", "done", "last_read", "output_tokens", "prompt_tokens")
+    __slots__ = ("chunks", "last_read", "output_tokens", "parser", "prompt_tokens")
 
     def __init__(self) -> None:
-        self.buffer = b""
+        self.parser = SseParser()
         self.last_read = 0.0
         self.chunks: list[float] = []
-        self.done = False
         self.prompt_tokens: int | None = None
         self.output_tokens: int | None = None
 
+    @property
+    def done(self) -> bool:
+        return self.parser.done
+
     def feed(self, data: bytes, now: float) -> None:
-        """Take the bytes of one read, which arrived at `now`."""
+        """Take the bytes of one read, which arrived at `now` (StreamError when malformed)."""
         self.last_read = now
-        buf = self.buffer + data if self.buffer else data
-        start = 0
-        while (end := buf.find(b"\n", start)) >= 0:
-            self._line(buf[start:end], now)
-            start = end + 1
-        self.buffer = buf[start:]
+        for event in self.parser.feed(data):
+            self._event(event, now)
 
     def finish(self) -> None:
-        if self.buffer.strip():
-            self._line(self.buffer, self.last_read)  # a last event without its newline
-            self.buffer = b""
-        if not self.done:
-            raise _Failure(
-                "stream ended before [DONE] (truncated)",
-                f"stream ended before [DONE] after {len(self.chunks)} token chunk(s)",
-            )
+        """The response ended: a last event without its newline, then [DONE] or a failure."""
+        for event in self.parser.finish():
+            self._event(event, self.last_read)
+        self.parser.check_done(len(self.chunks))
 
-    def _line(self, line: bytes, now: float) -> None:
-        line = line.strip()
-        if not line or line.startswith(b":"):
-            return  # event separator or SSE comment (keep-alive)
-        if not line.startswith(b"data:"):
-            raise _Failure("not an SSE data line", f"not an SSE data line: {_snippet(line)}")
-        payload = line[5:].strip()
-        if payload == _DONE:
-            self.done = True
-            return
-        if self.done:
-            raise _Failure("data after [DONE]", f"data after [DONE]: {_snippet(payload)}")
-        try:
-            event = json.loads(payload)
-        except ValueError:
-            raise _Failure(
-                "malformed JSON in the stream", f"malformed JSON in the stream: {_snippet(payload)}"
-            ) from None
-        if not isinstance(event, dict):
-            raise _Failure("stream event is not an object", _snippet(payload))
-        if "error" in event:
-            error = event["error"]
-            message = error.get("message", error) if isinstance(error, dict) else error
-            raise _Failure("error event in the stream", f"error event: {str(message)[:300]}")
-        choices = event.get("choices")
-        if choices and isinstance(choices, list) and _carries_tokens(choices[0]):
+    def _event(self, event: dict[str, Any], now: float) -> None:
+        choice = first_choice(event)
+        if choice is not None and is_decode_step(choice):
             self.chunks.append(now)
-        usage = event.get("usage")
-        if isinstance(usage, dict):
-            prompt, output = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            if isinstance(prompt, int):
+        usage = usage_counts(event)
+        if usage is not None:
+            prompt, output = usage
+            if prompt is not None:
                 self.prompt_tokens = prompt
-            if isinstance(output, int):
+            if output is not None:
                 self.output_tokens = output
-
-
-def _carries_tokens(choice: Any) -> bool:
-    """A choice is a decode step, except a chat role announcement with no content."""
-    if not isinstance(choice, dict):
-        return False
-    delta = choice.get("delta")
-    if isinstance(delta, dict) and "role" in delta:
-        return any(value for key, value in delta.items() if key != "role")
-    return True
 
 
 def request_body(request: BenchRequest, options: LoadOptions) -> dict[str, Any]:
     """The streaming JSON body of one request (checked: chat needs text or messages)."""
-    body: dict[str, Any] = {
-        "model": options.model,
-        "max_tokens": request.output_len,
-        "temperature": options.temperature,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    if options.ignore_eos:
-        body["ignore_eos"] = True
-    if options.api == "chat":
-        if request.messages is not None:
-            body["messages"] = request.messages
-        elif isinstance(request.prompt, str):
-            body["messages"] = [{"role": "user", "content": request.prompt}]
-        else:
-            raise ValueError(
-                f"{request.source}: a prompt of token ids cannot go to the chat API; use the "
-                "completions API for random token prompts"
-            )
-    else:
-        if request.prompt is None:
-            raise ValueError(
-                f"{request.source}: chat messages need the chat API (api='chat'), not completions"
-            )
-        body["prompt"] = request.prompt
-    if options.extra_body:
-        body.update(options.extra_body)
-    return body
+    try:
+        return openai_wire.request_body(
+            options.api,
+            options.model,
+            max_tokens=request.output_len,
+            prompt=request.prompt,
+            messages=request.messages,
+            temperature=options.temperature,
+            ignore_eos=options.ignore_eos,
+            extra=options.extra_body,
+        )
+    except ValueError as exc:
+        raise ValueError(f"{request.source}: {exc}") from None
 
 
 def base_url(endpoint: str) -> str:
@@ -298,7 +240,7 @@ class _Exchange:
         try:
             connection = await self.endpoint.pool.connect()
         except HttpError as exc:
-            self._fail(_Failure(exc.kind, exc.detail))
+            self._fail(StreamError(exc.kind, exc.detail))
             return
         if self.finished:  # timed out while connecting
             connection.abort()
@@ -323,7 +265,7 @@ class _Exchange:
             return
         try:
             self.stream.feed(data, now)
-        except _Failure as failure:
+        except StreamError as failure:
             self._drop_connection()
             self._fail(failure)
 
@@ -332,11 +274,11 @@ class _Exchange:
             return
         if self.status != 200:
             kind = f"HTTP {self.status} {self.reason}".strip()
-            self._fail(_Failure(kind, error_text(self.status, self.error_body)))
+            self._fail(StreamError(kind, error_text(self.status, self.error_body)))
             return
         try:
             self.stream.finish()
-        except _Failure as failure:
+        except StreamError as failure:
             self._fail(failure)
             return
         self._succeed()
@@ -352,7 +294,7 @@ class _Exchange:
             self.connection = None
             self.run.spawn(self._connect_and_send())
             return
-        self._fail(_Failure(error.kind, error.detail))
+        self._fail(StreamError(error.kind, error.detail))
 
     # -- outcomes
 
@@ -362,7 +304,7 @@ class _Exchange:
             return
         self._drop_connection()
         self._fail(
-            _Failure(f"no complete response within {self.run.options.timeout_s:g} s (timeout)")
+            StreamError(f"no complete response within {self.run.options.timeout_s:g} s (timeout)")
         )
 
     def _drop_connection(self) -> None:
@@ -386,7 +328,7 @@ class _Exchange:
             self.run.count_error(timing.error or "the stream carried no token")
         self._close(timing)
 
-    def _fail(self, failure: _Failure) -> None:
+    def _fail(self, failure: StreamError) -> None:
         self.run.count_error(failure.kind)
         request = self.run.requests[self.index]
         detail = f"{request.source}: {self.endpoint.root}: {failure.detail}"

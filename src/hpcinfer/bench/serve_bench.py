@@ -19,9 +19,7 @@ scheduled when it gets its slot, so the figures then match `vllm bench serve`'s.
 
 from __future__ import annotations
 
-import json
 import math
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,11 +29,11 @@ from typing import Any, Literal, Protocol
 from hpcinfer.bench import arrivals, prometheus
 from hpcinfer.bench.metrics import DEFAULT_PERCENTILES, LATENCY_METRICS, percentile_key, summarize
 from hpcinfer.bench.results import result_document, write_result, write_table
+from hpcinfer.core.server_probe import ProbeError, list_models
 from hpcinfer.errors import HpcinferError, InputError, SpecError
 
 CHECK_TIMEOUT_S = 10.0
 _MAX_LINE_ERRORS_KEPT = 50
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via http_proxy
 
 
 class BenchError(HpcinferError):
@@ -247,19 +245,14 @@ def reachable(
 
 def served_model(url: str, api_key: str | None, wanted: str | None) -> ServedModel:
     """The model to benchmark: `wanted`, or the first id the server lists in /v1/models."""
-    request = urllib.request.Request(f"{url}/v1/models", method="GET")
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
     try:
-        with _OPENER.open(request, timeout=CHECK_TIMEOUT_S) as response:
-            cards = json.loads(response.read(1 << 20)).get("data") or []
-    except (OSError, ValueError, AttributeError) as exc:
+        cards = list_models(url, CHECK_TIMEOUT_S, api_key)
+    except ProbeError as exc:
         if wanted:
             return ServedModel(wanted, None)
         raise BenchError(
-            f"{url}/v1/models did not list the served model ({exc}); pass --model NAME"
+            f"{url}/v1/models did not list the served model ({exc.reason}); pass --model NAME"
         ) from None
-    cards = [card for card in cards if isinstance(card, dict) and card.get("id")]
     if wanted is None:
         if not cards:
             raise BenchError(f"{url}/v1/models lists no model; pass --model NAME")

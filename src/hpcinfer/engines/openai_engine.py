@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import queue
 import random
@@ -25,21 +24,16 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from hpcinfer.engines.endpoint_pool import EndpointPool, EndpointState
-from hpcinfer.engines.openai_api import (
-    PATHS,
-    RequestRejected,
-    StreamError,
-    StreamResult,
-    api_for,
-    check_complete,
-    error_text,
-    feed_line,
-    request_body,
-    retryable_status,
+from hpcinfer.core.openai_wire import PATHS, StreamError, error_text, retryable_status
+from hpcinfer.core.server_probe import (
+    ProbeError,
+    failure_reason,
+    healthy_async,
+    list_models_async,
 )
+from hpcinfer.engines.endpoint_pool import EndpointPool, EndpointState
+from hpcinfer.engines.openai_api import RequestRejected, StreamResult, api_for, record_body
 from hpcinfer.errors import EngineError
 from hpcinfer.records import Record, Result
 from hpcinfer.spec import ClientSpec, SamplingSpec
@@ -196,26 +190,17 @@ class OpenAIEngine:
     async def _probe(self, target: Target) -> str | Exception:
         """The model an endpoint serves (first of /v1/models), or why it did not answer."""
         try:
-            async with self._session.get(
-                target.url + "/v1/models", timeout=self._probe_timeout
-            ) as response:
-                body = await response.read()
-                if response.status in (401, 403):
-                    raise FatalDispatchError(
-                        f"{target.url} refused the API key ({error_text(response.status, body)});"
-                        f" set ${self._spec.api_key_env} to the servers' key"
-                    )
-                if response.status != 200:
-                    return StreamError(error_text(response.status, body))
-                data = _json_or_none(body)
-                models = data.get("data") if isinstance(data, dict) else None
-                if isinstance(models, list) and models and isinstance(models[0], dict):
-                    return str(models[0].get("id", ""))
-                return StreamError("/v1/models listed no model")
-        except FatalDispatchError:
-            raise
-        except Exception as exc:  # connection refused, timeout, DNS: the endpoint is down
-            return StreamError(_describe(exc))
+            cards = await list_models_async(self._session, target.url, self._probe_timeout)
+        except ProbeError as exc:
+            if exc.status in (401, 403):
+                raise FatalDispatchError(
+                    f"{target.url} refused the API key ({exc.reason});"
+                    f" set ${self._spec.api_key_env} to the servers' key"
+                ) from None
+            return StreamError(exc.reason)
+        if not cards:
+            return StreamError("/v1/models listed no model")
+        return str(cards[0]["id"])
 
     def _enqueue(self, records: list[Record]) -> None:
         self._pending.extend(_Job(r) for r in records)
@@ -243,7 +228,7 @@ class OpenAIEngine:
             self._pool.release(state, ok=False, error=str(exc))
             self._fail_run(str(exc))
         except Exception as exc:  # retryable: connection, 5xx, timeout, malformed, truncated
-            detail = f"{state.url}: {_describe(exc)}"
+            detail = f"{state.url}: {failure_reason(exc)}"
             if self._pool.release(state, ok=False, error=detail):
                 self._loop.call_later(state.recheck_delay_s, self._schedule_recheck, state)
             self._retry(job, state.url, detail)
@@ -255,7 +240,7 @@ class OpenAIEngine:
 
     async def _request(self, record: Record, state: EndpointState, started: float) -> Result:
         api = api_for(record, self._spec.api)
-        body = request_body(record, api, state.model, self._setup.sampling)
+        body = record_body(record, api, state.model, self._setup.sampling)
         stream = StreamResult()
         ttft: float | None = None
         async with self._session.post(
@@ -271,10 +256,10 @@ class OpenAIEngine:
                 if retryable_status(response.status):
                     raise StreamError(text)
                 raise RequestRejected(text)
-            async for line in response.content:
-                if feed_line(stream, line) and ttft is None:
+            async for data in response.content.iter_any():
+                if stream.feed(data) and ttft is None:
                     ttft = time.monotonic() - started
-        check_complete(stream)
+        stream.finish()
         return Result(
             id=record.id,
             text=stream.text,
@@ -322,13 +307,7 @@ class OpenAIEngine:
         """Health-check an ejected endpoint; back in rotation when it answers."""
         if state.in_rotation or state.retired or self._loop.is_closed():
             return
-        try:
-            async with self._session.get(
-                state.url + "/health", timeout=self._probe_timeout
-            ) as response:
-                healthy = response.status == 200
-        except Exception:
-            healthy = False
+        healthy = await healthy_async(self._session, state.url, self._probe_timeout)
         if healthy:
             self._pool.restore(state)
             self._pump()
@@ -399,18 +378,3 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         return uvloop.new_event_loop()
     except ImportError:
         return asyncio.new_event_loop()
-
-
-def _json_or_none(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
-def _describe(exc: BaseException) -> str:
-    """A short reason a user can act on (aiohttp's messages are often empty)."""
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return "timed out"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcinfer.core.server_probe import Check, check_server
 from hpcinfer.serve.errors import ServeError
-from hpcinfer.serve.probe import Check, check_server
 from hpcinfer.serve.registry import (
     DEAD,
     FAILED,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from hpcinfer.serve.probe import check_health
+from hpcinfer.core.server_probe import check_health
 from hpcinfer.serve.readiness import Watched
 from hpcinfer.serve.registry import DEAD, READY, UNHEALTHY
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from hpcinfer.serve.probe import check_server
+from hpcinfer.core.server_probe import check_server
 
 POLL_S = 0.5
 REQUEST_TIMEOUT_S = 5.0

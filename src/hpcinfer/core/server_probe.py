@@ -1,0 +1,160 @@
+"""Is an OpenAI-compatible server up, and what does it serve? `/health` and `/v1/models`, once.
+
+Used by serve's readiness wait and health monitor, `hpcinfer endpoints`, the serving
+benchmark (blocking, plain `urllib`) and the dispatcher (async, on its aiohttp session).
+`urllib` runs with proxies switched off: HPC login and compute nodes often export
+`http_proxy`, and a request to a compute node's port must never go through it. The API key
+goes in an Authorization header and in no message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hpcinfer.core.openai_wire import error_text
+
+if TYPE_CHECKING:
+    import aiohttp
+
+MODELS_PATH = "/v1/models"
+HEALTH_PATH = "/health"
+MAX_BODY_BYTES = 1 << 20
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ProbeError(Exception):
+    """A probe that got no usable answer. `url` is what was asked, `reason` why it failed,
+    `status` the HTTP status when the server answered one (401/403: the API key)."""
+
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+        self.url = url
+        self.reason = reason
+        self.status = status
+        super().__init__(f"{url}: {reason}")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One look at a server: up or not, how long it took to answer, and why not."""
+
+    up: bool
+    latency_s: float | None = None
+    error: str | None = None
+    models: list[str] = field(default_factory=list)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A short reason a user can act on (urllib's and aiohttp's messages are often empty)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        hint = " (wrong or missing API key: --api-key-env)" if exc.code == 401 else ""
+        return f"HTTP {exc.code}{hint}"
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        return str(reason.strerror if isinstance(reason, OSError) and reason.strerror else reason)
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return "timed out"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def model_cards(body: bytes) -> list[dict[str, Any]]:
+    """The model cards (each with an `id`) of a /v1/models answer; ValueError if it is none."""
+    data = json.loads(body)
+    cards = (data.get("data") or []) if isinstance(data, dict) else None
+    if not isinstance(cards, list):
+        raise ValueError("not an OpenAI model list")
+    return [card for card in cards if isinstance(card, dict) and card.get("id")]
+
+
+# ------------------------------------------------------------------------------ blocking
+
+
+def _get(url: str, timeout_s: float, api_key: str | None) -> bytes:
+    request = urllib.request.Request(url, method="GET")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    with _OPENER.open(request, timeout=timeout_s) as response:
+        body: bytes = response.read(MAX_BODY_BYTES)
+        return body
+
+
+def list_models(
+    base_url: str, timeout_s: float = 5.0, api_key: str | None = None
+) -> list[dict[str, Any]]:
+    """The model cards `base_url` serves (each has `id`; vLLM adds `root`, where it loaded
+    from). Raises ProbeError naming the URL when the server does not answer with a list."""
+    url = base_url + MODELS_PATH
+    try:
+        return model_cards(_get(url, timeout_s, api_key))
+    except urllib.error.HTTPError as exc:
+        raise ProbeError(url, failure_reason(exc), exc.code) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise ProbeError(url, failure_reason(exc)) from None
+    except ValueError:
+        raise ProbeError(url, "not an OpenAI model list") from None
+
+
+def check_health(base_url: str, timeout_s: float = 5.0) -> Check:
+    """GET /health (vLLM answers it without a key once the engine is up)."""
+    started = time.monotonic()
+    try:
+        _get(base_url + HEALTH_PATH, timeout_s, None)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return Check(False, error=f"{HEALTH_PATH}: {failure_reason(exc)}")
+    return Check(True, latency_s=time.monotonic() - started)
+
+
+def check_server(
+    base_url: str, timeout_s: float = 5.0, api_key: str | None = None, model: str | None = None
+) -> Check:
+    """/health and /v1/models; up when both answer (and `model`, if given, is served)."""
+    started = time.monotonic()
+    health = check_health(base_url, timeout_s)
+    if not health.up:
+        return health
+    try:
+        models = [str(card["id"]) for card in list_models(base_url, timeout_s, api_key)]
+    except ProbeError as exc:
+        return Check(False, error=f"{MODELS_PATH}: {exc.reason}")
+    if model and models and model not in models:
+        return Check(False, error=f"serves {', '.join(models)}, not {model}", models=models)
+    return Check(True, latency_s=time.monotonic() - started, models=models)
+
+
+# ------------------------------------------------------------------------------ async
+
+
+async def list_models_async(
+    session: aiohttp.ClientSession, base_url: str, timeout: aiohttp.ClientTimeout
+) -> list[dict[str, Any]]:
+    """`list_models` on an aiohttp session (which carries the API key in its headers)."""
+    url = base_url + MODELS_PATH
+    try:
+        async with session.get(url, timeout=timeout) as response:
+            status, body = response.status, await response.read()
+    except Exception as exc:  # connection refused, timeout, DNS: the endpoint is down
+        raise ProbeError(url, failure_reason(exc)) from None
+    if status != 200:
+        raise ProbeError(url, error_text(status, body), status)
+    try:
+        return model_cards(body)
+    except ValueError:
+        raise ProbeError(url, "not an OpenAI model list") from None
+
+
+async def healthy_async(
+    session: aiohttp.ClientSession, base_url: str, timeout: aiohttp.ClientTimeout
+) -> bool:
+    """Whether GET /health answers 200 now."""
+    try:
+        async with session.get(base_url + HEALTH_PATH, timeout=timeout) as response:
+            return response.status == 200
+    except Exception:
+        return False
