@@ -173,3 +173,13 @@ def test_every_unit_is_granted_exactly_once(tmp_path: Path, n_workers: int) -> N
         worker += 1
     assert seen == [u.id for u in units]
     assert coord.scheduler.unassigned == 0
+
+
+def test_the_first_ready_worker_starts_the_generation_clock_once(tmp_path: Path) -> None:
+    """The progress view's tokens/s is timed from here, the run summary's window too."""
+    readies: list[int] = []
+    coord, ends = coordinator(tmp_path, make_units(8, 4), 2, on_ready=lambda: readies.append(1))
+    for worker in (0, 1):
+        ends[worker].send(("ready", {"startup_s": 1.0}))
+        coord._receive(coord.workers[worker])
+    assert readies == [1] and coord.first_ready is not None

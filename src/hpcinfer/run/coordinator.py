@@ -72,6 +72,7 @@ class Coordinator:
         batch: int = 0,
         joins: JoinListener | None = None,
         on_join: Callable[[Joined], WorkerHandle | None] | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.workers = workers
         # O(1) per message at 24,576 workers: the sender by connection, and the alive count.
@@ -90,6 +91,7 @@ class Coordinator:
         self.time_limit_name = time_limit_name
         self.joins = joins
         self.on_join = on_join
+        self.on_ready = on_ready  # the first worker is ready: generation starts
         self.stop_reason: str | None = None
         self.aborting_since: float | None = None
         self.started = time.monotonic()
@@ -193,6 +195,8 @@ class Coordinator:
             worker.startup_s = payload.get("startup_s")
             if self.first_ready is None:
                 self.first_ready = time.monotonic()
+                if self.on_ready is not None:
+                    self.on_ready()
         elif kind == "want":
             self._grant(worker, int(payload["inflight"]))
         elif kind == "progress":

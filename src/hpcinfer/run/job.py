@@ -382,6 +382,7 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
             unit_size=spec.workers.unit_size,
             max_inflight=max_inflight(spec, n_endpoints),
             on_progress=view.advance,
+            on_ready=view.generation_started,
             time_limit_s=time_limit,
             time_limit_name=("walltime limit" if limit_source == "walltime" else "time limit"),
             owner_of=(

@@ -32,6 +32,7 @@ class ProgressView:
         self.quiet = quiet
         self.console = Console(stderr=True)
         self.started = time.monotonic()
+        self.generation_start: float | None = None
         self.first_progress: float | None = None
         self.tokens_before_first = 0
         self.last_plain = 0.0
@@ -77,6 +78,12 @@ class ProgressView:
         elif not self.quiet and self.done != self.last_plain_done:
             self._plain_line()
 
+    def generation_started(self) -> None:
+        """The first worker is ready: from now on tokens/s is measured (engine start-up is
+        not), over the same window as the run summary's figure."""
+        if self.generation_start is None:
+            self.generation_start = time.monotonic()
+
     def advance(self, stats: dict[str, int]) -> None:
         """Called with each worker's progress message (counts since its last message)."""
         self.done += stats.get("records", 0)
@@ -95,11 +102,16 @@ class ProgressView:
             self._plain_line()
 
     def rate(self) -> float:
-        """Output tokens/s since the first records finished (engine start-up excluded)."""
-        if self.first_progress is None:
+        """Output tokens/s since generation started (engine start-up excluded). Without that
+        mark, since the first records finished, leaving their tokens out: they took time
+        that was not measured."""
+        if self.generation_start is not None:
+            since, tokens = self.generation_start, self.output_tokens
+        elif self.first_progress is not None:
+            since, tokens = self.first_progress, self.output_tokens - self.tokens_before_first
+        else:
             return 0.0
-        elapsed = time.monotonic() - self.first_progress
-        tokens = self.output_tokens - self.tokens_before_first
+        elapsed = time.monotonic() - since
         return tokens / elapsed if elapsed > 0 else 0.0
 
     def eta_s(self) -> float | None:
