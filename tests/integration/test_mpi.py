@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -9,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from hpcinfer.testing.stub_server import StubServer
 from tests.conftest import hpcinfer_cmd, read_rows, require, run_cli, start_cli, write_prompts
+from tests.harness import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -78,18 +80,19 @@ def test_user_mpiexec_three_ranks_share_one_job(tmp_path: Path, cli_env: dict[st
 def test_user_mpiexec_ranks_balance_work_dynamically(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
-    """Work goes to ranks as they come up, not split up front: against a stub server with a
-    known pace (one rank alone would need about 12 s; dispatchers start in about 2 s),
-    every rank does a share."""
+    """Work goes to ranks as they ask for it, not split up front: against a stub server with
+    a known pace (one rank alone would need about 12 s), every rank does a share. The server
+    holds every request until all three ranks are at work, so how far apart the ranks start
+    on a loaded machine does not decide the shares."""
     write_prompts(tmp_path / "prompts.txt", 240)
-    with StubServer(ttft_s=0.05, itl_s=0.01) as stub:
+    with StubServer(ttft_s=0.05, itl_s=0.01, held=True) as stub:
         args = [
             "run", "prompts.txt", "-o", "out", *MPI, *COMMON, "--engine", "openai",
             "--url", stub.url, "--set", "client.inflight_per_endpoint=4",
         ]  # fmt: skip
-        done = _mpirun(3, args, tmp_path, cli_env)
+        stdout = _three_ranks_at_work(stub, args, tmp_path, cli_env)
         assert stub.stats()["ok"] == 240
-    summary = _summary(done.stdout)
+    summary = _summary(stdout)
     _assert_exactly_once(tmp_path / "out", 240)
     per_rank = {w["rank"]: w["records"] for w in summary["workers"]}
     print("records per rank:", per_rank)
@@ -100,8 +103,8 @@ def test_user_mpiexec_ranks_balance_work_dynamically(
 
 def _rank_pid(launcher_pid: int, rank: int, timeout: float = 60) -> int:
     """The pid of MPI rank `rank` (an hpcinfer process with PMI_RANK=rank) under the launcher."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def find() -> int:
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
@@ -113,8 +116,9 @@ def _rank_pid(launcher_pid: int, rank: int, timeout: float = 60) -> int:
             is_rank = b"hpcinfer" in cmdline and b"hpcinfer.run.worker" not in cmdline
             if is_rank and f"PMI_RANK={rank}".encode() in environ:
                 return int(proc.name)
-        time.sleep(0.2)
-    pytest.fail(f"rank {rank} of launcher {launcher_pid} not found")
+        return 0
+
+    return wait_for(find, timeout, f"rank {rank} of launcher {launcher_pid}", interval=0.2)
 
 
 def test_kill_one_rank_then_rerun_completes_exactly_once(
@@ -127,11 +131,13 @@ def test_kill_one_rank_then_rerun_completes_exactly_once(
     # hpcinfer starts the ranks itself (mpiexec -n 3 -ppn 3 ...).
     proc = start_cli(hpcinfer_cmd(*args), tmp_path, env)
     units = tmp_path / "out" / "units"
-    deadline = time.monotonic() + 300
-    while len(list(units.glob("*.jsonl"))) < 3:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no units committed"
-        time.sleep(0.2)
+    wait_for(
+        lambda: len(list(units.glob("*.jsonl"))) >= 3,
+        300,
+        "3 committed units",
+        give_up=lambda: _exited(proc),
+        interval=0.2,
+    )
     os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL)
     _, stderr = proc.communicate(timeout=300)
     committed_before = len(list(units.glob("*.jsonl")))
@@ -150,39 +156,87 @@ def test_kill_one_rank_then_rerun_completes_exactly_once(
 def test_a_rank_whose_worker_dies_loses_nothing_the_others_finish(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
-    """The common crash (an engine killed, e.g. out of memory) leaves the MPI job up: rank 0
-    hands the dead worker's uncommitted units to the other ranks and the job completes."""
-    write_prompts(tmp_path / "prompts.txt", 480)
-    longer = [*COMMON, "--max-tokens", "64", "--unit-size", "8"]
-    args = ["run", "prompts.txt", "-o", "out", *MPI, *longer]
-    proc = start_cli([_mpiexec(), "-n", "3", *hpcinfer_cmd(*args)], tmp_path, cli_env)
+    """The common crash (a worker killed, e.g. its engine out of memory) leaves the MPI job
+    up: rank 0 hands the dead worker's uncommitted units to the other ranks and the job
+    completes, every record exactly once. The server holds every request until all three
+    ranks' dispatchers are at work (4 requests each in flight), so rank 1 is mid-unit when
+    its worker dies whatever order the ranks start in and however loaded the machine is."""
+    write_prompts(tmp_path / "prompts.txt", 240)
     units = tmp_path / "out" / "units"
-    deadline = time.monotonic() + 300
+    with StubServer(held=True) as stub:
+        args = [
+            "run", "prompts.txt", "-o", "out", *MPI, *COMMON, "--engine", "openai",
+            "--url", stub.url, "--set", "client.inflight_per_endpoint=4",
+        ]  # fmt: skip
 
-    def rank_committed(rank: int) -> bool:
-        for path in units.glob("*.jsonl"):
-            try:
-                if any(row["worker"] == rank for row in read_rows(path)):
-                    return True
-            except (OSError, ValueError):
-                continue
-        return False
+        def kill_rank_1s_worker(launcher: int) -> None:
+            assert not list(units.glob("*.jsonl")), "nothing can commit while the server holds"
+            (worker,) = _children(_rank_pid(launcher, 1))
+            os.kill(worker, signal.SIGKILL)
+            wait_for(lambda: worker not in _children(_rank_pid(launcher, 1)), 30, "the kill")
 
-    while not rank_committed(1):  # rank 1's worker is certainly at work: kill it now
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "rank 1 committed nothing"
-        time.sleep(0.1)
-    agent = _rank_pid(proc.pid, 1)
-    (worker,) = Path(f"/proc/{agent}/task/{agent}/children").read_text().split()
-    os.kill(int(worker), signal.SIGKILL)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
-    _assert_exactly_once(tmp_path / "out", 480)
+        stdout = _three_ranks_at_work(stub, args, tmp_path, cli_env, kill_rank_1s_worker)
+    _assert_exactly_once(tmp_path / "out", 240)
     summary = _summary(stdout)
+    assert sorted(w["rank"] for w in summary["workers"]) == [0, 1, 2]
     lost = [w for w in summary["workers"] if w["rank"] == 1]
     assert lost and "lost" in (lost[0]["error"] or ""), summary["workers"]
     assert "redid its units" in summary["message"]
     assert not list(units.glob(".*tmp")), "no temp file of a cut commit is left"
+
+
+def _three_ranks_at_work(
+    stub: StubServer,
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    meanwhile: Callable[[int], None] = lambda launcher: None,
+) -> str:
+    """`mpiexec -n 3 hpcinfer ARGS` against a held stub (4 requests in flight per rank):
+    once all three ranks hold requests, `meanwhile(launcher pid)`, then the stub answers.
+    The job's stdout; it must succeed."""
+    proc = start_cli([_mpiexec(), "-n", "3", *hpcinfer_cmd(*args)], cwd, env)
+    try:
+        wait_for(
+            lambda: stub.stats()["running"] == 12,
+            300,
+            "all three ranks at work (12 requests held, 4 per rank)",
+            state=lambda: stub.stats()["running"],
+            give_up=lambda: _exited(proc),
+        )
+        meanwhile(proc.pid)
+        stub.release()
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout
+
+
+def _exited(proc: subprocess.Popen[str]) -> str | None:
+    """Why waiting on the job is pointless: it has ended (with its stderr's tail)."""
+    if proc.poll() is None:
+        return None
+    return f"the job exited {proc.returncode}: {proc.communicate()[1][-3000:]}"
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of `pid` (a rank agent's worker)."""
+    with contextlib.suppress(OSError):
+        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(c) for c in found if pid in _parents(int(c))]
+    return []
+
+
+def _parents(pid: int) -> list[int]:
+    """[its parent] while `pid` lives and is not a zombie, else []."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+    return [] if fields[0] == "Z" else [int(fields[1])]
 
 
 def test_static_schedule_reproduces_seed_000(tmp_path: Path, cli_env: dict[str, str]) -> None:

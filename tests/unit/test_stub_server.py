@@ -376,3 +376,23 @@ def test_subprocess_rejects_a_bad_fault_spec() -> None:
     cmd = [sys.executable, "-m", "hpcinfer.testing.stub_server", "--fault", "explode"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "unknown fault mode" in done.stderr
+
+
+def test_a_held_stub_answers_nothing_until_released() -> None:
+    """`held=True` lets a test hold every client at work at once, whatever order they start."""
+    import concurrent.futures
+
+    from tests.harness import wait_for
+
+    with (
+        StubServer(held=True) as server,
+        concurrent.futures.ThreadPoolExecutor(3) as pool,
+    ):
+        asks = [
+            pool.submit(post, server, "/v1/completions", completion("a b", 2)) for _ in range(3)
+        ]
+        wait_for(lambda: server.stats()["running"] == 3, 10, "3 held requests", state=server.stats)
+        assert server.stats()["ok"] == 0 and not any(a.done() for a in asks)
+        server.release()
+        assert [a.result(timeout=10)[0] for a in asks] == [200, 200, 200]
+        assert server.stats()["ok"] == 3

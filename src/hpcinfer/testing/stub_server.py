@@ -394,6 +394,8 @@ class _Stub:
         self.config = config
         self.stats = _Stats()
         self.stopping = asyncio.Event()
+        self.gate = asyncio.Event()  # cleared: requests are counted as running, then held
+        self.gate.set()
         self.pacer = Pacer()
         self.arrivals: dict[Any, float] = {}  # connection handler -> its latest bytes' arrival
         self._auth = f"Bearer {config.api_key}" if config.api_key else None
@@ -527,6 +529,9 @@ class _Stub:
         stats.running += 1
         stats.max_running = max(stats.max_running, stats.running)
         try:
+            if not self.gate.is_set():
+                await self.gate.wait()
+                arrival = time.monotonic()  # its tokens are timed from its release
             return await self._answer(request, req, fault, n, arrival)
         except (ConnectionError, asyncio.CancelledError):
             stats.client_disconnects += 1
@@ -758,7 +763,9 @@ class StubServer:
         accept_any_model: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
+        held: bool = False,
     ) -> None:
+        self.held = held  # hold every generation request until `release()`
         self.config = StubConfig(
             model=model,
             ttft_s=ttft_s,
@@ -810,6 +817,8 @@ class StubServer:
 
     async def _serve(self) -> None:
         self._stub = _Stub(self.config)
+        if self.held:
+            self._stub.gate.clear()
         self._done = asyncio.Event()
         runner, self._port = await _start(self._stub, self.host, self._requested_port)
         self._ready.set()
@@ -817,6 +826,7 @@ class StubServer:
             await self._done.wait()
         finally:
             self._stub.stopping.set()  # hung requests end; then the runner can close
+            self._stub.gate.set()
             await runner.cleanup()
             self._stub.pacer.close()
 
@@ -830,6 +840,14 @@ class StubServer:
             return stub.stats.snapshot()
 
         return asyncio.run_coroutine_threadsafe(snapshot(), loop).result(timeout=10)
+
+    def release(self) -> None:
+        """Answer the held requests and every later one (a test holds work back with
+        `StubServer(held=True)` until every client is at work, whatever order they start)."""
+        loop, stub = self._loop, self._stub
+        if loop is None or stub is None or loop.is_closed():
+            raise RuntimeError("the stub server is not running")
+        loop.call_soon_threadsafe(stub.gate.set)
 
     def stop(self, timeout: float = 10.0) -> None:
         loop, done, thread = self._loop, self._done, self._thread
