@@ -46,3 +46,9 @@ class ModelBuildError(HpcinferError):
     """The built-in tiny model could not be built."""
 
     exit_code = 1
+
+
+class StoppedError(HpcinferError):
+    """A stop was requested (signal, `StopSignal`) before there was anything to keep."""
+
+    exit_code = 4  # ExitCode.INCOMPLETE: rerun the same command to resume

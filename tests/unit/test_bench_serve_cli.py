@@ -276,7 +276,7 @@ def test_a_sweep_writes_serve_json_and_csv_after_every_point(
     )
     recorder = Recorder(options.out_dir)
     outcome = run_serve_bench(options, tmp_path, recorder)
-    assert outcome.exit_code == 0 and outcome.message is None
+    assert outcome.outcome == "ok" and outcome.message is None
     assert recorder.runs_on_disk == [1, 2, 3, 4]
     assert recorder.progress_seen[-1] == (12, 12)
     assert any("warm-up: 2 requests" in note for note in recorder.notes)
@@ -328,7 +328,7 @@ def test_failures_are_counted_exit_3_and_nothing_ok_is_exit_1(tmp_path: Path) ->
             output_len=2, num_prompts=12, concurrencies=(1,),
         )  # fmt: skip
         outcome = run_serve_bench(options, tmp_path)
-    assert outcome.exit_code == 3
+    assert outcome.outcome == "some_failed"
     run = outcome.document["runs"][0]
     assert (run["metrics"]["completed"], run["metrics"]["failed"]) == (9, 3)
     assert sum(run["errors"].values()) == 3
@@ -340,7 +340,7 @@ def test_failures_are_counted_exit_3_and_nothing_ok_is_exit_1(tmp_path: Path) ->
             output_len=2, num_prompts=5,
         )  # fmt: skip
         outcome = run_serve_bench(options, tmp_path)
-    assert outcome.exit_code == 1
+    assert outcome.outcome == "none_succeeded"
     assert outcome.message is not None
     assert "no request succeeded (5 failed: 5 x HTTP 500" in outcome.message
     assert (tmp_path / "none" / "serve.json").exists()  # the failure is on record
@@ -365,7 +365,7 @@ def test_an_unreachable_url_is_named_and_a_dead_registry_entry_left_out(tmp_path
             output_len=2, num_prompts=4,
         )  # fmt: skip
         outcome = run_serve_bench(options, tmp_path, recorder)
-    assert outcome.exit_code == 0
+    assert outcome.outcome == "ok"
     assert outcome.document["config"]["endpoints"] == [stub.url]
     assert any(note.startswith(f"left out {closed}") for note in recorder.notes)
 
@@ -382,7 +382,7 @@ def test_the_api_key_is_sent_and_never_written(
         )  # fmt: skip
         assert key not in repr(options)
         outcome = run_serve_bench(options, tmp_path)
-        assert outcome.exit_code == 0
+        assert outcome.outcome == "ok"
         wrong = ServeBenchOptions(out_dir=tmp_path / "w", urls=(stub.url,), vocab_size=50)
         with pytest.raises(BenchError, match=r"HTTP 401.*--api-key-env"):
             run_serve_bench(wrong, tmp_path)
@@ -407,7 +407,7 @@ def test_bad_jsonl_lines_are_reported_and_counted_not_fatal(
         out_dir=tmp_path / "o", urls=(stub.url,), dataset=str(data), output_len=5
     )
     outcome = run_serve_bench(options, tmp_path, recorder)
-    assert outcome.exit_code == 0
+    assert outcome.outcome == "ok"
     errors = outcome.document["config"]["dataset_errors"]
     assert errors["count"] == 2
     assert errors["first"][0].startswith("prompts.jsonl:2: ")

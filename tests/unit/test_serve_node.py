@@ -3,7 +3,6 @@ nothing left to serve), rank 0's merge of the parts, and the CLI's refusals."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -16,13 +15,14 @@ import pytest
 
 from hpcinfer.cli.serve_cmds import build_serve_spec
 from hpcinfer.cluster.allocation import Allocation
+from hpcinfer.core.stop import signals_feed
 from hpcinfer.errors import SpecError
 from hpcinfer.run.selflaunch import launch_commands
 from hpcinfer.serve import node
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.fleet import Fleet, ServerLaunch
 from hpcinfer.serve.launch import one_rank_per_node
-from hpcinfer.serve.node import ServeOptions, serve_node
+from hpcinfer.serve.node import ServeOptions, ServingDocument, serve_node
 from hpcinfer.serve.parts import PartsMerger
 from hpcinfer.serve.registry import Endpoint, part_path, parts_dir, read_registry, write_registry
 from hpcinfer.spec import JobSpec
@@ -51,35 +51,68 @@ def later(seconds: float, action: Callable[[], None]) -> threading.Timer:
     return timer
 
 
-def test_sigterm_stops_the_servers_and_exits_0(
+def wait_states(registry: Path, states: list[str], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if [e.state for e in read_registry(registry)] == states:
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+
+
+def test_sigterm_through_the_cli_feed_stops_the_servers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     launches = [fake_launch(tmp_path, i, env=dict(os.environ))[0] for i in range(2)]
     use_fakes(monkeypatch, launches)
     registry = tmp_path / "endpoints.json"
+    announced: list[ServingDocument] = []
 
-    def terminate_when_ready() -> None:
+    def terminate_when_announced() -> None:
+        wait_states(registry, ["ready", "ready"])
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if [e.state for e in read_registry(registry)] == ["ready", "ready"]:
-                    break
-            except Exception:
-                pass
+        while not announced and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(0.6)  # let the loop announce
         os.kill(os.getpid(), signal.SIGTERM)
 
-    timer = later(0, terminate_when_ready)
-    code = serve_node(spec(tmp_path), ServeOptions(cwd=tmp_path, json_out=True))
+    timer = later(0, terminate_when_announced)
+    options = ServeOptions(cwd=tmp_path, on_ready=announced.append)
+    with signals_feed(options.stop):
+        outcome = serve_node(spec(tmp_path), options)
     timer.join()
-    assert code == 0
+    assert outcome.reason == "signal SIGTERM"
+    assert [e.state for e in outcome.endpoints] == ["stopped", "stopped"]
     assert [e.state for e in read_registry(registry)] == ["stopped", "stopped"]
+    assert [e["state"] for e in announced[0].endpoints] == ["ready", "ready"]
     out, err = capsys.readouterr()
-    assert [e["state"] for e in json.loads(out)["endpoints"]] == ["ready", "ready"]
+    assert out == ""  # the library prints nothing on stdout; `--json` is the CLI's
     assert "serving; Ctrl-C or SIGTERM stops the servers" in err
-    assert "SIGTERM: stopping the servers" in err
+    assert "signal SIGTERM: stopping the servers" in err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_serve_node_runs_in_a_worker_thread_and_stops_on_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_fakes(monkeypatch, [fake_launch(tmp_path, 0, env=dict(os.environ))[0]])
+    options = ServeOptions(cwd=tmp_path, on_ready=lambda _doc: options.stop.drain("done"))
+    outcomes: list[Any] = []
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            outcomes.append(serve_node(spec(tmp_path), options))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive() and not errors
+    assert outcomes[0].reason == "done"
+    assert [e.state for e in read_registry(tmp_path / "endpoints.json")] == ["stopped"]
 
 
 def test_the_time_limit_stops_the_servers(
@@ -87,8 +120,8 @@ def test_the_time_limit_stops_the_servers(
 ) -> None:
     use_fakes(monkeypatch, [fake_launch(tmp_path, 0, env=dict(os.environ))[0]])
     started = time.monotonic()
-    code = serve_node(spec(tmp_path, time_limit="3s"), ServeOptions(cwd=tmp_path))
-    assert code == 0 and time.monotonic() - started < 15
+    outcome = serve_node(spec(tmp_path, time_limit="3s"), ServeOptions(cwd=tmp_path))
+    assert outcome.reason == "time limit reached" and time.monotonic() - started < 15
     assert [e.state for e in read_registry(tmp_path / "endpoints.json")] == ["stopped"]
     assert "time limit reached" in capsys.readouterr().err
 

@@ -210,7 +210,8 @@ def run_fom(
     config.pop("llm_kwargs")  # one per engine, in "engines"
     config["cases_from"] = source
     config["cases"] = [asdict(case) for case in cases]
-    document = result_document("fom", config, {"cases": figures, "fom": fom, "engines": engines})
+    body = {"cases": figures, "fom": fom, "engines": engines}
+    document = result_document("fom", config, body, settings.command)
     json_path = write_result(settings.out_dir, document)
     csv_path = write_table(
         settings.out_dir / "fom.csv", fom_table_rows(figures, fom), FOM_CSV_COLUMNS

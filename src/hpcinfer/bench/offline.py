@@ -88,6 +88,8 @@ class BenchSettings:
     peak_tflops: float | None = None
     csv_copy: Path | None = None
     cwd: Path = field(default_factory=Path.cwd)
+    command: tuple[str, ...] = ()
+    """The command line the result file records (the CLI passes its argv)."""
 
     def __post_init__(self) -> None:
         if self.pp < 1:
@@ -406,7 +408,7 @@ def run_offline(
         batch_size=batch_size,
         max_model_len=run.info.max_model_len,
     )
-    document = result_document("offline", config, {"result": figures})
+    document = result_document("offline", config, {"result": figures}, settings.command)
     json_path = write_result(settings.out_dir, document)
     row = seed003_row(launch.model_name, measured, run.info.dtype, settings.tp)
     for path in csv_paths:

@@ -3,8 +3,9 @@
 A benchmark run writes into its `--out DIR`:
 
 - `DIR/<kind>.json` (kind: `offline`, `serve`, `fom`), written atomically, one document:
-  `{"kind", "hpcinfer_version", "created" (ISO 8601 UTC), "command" (argv, secrets never
-  included), "config" {...}, ...}` plus the kind's own body:
+  `{"kind", "hpcinfer_version", "created" (ISO 8601 UTC), "command" (the command line the
+  caller passed: the CLI passes its argv, secrets never included; a library call none),
+  "config" {...}, ...}` plus the kind's own body:
     - serve: `"runs": [{"label", "load": {"mode": "all-at-once"|"concurrency"|"rate",
       "rate": float|None (None = all at once), "burstiness", "max_concurrency": int|None,
       "requests": int, "description": str}, "metrics": <bench.metrics.summarize() dict>,
@@ -27,7 +28,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,9 +39,13 @@ RESULT_KINDS = ("offline", "serve", "fom")
 
 
 def result_document(
-    kind: str, config: Mapping[str, Any], body: Mapping[str, Any]
+    kind: str,
+    config: Mapping[str, Any],
+    body: Mapping[str, Any],
+    command: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The common envelope of a result file around a benchmark's own `body`."""
+    """The common envelope of a result file around a benchmark's own `body`; `command` is
+    the command line to record (the CLI's argv), empty from a library call."""
     from hpcinfer import __version__
 
     if kind not in RESULT_KINDS:
@@ -50,7 +54,7 @@ def result_document(
         "kind": kind,
         "hpcinfer_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": list(sys.argv),
+        "command": list(command),
         "config": dict(config),
         **body,
     }

@@ -124,6 +124,8 @@ class ServeBenchOptions:
     ignore_eos: bool = True
     api_key_env: str | None = None
     api_key: str | None = field(default=None, repr=False, compare=False)
+    command: tuple[str, ...] = ()
+    """The command line the result file records (the CLI passes its argv)."""
 
     @property
     def points(self) -> list[LoadPoint]:
@@ -432,7 +434,7 @@ def write_outputs(
 ) -> tuple[Path, dict[str, Any]]:
     """serve.json and serve.csv with every point measured so far (the CSV first: a reader
     that sees the JSON then finds a table at least as new)."""
-    document = result_document("serve", config, {"runs": runs})
+    document = result_document("serve", config, {"runs": runs}, options.command)
     write_table(
         options.out_dir / "serve.csv", [csv_row(r) for r in runs], csv_columns(options.percentiles)
     )
@@ -441,13 +443,14 @@ def write_outputs(
 
 @dataclass
 class ServeBenchResult:
-    """The result document and what the command should exit with."""
+    """The result document and how the requests fared: every one succeeded ("ok"), some
+    failed ("some_failed"), none succeeded ("none_succeeded", `message` says why)."""
 
     document: dict[str, Any]
     path: Path
-    exit_code: int
+    outcome: Literal["ok", "some_failed", "none_succeeded"]
     message: str | None = None
-    """Why nothing succeeded (exit code 1), naming the errors seen."""
+    """Why nothing succeeded, naming the errors seen."""
 
 
 def _config(
@@ -498,7 +501,7 @@ def _outcome(document: dict[str, Any], path: Path) -> ServeBenchResult:
     completed = sum(run["metrics"]["completed"] for run in runs)
     failed = sum(run["metrics"]["failed"] for run in runs)
     if completed:
-        return ServeBenchResult(document, path, 3 if failed else 0)
+        return ServeBenchResult(document, path, "some_failed" if failed else "ok")
     seen: Counter[str] = Counter()
     for run in runs:
         seen.update(run["errors"])
@@ -506,16 +509,15 @@ def _outcome(document: dict[str, Any], path: Path) -> ServeBenchResult:
     message = (
         f"no request succeeded ({failed} failed: {top or 'no error recorded'}); results in {path}"
     )
-    return ServeBenchResult(document, path, int(BenchError.exit_code), message)
+    return ServeBenchResult(document, path, "none_succeeded", message)
 
 
 def run_serve_bench(
     options: ServeBenchOptions, cwd: Path, reporter: Reporter | None = None
 ) -> ServeBenchResult:
     """The whole benchmark. Raises SpecError/InputError (exit 2) for bad options or dataset
-    and BenchError (exit 1) when the servers cannot be reached. With results written: exit
-    code 0 when every request succeeded, 3 when some failed, 1 (and a message) when none
-    succeeded."""
+    and BenchError (exit 1) when the servers cannot be reached. With results written, the
+    result says whether every request, some or none succeeded."""
     from hpcinfer.bench.loadgen import LoadOptions
 
     report = reporter or SilentReporter()

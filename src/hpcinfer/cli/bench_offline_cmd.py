@@ -157,6 +157,7 @@ def bench_settings(
         peak_tflops=peak_tflops,
         csv_copy=None if csv is None else (csv if csv.is_absolute() else cwd / csv),
         cwd=cwd,
+        command=tuple(sys.argv),
     )
 
 

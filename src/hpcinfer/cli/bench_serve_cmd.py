@@ -153,6 +153,7 @@ def build_options(
         ignore_eos=ignore_eos,
         api_key_env=api_key_env,
         api_key=_api_key(api_key_env),
+        command=tuple(sys.argv),
     )
 
 
@@ -407,13 +408,13 @@ def serve(
         print(json.dumps(outcome.document, indent=1))
     else:
         _print_summary(outcome.document, outcome.path)
-        if outcome.exit_code == 3:
+        if outcome.outcome == "some_failed":
             failed = sum(run["metrics"]["failed"] for run in outcome.document["runs"])
             total = sum(run["load"]["requests"] for run in outcome.document["runs"])
             print(f"{failed} of {total} requests failed", file=sys.stderr)
     if outcome.message:
         raise BenchError(outcome.message)
-    raise typer.Exit(outcome.exit_code)
+    raise typer.Exit(3 if outcome.outcome == "some_failed" else 0)
 
 
 def register(app: typer.Typer) -> None:

@@ -200,12 +200,14 @@ def run(
     `--engine vllm-server --servers 2` starts a fleet for this job and stops it after.
     """
     from hpcinfer.core.spec_loading import load_job_spec, split_spec_and_inputs
+    from hpcinfer.core.stop import StopSignal, signals_feed
     from hpcinfer.run.job import RunOptions, run_job
 
     fields = spec_fields(locals())
     spec_file, inputs = split_spec_and_inputs(args or [])
     spec = load_job_spec(spec_file, inputs, fields, set_ or [])
-    options = RunOptions(restart=restart, quiet=quiet or json_out)
+    stop_request = StopSignal()
+    options = RunOptions(restart=restart, quiet=quiet or json_out, stop=stop_request)
     ctx = None
     # A one-shot fleet runs its dispatcher here and starts one serve rank per node itself.
     if spec.workers.launcher != "local" and spec.engine.kind != "vllm-server":
@@ -214,7 +216,9 @@ def run(
             from hpcinfer.run.agent import serve_rank
 
             raise typer.Exit(serve_rank(spec, options, ctx))
-    summary = run_job(spec, options, ctx)
+    # First SIGINT/SIGTERM: drain (finish and keep what is in flight); second: abort.
+    with signals_feed(stop_request):
+        summary = run_job(spec, options, ctx)
     if json_out:
         print(json.dumps(summary.as_dict(), indent=1))
     elif not quiet:
@@ -254,11 +258,11 @@ def _print_summary(summary: Any) -> None:
     for endpoint_url, count in summary.endpoints.items():
         table.add_row(f"endpoint {endpoint_url}", f"{count} records")
     for w in summary.workers:
-        where = f" (rank {w['rank']} on {w['host']})" if w.get("host") else ""
+        where = f" (rank {w.rank} on {w.host})" if w.host else ""
         table.add_row(
-            f"worker {w['worker']}{where}",
-            f"{w['records']} records, {w['units']} units "
-            + (f"on {','.join(w['devices'])}" if w["devices"] else "dispatched"),
+            f"worker {w.worker}{where}",
+            f"{w.records} records, {w.units} units "
+            + (f"on {','.join(w.devices)}" if w.devices else "dispatched"),
         )
     table.add_row("results", f"{summary.out_dir}/results.jsonl")
     err.print(table)

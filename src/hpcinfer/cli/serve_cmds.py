@@ -140,7 +140,15 @@ def serve(
 
             code = launch_serve_ranks(spec, spec.workers.launcher, sys.argv[1:], hostfile)
             raise typer.Exit(code)
-    raise typer.Exit(serve_node(spec, ServeOptions(cwd=Path.cwd(), json_out=json_out), rank))
+    from hpcinfer.core.stop import signals_feed
+
+    def announce(document: Any) -> None:
+        print(json.dumps(document.model_dump()), flush=True)
+
+    options = ServeOptions(cwd=Path.cwd(), on_ready=announce if json_out else None)
+    with signals_feed(options.stop):
+        serve_node(spec, options, rank)
+    raise typer.Exit(0)
 
 
 def _client_key(api_key_env: str | None) -> str | None:

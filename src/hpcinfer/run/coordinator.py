@@ -9,16 +9,15 @@ tail. A worker that dies loses only its uncommitted units, which go back to the 
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from hpcinfer.core.stop import StopSignal
 from hpcinfer.run.joins import Joined, JoinListener, decline
 from hpcinfer.run.plan import WorkUnit
 from hpcinfer.run.schedule import Scheduler
@@ -98,22 +97,15 @@ class Coordinator:
         self.first_ready: float | None = None
         self.last_commit: float | None = None
 
-    # -- signals ---------------------------------------------------------------------------
-    def install_signal_handlers(self) -> Callable[[], None]:
-        """First SIGINT/SIGTERM: stop taking new units and drain; second: abort."""
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            self.request_stop(f"signal {signal.Signals(signum).name}")
-
-        for sig in previous:
-            signal.signal(sig, handler)
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-        return restore
+    # -- stopping --------------------------------------------------------------------------
+    def _follow(self, stop: StopSignal | None) -> None:
+        """The caller's stop request: the first drains (no new units), an abort aborts."""
+        if stop is None or not stop.requested:
+            return
+        if self.stop_reason is None:
+            self.request_stop(stop.reason)
+        if stop.aborted and self.aborting_since is None:
+            self.request_stop(stop.reason)
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -126,8 +118,11 @@ class Coordinator:
                 _send(worker, ("abort", {}))
 
     # -- main loop -------------------------------------------------------------------------
-    def run(self) -> CoordinatorResult:
+    def run(self, stop: StopSignal | None = None) -> CoordinatorResult:
+        """Until every unit is committed, or the workers have drained after a stop (the time
+        limit, or `stop` from the caller, polled every half second)."""
         while self._alive() or self._awaiting_joins():
+            self._follow(stop)
             self._check_deadlines()
             conns: list[Any] = [w.conn for w in self._alive()]
             if self.joins is not None:

@@ -14,18 +14,21 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 
 import yaml
 
-from hpcinfer.errors import EngineError
+from hpcinfer.core.stop import StopSignal
+from hpcinfer.errors import EngineError, StoppedError
 from hpcinfer.outputs.atomic import write_text_atomic
 from hpcinfer.outputs.store import OutputStore
 from hpcinfer.run.job import RunOptions, RunSummary, output_dir, resolve_model
+from hpcinfer.serve.errors import ServeError
+from hpcinfer.serve.fleet import Fleet
 from hpcinfer.serve.process import ServerProcess
 from hpcinfer.spec import JobSpec
 
@@ -57,7 +60,7 @@ def run_with_fleet(
     if _finished(out_dir):
         return run(job)  # nothing to dispatch: no server started
     servers = _node_fleet if spec.workers.launcher == "local" else _serve_ranks
-    with _signals_interrupt(), servers(spec, options, registry):
+    with servers(spec, options, registry):
         return run(job)
 
 
@@ -72,7 +75,13 @@ def _node_fleet(spec: JobSpec, options: RunOptions, registry: Path) -> Iterator[
         fleet.start()
         # Dispatch from the first ready server on: the dispatcher follows the registry and
         # takes the others as they come up (or not: a failed one is in the registry too).
-        fleet.wait_ready(spec.serve.ready_timeout_s, return_when="first")
+        with stop_closes(options.stop, fleet):
+            try:
+                fleet.wait_ready(spec.serve.ready_timeout_s, return_when="first")
+            except ServeError:
+                _raise_if_stopped(options.stop)
+                raise
+        _raise_if_stopped(options.stop)
         fleet.start_monitor()
         yield
 
@@ -97,17 +106,20 @@ def _serve_ranks(spec: JobSpec, options: RunOptions, registry: Path) -> Iterator
     # Its own process group and a parent-death signal, like the servers it starts.
     serve = ServerProcess(argv, dict(os.environ), log, cwd=options.cwd)
     try:
-        _wait_first_ready(serve, registry, spec.serve.ready_timeout_s)
+        _wait_first_ready(serve, registry, spec.serve.ready_timeout_s, options.stop)
         yield
     finally:
         _stop(serve)
 
 
-def _wait_first_ready(serve: ServerProcess, registry: Path, timeout_s: float) -> None:
+def _wait_first_ready(
+    serve: ServerProcess, registry: Path, timeout_s: float, stop: StopSignal | None
+) -> None:
     from hpcinfer.serve.registry import READY, RegistryError, read_registry
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        _raise_if_stopped(stop)
         if not serve.alive():
             raise EngineError(
                 f"`hpcinfer serve` exited with code {serve.returncode} before a server was "
@@ -116,7 +128,10 @@ def _wait_first_ready(serve: ServerProcess, registry: Path, timeout_s: float) ->
         with contextlib.suppress(RegistryError):
             if registry.exists() and any(e.state == READY for e in read_registry(registry)):
                 return
-        time.sleep(1.0)
+        if stop is not None:
+            stop.wait(1.0)
+        else:
+            time.sleep(1.0)
     raise EngineError(
         f"no server ready after {timeout_s:.0f}s; see {serve.log} and the server logs"
     )
@@ -137,16 +152,33 @@ def _finished(out_dir: Path) -> bool:
     return (out_dir / "manifest.json").exists() and OutputStore(out_dir).units_left() == 0
 
 
+def _raise_if_stopped(stop: StopSignal | None) -> None:
+    if stop is not None and stop.requested:
+        raise StoppedError(
+            f"{stop.reason} while the servers started: they were stopped and nothing was "
+            "dispatched; rerun the same command to run the job"
+        )
+
+
 @contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler, `hpcinfer cancel`) while servers start: stop them, do not die
-    with them running. The run's coordinator installs its own handlers (drain) meanwhile."""
+def stop_closes(stop: StopSignal | None, fleet: Fleet) -> Iterator[None]:
+    """While the block runs, a stop request stops the fleet (so a wait for readiness ends);
+    watched from a helper thread, never from a signal handler."""
+    if stop is None:
+        yield
+        return
+    done = threading.Event()
 
-    def interrupt(signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+    def watch() -> None:
+        while not done.is_set():
+            if stop.wait(0.2):
+                fleet.stop()
+                return
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    watcher = threading.Thread(target=watch, name="hpcinfer-stop-watch", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        done.set()
+        watcher.join()

@@ -29,6 +29,7 @@ from hpcinfer.cluster import (
 )
 from hpcinfer.cluster.allocation import remaining_walltime_s
 from hpcinfer.cluster.placement import DeviceGroup, Placement
+from hpcinfer.core.stop import StopSignal
 from hpcinfer.engines.factory import ENGINE_KIND_ENV
 from hpcinfer.engines.openai_engine import Target
 from hpcinfer.engines.targets import client_setup, resolve_targets
@@ -61,6 +62,7 @@ from hpcinfer.run.ranks import (
 )
 from hpcinfer.run.runinfo import write_run_json
 from hpcinfer.run.schedule import static_owners
+from hpcinfer.run.summary import RunSummary, WorkerSummary
 from hpcinfer.run.worker import (
     COORDINATOR_KEY_ENV,
     WORKER_HELLO_ENV,
@@ -106,30 +108,8 @@ class RunOptions:
     restart: bool = False
     quiet: bool = False
     cwd: Path = field(default_factory=Path.cwd)
-
-
-@dataclass
-class RunSummary:
-    status: str
-    exit_code: ExitCode
-    out_dir: str
-    records_total: int
-    records_ok: int
-    records_failed: int
-    records_this_run: int
-    resumed: bool
-    prompt_tokens: int
-    output_tokens: int
-    wall_s: float
-    generation_s: float | None
-    output_tokens_per_s: float
-    workers: list[dict[str, Any]]
-    message: str = ""
-    endpoints: dict[str, int] = field(default_factory=dict)
-    """Records answered per server (dispatcher engines), over every run of the job."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self), exit_code=int(self.exit_code))
+    stop: StopSignal | None = None
+    """Drain (then abort) on request; the CLI feeds it from SIGINT/SIGTERM."""
 
 
 @dataclass
@@ -398,12 +378,8 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
             joins=cluster.joins if cluster else None,
             on_join=on_join,
         )
-        restore = coordinator.install_signal_handlers()
-        try:
-            with view:
-                result = coordinator.run()
-        finally:
-            restore()
+        with view:
+            result = coordinator.run(options.stop)
         if cluster is not None:
             cluster.joins.close()
             handles = coordinator.workers
@@ -426,17 +402,17 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
             m for m in (message, f"rank(s) {never_joined} never joined (see {store.logs_dir})") if m
         )
     workers_info = [
-        {
-            "worker": h.index,
-            "rank": h.rank,
-            "host": h.host,
-            "devices": h.devices,
-            "startup_s": h.startup_s,
-            "units": h.committed_units,
+        WorkerSummary(
+            worker=h.index,
+            rank=h.rank,
+            host=h.host,
+            devices=h.devices,
+            startup_s=h.startup_s,
+            units=h.committed_units,
             **h.stats,
-            "error": h.error,
-            "log": str(h.log),
-        }
+            error=h.error,
+            log=str(h.log),
+        )
         for h in handles
     ]
     this_run = sum(h.stats["records"] for h in handles)
@@ -462,7 +438,7 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
             k.removeprefix("endpoint "): v for k, v in counts.items() if k.startswith("endpoint ")
         },
     )
-    write_run_json(out_dir, spec, summary.as_dict(), profile, placement, model_path)
+    write_run_json(out_dir, spec, summary, profile, placement, model_path)
     return summary
 
 

@@ -9,10 +9,10 @@ import socket
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from hpcinfer.cluster import HardwareProfile, PlacementPlan
 from hpcinfer.outputs.atomic import write_text_atomic
+from hpcinfer.run.summary import RunDocument, RunSummary
 from hpcinfer.spec import JobSpec
 
 
@@ -38,19 +38,28 @@ def versions() -> dict[str, str | None]:
 def write_run_json(
     out_dir: Path,
     spec: JobSpec,
-    summary: dict[str, Any],
+    summary: RunSummary,
     profile: HardwareProfile,
     placement: PlacementPlan,
     model_path: str,
-) -> None:
-    info = {
-        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "spec": spec.model_dump(mode="json"),
-        "model_path": model_path,
-        "versions": versions(),
-        "host": {"hostname": socket.gethostname(), "platform": platform.platform()},
-        "hardware": profile.model_dump(mode="json"),
-        "placement": placement.table_rows(),
-        "summary": summary,
-    }
-    write_text_atomic(out_dir / "run.json", json.dumps(info, indent=1, default=str) + "\n")
+) -> RunDocument:
+    info = RunDocument(
+        finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        spec=spec.model_dump(mode="json"),
+        model_path=model_path,
+        versions=versions(),
+        host={"hostname": socket.gethostname(), "platform": platform.platform()},
+        hardware=profile.model_dump(mode="json"),
+        placement=placement.table_rows(),
+        summary=summary,
+    )
+    data = info.model_dump(mode="json")
+    write_text_atomic(out_dir / "run.json", json.dumps(data, indent=1, default=str) + "\n")
+    return info
+
+
+def read_run_json(out_dir: Path) -> RunDocument:
+    """A run's run.json, validated; InputError names the file and the field that is wrong."""
+    from hpcinfer.core.documents import read_document
+
+    return read_document(out_dir / "run.json", RunDocument)

@@ -1,41 +1,62 @@
 """`hpcinfer serve` on one node (one serve rank): start the fleet, say what happens, keep the
-registry current, and stop the servers on SIGTERM/SIGINT or at the deadline.
+registry current, and stop the servers on a stop request (the CLI feeds SIGTERM/SIGINT into
+it) or at the deadline.
 
-Exit codes: 0 after a signal or the deadline (the servers were stopped); 1 when no server
-became ready, or every server died; 2 for a bad spec or flags (nothing started).
+Returns what was served after a stop or the deadline (the servers were stopped); raises
+ServeError when no server became ready, or every server died; SpecError for a bad spec
+(nothing started). The CLI maps these to exit codes 0, 1 and 2.
 """
 
 from __future__ import annotations
 
-import json
-import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
+from typing import Any
+
+from pydantic import BaseModel
 
 from hpcinfer.cluster.allocation import RankInfo, remaining_walltime_s, short_hostname
+from hpcinfer.core.stop import StopSignal
 from hpcinfer.run.job import effective_time_limit
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.fleet import Fleet
 from hpcinfer.serve.parts import PartsMerger
 from hpcinfer.serve.plan import plan_fleet
-from hpcinfer.serve.registry import DEAD, FAILED, READY, STOPPED, part_path
+from hpcinfer.serve.registry import DEAD, FAILED, READY, STOPPED, Endpoint, part_path
 from hpcinfer.serve.report import EventPrinter, endpoints_table, wide_console
 from hpcinfer.spec import JobSpec
 
 TICK_S = 0.5
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass
 class ServeOptions:
     cwd: Path
-    json_out: bool = False
+    stop: StopSignal = field(default_factory=StopSignal)
+    """Set it (from any thread; the CLI does from SIGTERM/SIGINT) to stop the servers."""
+    on_ready: Callable[[ServingDocument], None] | None = None
+    """Called once, when every server is ready or failed (`hpcinfer serve --json` prints it)."""
+
+
+class ServingDocument(BaseModel):
+    """The fleet one serve rank announces: where its registry is and its endpoints."""
+
+    registry: str
+    rank: int
+    endpoints: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ServeOutcome:
+    """How a serve rank ended: its registry, its servers' last states, and why it stopped."""
+
+    registry: Path
+    endpoints: list[Endpoint]
+    reason: str
 
 
 def registry_path(spec: JobSpec, cwd: Path) -> Path:
@@ -43,32 +64,10 @@ def registry_path(spec: JobSpec, cwd: Path) -> Path:
     return path if path.is_absolute() else cwd / path
 
 
-class _StopRequest:
-    """SIGTERM/SIGINT set an event the serve loop watches (handlers only in the main thread)."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.reason = ""
-        self._previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if not self.event.is_set():
-            self.reason = signal.Signals(signum).name
-        self.event.set()
-
-
-def serve_node(spec: JobSpec, options: ServeOptions, rank: RankInfo | None = None) -> int:
-    """Serve until a signal or the deadline; see the module docstring for the exit codes."""
+def serve_node(
+    spec: JobSpec, options: ServeOptions, rank: RankInfo | None = None
+) -> ServeOutcome:
+    """Serve until a stop request or the deadline; see the module docstring."""
     started_at = time.time()
     registry = registry_path(spec, options.cwd)
     multi = rank is not None and rank.world_size > 1
@@ -87,7 +86,6 @@ def serve_node(spec: JobSpec, options: ServeOptions, rank: RankInfo | None = Non
     for note in fleet.notes:
         printer.print(f"warning: {note}")
     loop = _NodeLoop(fleet, registry, options, printer, deadline, source, merger, multi, rank)
-    loop.stop.install()
     clean = False
     try:
         fleet.start()
@@ -99,10 +97,9 @@ def serve_node(spec: JobSpec, options: ServeOptions, rank: RankInfo | None = Non
         if merger is not None:
             # On a clean stop every rank was signalled too: wait for their last states.
             merger.finish(wait_s=None if clean else 0.0)
-        loop.stop.restore()
     stopped = sum(1 for e in fleet.endpoints if e.state == STOPPED)
     printer.print(f"stopped {stopped} server(s); registry {registry}")
-    return 0
+    return ServeOutcome(registry, fleet.endpoints, loop.reason)
 
 
 @dataclass
@@ -118,8 +115,8 @@ class _NodeLoop:
     merger: PartsMerger | None
     multi: bool
     rank: RankInfo | None
-    stop: _StopRequest = field(default_factory=_StopRequest)
     announced: bool = False
+    reason: str = ""
 
     def run(self) -> None:
         """Announce once every server is ready or failed, then watch until told to stop;
@@ -139,20 +136,20 @@ class _NodeLoop:
             if not self.announced and self.fleet.resolved():
                 self._announce()
                 self.announced = True
-            self.stop.event.wait(TICK_S)
+            self.options.stop.wait(TICK_S)
 
     def _should_stop(self) -> bool:
-        if self.stop.event.is_set():
-            self.printer.print(f"{self.stop.reason}: stopping the servers")
-            return True
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if self.options.stop.requested:
+            self.reason = self.options.stop.reason
+        elif self.deadline is not None and time.monotonic() >= self.deadline:
             what = "walltime (less a margin)" if self.source == "walltime" else "time limit"
-            self.printer.print(f"{what} reached: stopping the servers")
-            return True
-        return False
+            self.reason = f"{what} reached"
+        if self.reason:
+            self.printer.print(f"{self.reason}: stopping the servers")
+        return bool(self.reason)
 
     def _announce(self) -> None:
-        """The endpoints table (stderr) and, with --json, one JSON line on stdout."""
+        """The endpoints table (stderr) and the caller's `on_ready` (`--json` prints it)."""
         endpoints = self.fleet.endpoints
         ready = [e for e in endpoints if e.state == READY]
         failed = [e for e in endpoints if e.state in (FAILED, DEAD)]
@@ -165,12 +162,13 @@ class _NodeLoop:
         if self.multi and self.rank is not None:
             title = f"endpoints of rank {self.rank.rank} (merged by rank 0 into {self.registry})"
         wide_console(stderr=True).print(endpoints_table(endpoints, title))
-        if self.options.json_out:
-            document = {
-                "registry": str(self.registry),
-                "rank": self.rank.rank if self.rank else 0,
-                "endpoints": [e.as_dict() for e in endpoints],
-            }
-            print(json.dumps(document), flush=True)
+        if self.options.on_ready is not None:
+            self.options.on_ready(
+                ServingDocument(
+                    registry=str(self.registry),
+                    rank=self.rank.rank if self.rank else 0,
+                    endpoints=[e.as_dict() for e in endpoints],
+                )
+            )
         self.printer.print("serving; Ctrl-C or SIGTERM stops the servers")
         sys.stderr.flush()
