@@ -316,8 +316,13 @@ def test_cli_no_results_lists_what_it_looked_for(
     [
         ("{not json", "not a readable result file"),
         (json.dumps({"kind": "offline"}), "not a serve result"),
-        (json.dumps({"kind": "serve", "runs": {"a": 1}}), "'runs' must be a list"),
-        (json.dumps({"kind": "serve", "runs": [{"metrics": None}]}), "runs[0].metrics must be"),
+        (json.dumps({"kind": "serve", "runs": {"a": 1}}), "runs: Input should be a valid list"),
+        (json.dumps({"kind": "serve", "runs": [{"metrics": None}]}), "runs[0].metrics: Input"),
+        (json.dumps({"kind": "serve", "runs": [{}]}), "runs[0].metrics: Field required"),
+        (
+            json.dumps({"kind": "serve", "runs": [{"metrics": {}, "load": {"rate": "fast"}}]}),
+            "runs[0].load.rate: Input should be a valid number",
+        ),
     ],
 )
 def test_cli_malformed_file_is_named(

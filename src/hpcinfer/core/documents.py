@@ -33,7 +33,8 @@ def invalid(path: Path, exc: ValidationError, what: str) -> InputError:
     if more > 0:
         lines.append(f"  ... and {more} more")
     return InputError(
-        f"{path}: not a valid {what}; field(s) wrong:\n" + "\n".join(lines)
+        f"{path}: not a valid {what}; field(s) wrong:\n"
+        + "\n".join(lines)
         + "\nrewrite it with the hpcinfer command that made it, or fix the field(s) named"
     )
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 
+from hpcinfer.bench.documents import validate_result
 from hpcinfer.bench.results import RESULT_KINDS, load_results
 from hpcinfer.errors import InputError
 from hpcinfer.outputs.atomic import write_text_atomic
@@ -55,7 +56,10 @@ def read_documents(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
             f"no benchmark results in {directory}: looked for {looked}; run e.g. "
             f"`hpcinfer bench serve --out {directory}` first"
         )
-    return [(directory / f"{document['kind']}.json", document) for document in documents]
+    found = [(directory / f"{document['kind']}.json", document) for document in documents]
+    for path, document in found:
+        validate_result(path, document)  # InputError naming the file and the field
+    return found
 
 
 def _section(path: Path, document: Mapping[str, Any]) -> Section:
