@@ -1,0 +1,144 @@
+"""hpcinfer as a library: for a notebook, a workflow system (Parsl) or a Ray task.
+
+Nothing here installs a signal handler, prints on stdout, reads `sys.argv` or exits: a run
+stops when the caller's `StopSignal` says so, results come back as typed models, failures
+raise `HpcinferError` subclasses. Every call works from any thread.
+
+    spec = hpcinfer.JobSpec.model_validate({"inputs": {"paths": ["prompts.txt"]}})
+    summary = hpcinfer.run(spec, cwd=work)            # RunSummary
+    with hpcinfer.fleet(spec, cwd=work) as f:         # servers stopped on exit, always
+        hpcinfer.bench_serve(out_dir, urls=f.urls)    # ServeDocument
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from hpcinfer.bench.documents import FomDocument, OfflineDocument, ServeDocument
+    from hpcinfer.bench.offline import BenchSettings
+    from hpcinfer.bench.serve_bench import ServeBenchOptions
+    from hpcinfer.core.stop import StopSignal
+    from hpcinfer.run.summary import RunSummary
+    from hpcinfer.serve.fleet import Fleet
+    from hpcinfer.serve.registry import Endpoint
+    from hpcinfer.spec import JobSpec
+
+
+def run(
+    spec: JobSpec,
+    *,
+    cwd: Path | None = None,
+    restart: bool = False,
+    stop: StopSignal | None = None,
+    progress: bool = False,
+) -> RunSummary:
+    """Run the job (resuming what an earlier run of the same spec committed) and return its
+    summary, the content of `run.json`'s `summary`. `stop.drain()` from another thread ends
+    it early (status "incomplete"; committed work is kept). `progress` draws the progress
+    line on stderr. Raises HpcinferError subclasses (SpecError, InputError, EngineError...)."""
+    from hpcinfer.run.job import RunOptions, run_job
+
+    options = RunOptions(restart=restart, quiet=not progress, cwd=cwd or Path.cwd(), stop=stop)
+    return run_job(spec, options)
+
+
+@dataclass(frozen=True)
+class FleetHandle:
+    """The running fleet inside `with fleet(...)`: its registry and endpoints."""
+
+    fleet: Fleet
+    registry: Path
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        """Every server's current registry entry (state ready, failed, dead, ...)."""
+        return self.fleet.endpoints
+
+    @property
+    def urls(self) -> list[str]:
+        """The base URLs of the servers ready now."""
+        return [e.url for e in self.fleet.ready()]
+
+
+@contextmanager
+def fleet(
+    spec: JobSpec,
+    *,
+    cwd: Path | None = None,
+    registry: Path | None = None,
+    wait: Literal["all", "first"] = "all",
+    stop: StopSignal | None = None,
+) -> Iterator[FleetHandle]:
+    """Start this node's vLLM servers (the spec's `serve` and `engine` sections), wait until
+    they are ready (`wait`: all of them, or the first), yield their endpoints, and stop
+    every server on leaving the block, also on an exception. ServeError when none becomes
+    ready. The servers die with the thread that started them (their parent-death signal
+    follows the thread): keep the block in one thread."""
+    from hpcinfer.run.fleet_job import stop_closes
+    from hpcinfer.serve.node import registry_path
+    from hpcinfer.serve.plan import plan_fleet
+
+    where = cwd or Path.cwd()
+    path = registry or registry_path(spec, where)
+    started = plan_fleet(spec, where, path)
+    with started:
+        started.start()
+        with stop_closes(stop, started):
+            started.wait_ready(spec.serve.ready_timeout_s, return_when=wait)
+        started.start_monitor()
+        yield FleetHandle(started, path)
+
+
+def bench_offline(
+    settings: BenchSettings, input_len: int, output_len: int, batch_size: int
+) -> OfflineDocument:
+    """`hpcinfer bench offline`: time one batch shape on an offline engine; writes
+    offline.json (and the CSV row) into `settings.out_dir` and returns the document."""
+    from hpcinfer.bench.documents import OfflineDocument
+    from hpcinfer.bench.offline import run_offline
+
+    outcome = run_offline(settings, input_len, output_len, batch_size, _silent)
+    return OfflineDocument.model_validate(outcome.document)
+
+
+def bench_fom(
+    settings: BenchSettings, preset: str | None = None, cases: Sequence[str] = ()
+) -> FomDocument:
+    """`hpcinfer bench fom`: the ALCF inference FOM over its cases; writes fom.json/fom.csv
+    into `settings.out_dir` and returns the document."""
+    from hpcinfer.bench.documents import FomDocument
+    from hpcinfer.bench.fom_bench import run_fom
+
+    outcome = run_fom(settings, preset, list(cases), _silent)
+    return FomDocument.model_validate(outcome.document)
+
+
+def bench_serve(options: ServeBenchOptions, *, cwd: Path | None = None) -> ServeDocument:
+    """`hpcinfer bench serve`: load running servers and measure them; writes serve.json and
+    serve.csv into `options.out_dir` and returns the document (each point's `errors` say
+    what failed). BenchError when the servers cannot be reached or no request succeeded."""
+    from hpcinfer.bench.documents import ServeDocument
+    from hpcinfer.bench.serve_bench import BenchError, run_serve_bench
+
+    outcome = run_serve_bench(options, cwd or Path.cwd())
+    if outcome.outcome == "none_succeeded":
+        raise BenchError(outcome.message or f"no request succeeded; see {outcome.path}")
+    return ServeDocument.model_validate(outcome.document)
+
+
+def bench_settings(spec: JobSpec, out_dir: Path, **settings: Any) -> BenchSettings:
+    """The settings `bench_offline`/`bench_fom` take: the engine from `spec`, the rest
+    (iters, warmup_iters, seed, percentiles, peak_tflops, pp, ...) by keyword."""
+    from hpcinfer.bench.offline import BenchSettings
+
+    made = BenchSettings(spec=spec, out_dir=out_dir, **settings)
+    return replace(made, out_dir=out_dir if out_dir.is_absolute() else made.cwd / out_dir)
+
+
+def _silent(_line: str) -> None:
+    """A library call reports no progress lines."""
