@@ -4,7 +4,6 @@ typed results and nothing written on stdout."""
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ import pytest
 import hpcinfer
 from hpcinfer.serve.ports import port_in_use
 from hpcinfer.serve.registry import read_registry
+from tests.harness import free_port
 from tests.processes import assert_no_orphans
 
 pytestmark = pytest.mark.integration
@@ -41,11 +41,6 @@ def in_thread(call: Callable[[], T], timeout_s: float = 900) -> T:
         raise box["error"]
     value: T = box["value"]
     return value
-
-
-def free_port() -> int:
-    start = 23000 + os.getpid() % 500 * 8
-    return next(p for p in range(start, 60000) if not port_in_use("127.0.0.1", p))
 
 
 @pytest.fixture

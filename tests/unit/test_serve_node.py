@@ -26,6 +26,7 @@ from hpcinfer.serve.node import ServeOptions, ServingDocument, serve_node
 from hpcinfer.serve.parts import PartsMerger
 from hpcinfer.serve.registry import Endpoint, part_path, parts_dir, read_registry, write_registry
 from hpcinfer.spec import JobSpec
+from tests.harness import wait_for
 from tests.unit.serve_fakes import fake_launch
 from tests.unit.test_serve_endpoints import run_main
 
@@ -51,15 +52,11 @@ def later(seconds: float, action: Callable[[], None]) -> threading.Timer:
     return timer
 
 
-def wait_states(registry: Path, states: list[str], timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if [e.state for e in read_registry(registry)] == states:
-                return
-        except Exception:
-            pass
-        time.sleep(0.1)
+def states(registry: Path) -> list[str]:
+    try:
+        return [e.state for e in read_registry(registry)]
+    except Exception:
+        return []
 
 
 def test_sigterm_through_the_cli_feed_stops_the_servers(
@@ -71,10 +68,8 @@ def test_sigterm_through_the_cli_feed_stops_the_servers(
     announced: list[ServingDocument] = []
 
     def terminate_when_announced() -> None:
-        wait_states(registry, ["ready", "ready"])
-        deadline = time.monotonic() + 20
-        while not announced and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: states(registry) == ["ready", "ready"], 20, "both servers ready")
+        wait_for(lambda: announced, 20, "the fleet announced")
         os.kill(os.getpid(), signal.SIGTERM)
 
     timer = later(0, terminate_when_announced)
