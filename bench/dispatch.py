@@ -1,4 +1,4 @@
-"""hpcinfer's dispatcher against seed 001's client, and each client's own request ceiling.
+"""hpcinfer's dispatcher against the Aurora scripts' client, and each client's own ceiling.
 
     .venv/bin/python bench/dispatch.py [--quick] [--out bench/out/dispatch.json]
 
@@ -7,14 +7,15 @@
    8-32 output tokens, a tail of 256-512; fixed seed; JSONL id, prompt, max_tokens), every
    request with its record's max_tokens, ignore_eos, temperature 0 and the chat API, so both
    clients ask for exactly the same token work:
-   - seed 001's client (`bench/seed001_client.py`: batches of 32 on a pool of 32, each batch
-     waiting for its slowest request), one process per server on half of the records each,
-     run at once, as the seed ran one per host on one file each;
+   - the client of the Aurora vLLM server scripts (Aurora-Inferencing), rebuilt in
+     `bench/aurora_vllm_client.py`: batches of 32 on a pool of 32, each batch waiting for
+     its slowest request; one process per server on half of the records each, run at once,
+     as the scripts ran one per host on one file each;
    - `hpcinfer run --engine openai --url U1 --url U2` over all records.
    Output tokens/s and total (prompt + output) tokens/s over each client's dispatch phase
-   (seed: first batch sent to last answer, over both processes; hpcinfer: its generation_s,
+   (Aurora client: first batch sent to last answer, over both processes; hpcinfer: its generation_s,
    first worker ready to last commit), whole-command wall too; every record checked present
-   exactly once with its expected output tokens. Target: hpcinfer / seed >= 1.3x.
+   exactly once with its expected output tokens. Target: hpcinfer / Aurora >= 1.3x.
 2. Client ceiling. The stub server (`hpcinfer.testing.stub_server`, no compute, ttft and itl
    0) alone on core 1; each client alone on core 0 (taskset), 16 output tokens a request:
    `hpcinfer run` with client.inflight_per_endpoint=256, and the client inside
@@ -441,19 +442,19 @@ def run_hpcinfer_real(
     return {"client": "hpcinfer", **figures, "verify": verify(rows, records)}
 
 
-def run_seed001(
+def run_aurora_client(
     records: list[dict[str, Any]], urls: Sequence[str], work: Path, tag: str
 ) -> dict[str, Any]:
-    """One seed client per server, each on its half of the records, all at once."""
+    """One Aurora client per server, each on its half of the records, all at once."""
     half = (len(records) + len(urls) - 1) // len(urls)
     procs: list[subprocess.Popen[str]] = []
     outs: list[Path] = []
     start = time.monotonic()
     with started(procs):
         for k, url in enumerate(urls):
-            part = write_jsonl(work / f"seed-{tag}-{k}.jsonl", records[k * half : (k + 1) * half])
-            outs.append(work / f"seed-{tag}-{k}.rows.jsonl")
-            cmd = [PY, str(REPO / "bench" / "seed001_client.py"), str(part), "--url", url]
+            part = write_jsonl(work / f"aurora-{tag}-{k}.jsonl", records[k * half : (k + 1) * half])
+            outs.append(work / f"aurora-{tag}-{k}.rows.jsonl")
+            cmd = [PY, str(REPO / "bench" / "aurora_vllm_client.py"), str(part), "--url", url]
             cmd += ["--model", SERVED, "--out", str(outs[-1])]
             proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -464,14 +465,15 @@ def run_seed001(
         for proc in procs:
             stdout, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
             if proc.returncode != 0:
-                raise RuntimeError(f"seed 001 client exited {proc.returncode}:\n{stdout[-3000:]}")
+                raise RuntimeError(f"Aurora client exited {proc.returncode}:\n{stdout[-3000:]}")
             windows.append(last_json(stdout))
     wall = time.monotonic() - start
     rows = [row for out in outs for row in read_jsonl(out)]
     dispatch = max(w["end"] for w in windows) - min(w["start"] for w in windows)
     figures = token_figures(rows, dispatch, wall)
     per_host = [round(w["end"] - w["start"], 3) for w in windows]
-    return {"client": "seed001", **figures, "per_host_s": per_host, "verify": verify(rows, records)}
+    figures["per_host_s"] = per_host
+    return {"client": "aurora-client", **figures, "verify": verify(rows, records)}
 
 
 # ---------------------------------------------------------------------------- part 1
@@ -498,13 +500,13 @@ def part1(sizes: Sizes, work: Path, logs: Path) -> dict[str, Any]:
         urls = [s.url for s in servers]
         print(f"  servers ready in {ready_s:.0f} s: {' '.join(urls)}; warming up", flush=True)
         warm_up(urls)
-        order = abba("seed001", "hpcinfer", sizes.repeat)
+        order = abba("aurora-client", "hpcinfer", sizes.repeat)
         runs = []
         for i, client in enumerate(order):
             wait_idle(urls)
             tag = f"{client}-{i}"
-            if client == "seed001":
-                run = run_seed001(records, urls, work, tag)
+            if client == "aurora-client":
+                run = run_aurora_client(records, urls, work, tag)
             else:
                 run = run_hpcinfer_real(workload, records, urls, work, tag)
             runs.append(run)
@@ -749,17 +751,17 @@ def print_tables(result: dict[str, Any]) -> None:
             f"the rest 8-32), {p1['expected_output_tokens']} output tokens, 2 CPU vLLM servers"
         )
         print(
-            f"{'run':>3} {'client':9} {'dispatch s':>10} {'wall s':>7} {'out tok/s':>10} "
+            f"{'run':>3} {'client':13} {'dispatch s':>10} {'wall s':>7} {'out tok/s':>10} "
             f"{'total tok/s':>11} {'verified':>8}"
         )
         for i, r in enumerate(p1["runs"]):
             print(
-                f"{i:>3} {r['client']:9} {r['dispatch_s']:>10.1f} {r['wall_s']:>7.1f} "
+                f"{i:>3} {r['client']:13} {r['dispatch_s']:>10.1f} {r['wall_s']:>7.1f} "
                 f"{r['output_tok_s']:>10,.0f} {r['total_tok_s']:>11,.0f} {r['verify']['ok']!s:>8}"
             )
         ratio, total, wall = p1["ratio"], p1["ratio_total"], p1["ratio_wall"]
         print(
-            f"hpcinfer / seed001, output tok/s: {ratio['ratio_of_medians']:.2f}x (medians), "
+            f"hpcinfer / aurora-client, output tok/s: {ratio['ratio_of_medians']:.2f}x (medians), "
             f"{ratio['median_of_pairs']:.2f}x (median of pairs); total tok/s: "
             f"{total['ratio_of_medians']:.2f}x; whole-command wall: "
             f"{wall['ratio_of_medians']:.2f}x  [target >= 1.3x]"

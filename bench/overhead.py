@@ -6,7 +6,7 @@
    worker, the same engine settings: both built by hpcinfer's own llm_kwargs and binding):
    whole-command wall time and generation tokens/s of each; the ratios (target >= 0.95).
 2. A skewed workload (output lengths varying tenfold, the long ones in the first half) on
-   2 workers of one core each: `hpcinfer run --workers 2` (dynamic units) against seed 000's
+   2 workers of one core each: `hpcinfer run --workers 2` (dynamic units) against simple_test.py's
    static split (two plain scripts, one per half, one core each, as `{rank}.in` per rank);
    the ratio of wall times.
 Figures are printed and written as JSON to --out; bench/RESULTS.md records them.

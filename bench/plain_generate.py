@@ -1,5 +1,5 @@
-"""The baseline: what users run today (seed 000's simple_test.py), one LLM.generate call over
-one prompt file. Used by bench/overhead.py with exactly hpcinfer's engine settings.
+"""The baseline: what users run today (Aurora-Inferencing's simple_test.py), one LLM.generate
+call over one prompt file. Used by bench/overhead.py with exactly hpcinfer's engine settings.
 
     python bench/plain_generate.py --model DIR --prompts FILE --llm-kwargs JSON --out FILE
 Prompts: a text file (one per line) or JSONL with `prompt` and optional `max_tokens`.

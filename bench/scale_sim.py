@@ -19,9 +19,9 @@ of the global clock up to the next moment the coordinator could reach it, so the
 few heap operations per record and per request, never per token or step: the default run
 (10 million records) takes about 2 minutes on one core, 5 with --variants.
 
-Both policies run the same records, cut the same way: seed 000's layout, one input file per
+Both policies run the same records, cut the same way: simple_test.py's layout, one input file per
 worker (`{rank}.in`, contiguous slices of the job). `dynamic` is the default policy,
-`static` is seed 000's split (`owner_of` from `static_owners`). Each is compared with the
+`static` is simple_test.py's split (`owner_of` from `static_owners`). Each is compared with the
 ideal lower bound (see `ideal_bound`). Prints one table and writes JSON (--out).
 """
 
@@ -178,7 +178,7 @@ class Workload:
 
 
 def make_workload(model: WorkloadModel, files: int, unit_size: int) -> Workload:
-    """Records split into `files` contiguous files (file i -> `{i}.in`, seed 000), each cut
+    """Records split into `files` contiguous files (file i -> `{i}.in`, as simple_test.py), each cut
     into units of `unit_size` as `cut_units` does (a unit never spans two files)."""
     if model.max_tokens > 0xFFFF or model.max_prompt > 0xFFFF:
         raise ValueError("lengths above 65,535 tokens do not fit the simulation's arrays")
@@ -415,7 +415,7 @@ class Simulation:
         self.commit_count: bytearray | None = bytearray(workload.units) if check else None
 
     def _owner_of(self) -> Callable[[WorkUnit], int]:
-        """Seed 000: `{rank}.in` belongs to rank; ownership through the real static_owners."""
+        """simple_test.py: `{rank}.in` belongs to rank; ownership through the real static_owners."""
         names = [f"{i}.in" for i in range(self.workload.files)]
         owners = static_owners(names, self.config.workers)
         by_file = [owners[name] for name in names]

@@ -140,7 +140,8 @@ class WorkersSpec(_Model):
     schedule: Literal["dynamic", "static"] = Field(
         "dynamic",
         description="'dynamic': units go to whichever worker asks; 'static': input file i "
-        "goes to worker (rank) i only, as seed 000's {rank}.in -> {rank}.out.",
+        "goes to worker (rank) i only, as the per-rank {rank}.in -> {rank}.out files of "
+        "Aurora-Inferencing's simple_test.py.",
     )
 
 

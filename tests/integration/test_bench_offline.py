@@ -1,5 +1,5 @@
 """`hpcinfer bench offline` (TP=1 and TP=2) and `hpcinfer bench fom` on the real CPU vLLM
-with the built-in tiny model: exact token counts, seed 003's table built across runs, the
+with the built-in tiny model: exact token counts, the ALCF FOM's CSV built across runs, the
 FOM sum, and an engine that cannot start."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 # A small KV cache: on CPU the engine then starts in seconds instead of zeroing gigabytes
 # (vLLM's default share of RAM); the benchmark itself needs a few thousand tokens of it.
 SMALL_KV = ["--kv-cache-bytes", str(256 << 20)]
-SEED003_HEADER = [
+FOM_CSV_HEADER = [
     "Model Name",
     "precision",
     "throughput",
@@ -54,7 +54,7 @@ def bench_offline(cwd: Path, env: dict[str, str], *extra: str) -> dict[str, Any]
             "--out",
             "out",
             "--csv",
-            "seed003.csv",
+            "fom-copy.csv",
             "--json",
             *SMALL_KV,
             *extra,
@@ -90,15 +90,15 @@ def check_exact_offline(document: dict[str, Any], tp: int) -> None:
     assert result["requests"]["ttft_count"] == 6
 
 
-def test_offline_at_tp1_and_tp2_counts_exactly_and_builds_one_seed003_table(
+def test_offline_at_tp1_and_tp2_counts_exactly_and_builds_one_fom_csv_table(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     require("two CPU cores", len(os.sched_getaffinity(0)) >= 2, "run TP=2 on 2+ cores")
     check_exact_offline(bench_offline(tmp_path, cli_env), tp=1)
     check_exact_offline(bench_offline(tmp_path, cli_env, "--tp", "2"), tp=2)
-    for table in (tmp_path / "out" / "offline.csv", tmp_path / "seed003.csv"):
+    for table in (tmp_path / "out" / "offline.csv", tmp_path / "fom-copy.csv"):
         rows = read_csv(table)
-        assert rows[0] == SEED003_HEADER and len(rows) == 3  # appended, header once
+        assert rows[0] == FOM_CSV_HEADER and len(rows) == 3  # appended, header once
         assert [row[5] for row in rows[1:]] == ["1", "2"]
         for row in rows[1:]:
             assert row[0] == "hpcinfer-tiny-llama" and row[6:9] == ["24", "8", "2048"]

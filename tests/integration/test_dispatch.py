@@ -3,7 +3,7 @@
 The real coordinator, worker and dispatcher run as `hpcinfer` subprocesses; the servers are
 the stub (exact token counts, injectable faults), so every retry path is reproducible and
 each test takes seconds. Each record asks for its own number of tokens, so a record matched
-to another's answer (seed 001's bug) shows as a wrong `output_tokens`.
+to another's answer (the Aurora vLLM server scripts' bug) shows as a wrong `output_tokens`.
 """
 
 from __future__ import annotations

@@ -239,7 +239,7 @@ def _parents(pid: int) -> list[int]:
     return [] if fields[0] == "Z" else [int(fields[1])]
 
 
-def test_static_schedule_reproduces_seed_000(tmp_path: Path, cli_env: dict[str, str]) -> None:
+def test_static_schedule_reproduces_simple_test(tmp_path: Path, cli_env: dict[str, str]) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
     for rank in range(3):

@@ -1,4 +1,4 @@
-"""`hpcinfer run` on the real CPU vLLM with the built-in tiny model: seed 000 and templates."""
+"""`hpcinfer run` on the real CPU vLLM with the tiny model: simple_test.py and templates."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ SEED_PROMPTS = [
 ]
 
 
-def test_seed000_prompts_give_seed000_output_format(
+def test_simple_test_prompts_give_simple_test_output_format(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     out = tmp_path / "out"
     proc = run_cli(
-        ["run", str(REPO / "examples" / "seed000.yaml"), "--out", str(out), "--workers", "1"],
+        ["run", str(REPO / "examples" / "simple_test.yaml"), "--out", str(out), "--workers", "1"],
         cwd=tmp_path,
         env=cli_env,
     )
@@ -86,7 +86,7 @@ def test_tsv_with_template_and_exact_lengths(tmp_path: Path, cli_env: dict[str, 
         "What is the function of recA in Escherichia coli?",
         "What is the function of spo0A in Bacillus subtilis?",
     ]
-    assert rows[0]["fields"]["genome_id"] == "511145.12"  # no field is dropped (seed 001's bug)
+    assert rows[0]["fields"]["genome_id"] == "511145.12"  # no field is dropped
     assert all(r["output_tokens"] == 12 and r["finish_reason"] == "length" for r in rows)
     assert all(re.fullmatch(r"genes\.tsv:\d+", r["id"]) for r in rows)
 

@@ -129,7 +129,7 @@ def test_corrupted_chunk_fails_every_rank_and_a_clean_rerun_repairs(
 def test_staged_hf_copy_runs_with_the_printed_arguments(
     mpiexec: str, tmp_path: Path, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Seed 001's bug: the copy and the run's HF_HOME must agree. The source cache is moved
+    """The Aurora scripts' bug: the copy and the run's HF_HOME must agree. The source cache is moved
     away before the run, so only the staged copy can serve it."""
     monkeypatch.setenv("HPCINFER_CACHE", cli_env["HPCINFER_CACHE"])
     from hpcinfer.engines.tiny_model import ensure_tiny_model

@@ -28,7 +28,7 @@ def test_same_seed_same_prompts_other_seed_other_prompts() -> None:
     first = random_requests(5, 20, 4, vocab=500, seed=3)
     assert random_requests(5, 20, 4, vocab=500, seed=3) == first
     assert random_requests(5, 20, 4, vocab=500, seed=4) != first
-    # prompts differ from each other (not one prompt repeated, as seed 003's "France" was)
+    # prompts differ from each other (not one prompt repeated, as the ALCF FOM's "France" was)
     assert len({tuple(r.prompt or ()) for r in first}) == 5
 
 

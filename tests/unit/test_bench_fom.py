@@ -1,4 +1,4 @@
-"""Seed 003's FOM: FLOP formulas by hand, presets, the sum, and its CSV written once."""
+"""The ALCF inference FOM: FLOP formulas by hand, presets, the sum, and its CSV written once."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 
 from hpcinfer.bench.fom import (
+    FOM_CSV_COLUMNS,
     FOM_PRESETS,
-    SEED003_COLUMNS,
     FomCase,
     ModelShape,
     append_csv_row,
     case_result,
     flops_decode,
     flops_prefill,
+    fom_csv_row,
     fom_flops,
     fom_preset,
     fom_sum,
     mfu,
-    seed003_csv_row,
     throughput_fom,
 )
 
@@ -86,9 +86,9 @@ def test_presets_have_three_cases_that_fit_their_context() -> None:
         assert fom2.output_len > fom2.input_len  # decode-heavy
         assert fom3.max_model_len > max(fom1.max_model_len, fom2.max_model_len)  # long context
     assert max(case.max_model_len for case in fom_preset("cpu-tiny").cases) <= 2048
-    assert fom_preset("seed003").cases[0].max_model_len == 4096
+    assert fom_preset("alcf-fom-405b").cases[0].max_model_len == 4096
     with pytest.raises(
-        ValueError, match="unknown FOM preset 'big': choose one of cpu-tiny, seed003"
+        ValueError, match="unknown FOM preset 'big': choose one of alcf-fom-405b, cpu-tiny"
     ):
         fom_preset("big")
 
@@ -124,10 +124,10 @@ def test_case_results_and_their_sum() -> None:
         fom_sum([])
 
 
-def test_csv_header_written_once_with_seed_003_columns(tmp_path: Path) -> None:
+def test_csv_header_written_once_with_the_fom_columns(tmp_path: Path) -> None:
     path = tmp_path / "fom.csv"
     for latency in (16.0, 8.0):
-        row = seed003_csv_row("tiny", "bfloat16", 512.0, latency, 4, 1, 1024, 1024, 4096)
+        row = fom_csv_row("tiny", "bfloat16", 512.0, latency, 4, 1, 1024, 1024, 4096)
         append_csv_row(path, row)
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == (
@@ -139,14 +139,14 @@ def test_csv_header_written_once_with_seed_003_columns(tmp_path: Path) -> None:
     ]
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == list(SEED003_COLUMNS)
+    assert list(rows[0]) == list(FOM_CSV_COLUMNS)
 
 
 def test_csv_appends_to_a_file_the_seed_wrote(tmp_path: Path) -> None:
-    # seed 003 separated its header with ", " and may have left no final newline
+    # infr_bench.py separated its header with ", " and may have left no final newline
     path = tmp_path / "seed.csv"
-    path.write_text(", ".join(SEED003_COLUMNS) + "\nm,fp16,1.0,2.0,1,8,1,1,4096", encoding="utf-8")
-    append_csv_row(path, seed003_csv_row("m", "fp16", 3.0, 4.0, 1, 8, 1, 1, 4096))
+    path.write_text(", ".join(FOM_CSV_COLUMNS) + "\nm,fp16,1.0,2.0,1,8,1,1,4096", encoding="utf-8")
+    append_csv_row(path, fom_csv_row("m", "fp16", 3.0, 4.0, 1, 8, 1, 1, 4096))
     assert path.read_text(encoding="utf-8").splitlines()[1:] == [
         "m,fp16,1.0,2.0,1,8,1,1,4096",
         "m,fp16,3.0,4.0,1,8,1,1,4096",
@@ -156,7 +156,7 @@ def test_csv_appends_to_a_file_the_seed_wrote(tmp_path: Path) -> None:
 def test_csv_refuses_a_different_table_or_row(tmp_path: Path) -> None:
     path = tmp_path / "other.csv"
     path.write_text("a,b\n1,2\n", encoding="utf-8")
-    row = seed003_csv_row("m", "fp16", 1.0, 1.0, 1, 1, 1, 1, 8)
+    row = fom_csv_row("m", "fp16", 1.0, 1.0, 1, 1, 1, 1, 8)
     with pytest.raises(ValueError, match="has the header \\['a', 'b'\\]"):
         append_csv_row(path, row)
     assert path.read_text(encoding="utf-8") == "a,b\n1,2\n"

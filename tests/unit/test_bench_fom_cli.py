@@ -54,16 +54,18 @@ def test_cases_come_from_case_flags_then_the_spec_then_the_preset() -> None:
     assert source == "--case" and cases == (FomCase("C1", 4, 4, 2, 16),)
     source, cases = resolve_cases(None, [], spec_cases, on_cpu=True)
     assert source == "spec bench.fom_cases" and cases == (FomCase("S1", 8, 8, 1, 64),)
-    source, cases = resolve_cases("seed003", [], spec_cases, on_cpu=True)  # a named preset wins
-    assert source == "preset seed003" and cases == FOM_PRESETS["seed003"].cases
+    source, cases = resolve_cases("alcf-fom-405b", [], spec_cases, on_cpu=True)  # a preset wins
+    assert source == "preset alcf-fom-405b" and cases == FOM_PRESETS["alcf-fom-405b"].cases
     assert resolve_cases(None, [], [], on_cpu=True)[0] == "preset cpu-tiny"
-    assert resolve_cases(None, [], [], on_cpu=False)[0] == "preset seed003"
+    assert resolve_cases(None, [], [], on_cpu=False)[0] == "preset alcf-fom-405b"
 
 
 def test_case_source_errors() -> None:
     with pytest.raises(SpecError, match="--preset or --case, not both"):
         resolve_cases("cpu-tiny", ["A:1:1:1:8"], [], on_cpu=True)
-    with pytest.raises(SpecError, match=r"--preset: unknown FOM preset 'gpu': .*cpu-tiny, seed003"):
+    with pytest.raises(
+        SpecError, match=r"--preset: unknown FOM preset 'gpu': .*alcf-fom-405b, cpu-tiny"
+    ):
         resolve_cases("gpu", [], [], on_cpu=True)
     with pytest.raises(SpecError, match=r"case name.* A given twice"):
         resolve_cases(None, ["A:1:1:1:8", "A:2:2:1:8"], [], on_cpu=True)

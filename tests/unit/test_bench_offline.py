@@ -1,5 +1,5 @@
 """`hpcinfer bench offline` without an engine: statistics, rates, exactness, prompts, the
-engine's launch (kwargs, binding, env), FLOP/MFU plumbing, seed 003's row and flag checks."""
+engine's launch (kwargs, binding, env), FLOP/MFU plumbing, the FOM's CSV row and flag checks."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import pytest
 from hpcinfer.bench.fom import FomCase, ModelShape, flops_decode, flops_prefill
 from hpcinfer.bench.offline import (
     BenchSettings,
+    case_csv_row,
     case_figures,
     engine_launch,
+    fom_csv_tables,
     model_shape,
     resolve_hardware,
     run_offline,
-    seed003_row,
-    seed003_tables,
 )
 from hpcinfer.bench.offline_engine import (
     BatchCase,
@@ -268,7 +268,7 @@ def test_cpu_profile_has_no_peak_so_mfu_is_na_and_says_why(tmp_path: Path) -> No
 # -- figures --------------------------------------------------------------------------------
 
 
-def test_case_figures_give_seed003_throughput_flops_and_mfu(tmp_path: Path) -> None:
+def test_case_figures_give_fom_throughput_flops_and_mfu(tmp_path: Path) -> None:
     bench = settings(
         tmp_path, {"workers": {"profile": "polaris"}, "engine": {"tensor_parallel_size": 2}}
     )
@@ -286,7 +286,7 @@ def test_case_figures_give_seed003_throughput_flops_and_mfu(tmp_path: Path) -> N
     assert figures["mfu"] == pytest.approx(flops / (312e12 * 2))
     assert figures["prefill_tokens_per_s"] == pytest.approx(400 / 1.0)
     assert result.throughput == figures["throughput"] and result.latency_s == 3.0
-    row = seed003_row("tiny", result, "bfloat16", tp=2)
+    row = case_csv_row("tiny", result, "bfloat16", tp=2)
     assert list(row.values()) == ["tiny", "bfloat16", 220 / 3.0, 3.0, 2, 2, 100, 10, 512]
     with pytest.raises(EngineError, match="not exactly 11"):
         case_figures(FomCase("x", 100, 11, 2, 512), iterations, shape, hardware, (50,))
@@ -331,11 +331,11 @@ def test_a_csv_with_another_header_fails_before_the_run(tmp_path: Path) -> None:
     other.write_text("a,b\n1,2\n", encoding="utf-8")
     bench = settings(tmp_path, csv_copy=other)
     with pytest.raises(SpecError, match=r"--csv .*other.csv: cannot append .*header"):
-        seed003_tables(bench, tmp_path / "out" / "offline.csv")
-    seed003 = tmp_path / "seed.csv"
-    seed003.write_text(
+        fom_csv_tables(bench, tmp_path / "out" / "offline.csv")
+    own_csv = tmp_path / "own.csv"
+    own_csv.write_text(
         "Model Name, precision, throughput, latency, batch size, tensor_parallel, input length, "
         "output length, context_length\n",
         encoding="utf-8",
     )  # the seed's own ", " separators are accepted
-    assert seed003_tables(settings(tmp_path, csv_copy=seed003)) == (seed003,)
+    assert fom_csv_tables(settings(tmp_path, csv_copy=own_csv)) == (own_csv,)

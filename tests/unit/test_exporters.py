@@ -1,4 +1,4 @@
-"""Exports: results.jsonl in unit order, seed 000's text format, counts."""
+"""Exports: results.jsonl in unit order, simple_test.py's text format, counts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hpcinfer.outputs.exporters import export_all, seed_text_block, text_export_name
+from hpcinfer.outputs.exporters import export_all, text_export_block, text_export_name
 from hpcinfer.outputs.store import OutputStore, unit_file_name
 from hpcinfer.records import Record, Result
 from hpcinfer.run.rows import ROW_FIELDS, make_row
@@ -85,7 +85,7 @@ def test_no_text_export_unless_asked(store: OutputStore) -> None:
     assert not (store.root / "text").exists()
 
 
-def test_text_export_is_seed_000_format_exactly(store: OutputStore) -> None:
+def test_text_export_is_simple_test_format_exactly(store: OutputStore) -> None:
     tricky = "say \"hi\" and 'bye'\nthen stop"
     store.commit(
         "u0",
@@ -110,14 +110,14 @@ def test_text_export_is_seed_000_format_exactly(store: OutputStore) -> None:
     assert other == "Prompt: 'x', Generated text: 'y'\n"
 
 
-def test_seed_text_block_for_chat_records_and_missing_prompt() -> None:
+def test_text_export_block_for_chat_records_and_missing_prompt() -> None:
     chat = Record(id="c", source="c", line=1, messages=[{"role": "user", "content": "hi"}])
     row = make_row(chat, Result(id="c", text="yo"), worker=0, model="m")
-    assert seed_text_block(row) == (
+    assert text_export_block(row) == (
         "Prompt: [{'role': 'user', 'content': 'hi'}], Generated text: 'yo'\n"
     )
     unreadable = error_row("a.in", 4, None, "line 4 is not valid UTF-8")
-    assert seed_text_block(unreadable) == "Prompt: None, Error: 'line 4 is not valid UTF-8'\n"
+    assert text_export_block(unreadable) == "Prompt: None, Error: 'line 4 is not valid UTF-8'\n"
 
 
 @pytest.mark.parametrize(

@@ -35,13 +35,13 @@ def binds(plan: PlacementPlan) -> list[str | None]:
 
 AURORA = load_profile("aurora")
 POLARIS = load_profile("polaris")
-SEED_NODE = HardwareProfile(name="seed000", vendor="intel", gpus_per_node=3, tiles_per_gpu=2)
+SEED_NODE = HardwareProfile(name="tile-example", vendor="intel", gpus_per_node=3, tiles_per_gpu=2)
 
 
-# --- the seed 000 mapping -------------------------------------------------------------
+# --- gpu_tile_compact.sh's mapping --------------------------------------------------------
 
 
-def test_seed_000_example_three_gpus_two_tiles_seven_ranks() -> None:
+def test_gpu_tile_compact_example_three_gpus_two_tiles_seven_ranks() -> None:
     plan = plan_placement(SEED_NODE, workers=7)
     got = [(p.group.devices[0].gpu, p.group.devices[0].tile) for p in plan.placements]
     assert got == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (0, 0)]

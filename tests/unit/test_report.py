@@ -150,7 +150,7 @@ def test_offline_and_fom_figures(full: Path, page: str) -> None:
     result = json.loads((full / "offline.json").read_text())["result"]
     assert close(offline["throughput (input + output tokens/s)"], result["throughput"])
     assert close(offline["latency p99 (s)"], result["latency_s"]["p99"])
-    assert offline["FLOP FOM (seed 003 estimate)"] == "3.2 TFLOP/s"
+    assert offline["FLOP FOM (ALCF FOM estimate)"] == "3.2 TFLOP/s"
     assert offline["MFU (model FLOPs utilisation)"].startswith("n/a")
     assert "the first iteration, a warm-up effect" in page
 
@@ -241,7 +241,7 @@ def test_missing_optional_figures_show_na(tmp_path: Path) -> None:
     assert tables(page)["Throughput per load point"][0]["goodput (req/s)"] == "n/a"
     assert "One load point (40 requests at 4 req/s" in page
     offline_rows = {r["figure"]: r["value"] for r in tables(page)["Offline figures"]}
-    assert offline_rows["FLOP FOM (seed 003 estimate)"] == "n/a"
+    assert offline_rows["FLOP FOM (ALCF FOM estimate)"] == "n/a"
     assert offline_rows["iterations measured"] == "n/a"
 
 

@@ -1,4 +1,4 @@
-"""The scheduling policy: dynamic (guided self-scheduling) and static (seed 000)."""
+"""The scheduling policy: dynamic (guided self-scheduling) and static (simple_test.py's split)."""
 
 from __future__ import annotations
 

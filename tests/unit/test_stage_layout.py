@@ -1,4 +1,5 @@
-"""Where a staged copy lives and what `hpcinfer run` must be given to read it (seed 001)."""
+"""Where a staged copy lives and what `hpcinfer run` must be given to read it (the Aurora vLLM
+server scripts got this wrong)."""
 
 from __future__ import annotations
 

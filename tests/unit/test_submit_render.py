@@ -261,7 +261,7 @@ def test_stage_to_stages_the_model_then_runs_on_the_staged_copy(tmp_path: Path) 
         "/lus/flare/projects/demo/models/opt-125m", "--to", "/local/scratch/models",
     ]  # fmt: skip
     assert "hpcinfer_fail" in lines[stage]  # a failed stage stops the job before the run
-    # The run reads the staged copy, not the shared one (seed 001 read the wrong folder).
+    # The run reads the staged copy, not the shared one (the Aurora scripts read the wrong one).
     assert shlex.split(lines[run])[-2:] == ["--model", "/local/scratch/models/opt-125m"]
     (tmp_path / "job.pbs").write_text(script)
     assert subprocess.run(["bash", "-n", str(tmp_path / "job.pbs")]).returncode == 0

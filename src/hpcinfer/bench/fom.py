@@ -1,6 +1,6 @@
-"""The figure of merit (FOM) of seed 003 (ALCF's vLLM benchmark), computed instead of by hand.
+"""The ALCF inference FOM (Llama 3.1 405B with vLLM on Aurora), computed instead of by hand.
 
-Seed 003 defines throughput as all tokens (input + output) over the end-to-end latency, and
+It defines throughput as all tokens (input + output) over the end-to-end latency, and
 the FOM as FOM1 + FOM2 + FOM3, the throughputs of three cases: prefill-heavy (long input,
 moderate output), decode-heavy (moderate input, long output) and long context (moderate
 lengths, a large max-model-len). It also gives a FLOP form of the same figure,
@@ -9,11 +9,11 @@ lengths, a large max-model-len). It also gives a FLOP form of the same figure,
     FOM = (C_prefill + C_decode) / L
 
 (N layers, d hidden size, b batch, L latency in seconds), which with a device's peak gives
-the model FLOPs utilisation (MFU). The FLOP count is the seed's estimate (dense layers and
+the model FLOPs utilisation (MFU). The FLOP count is the FOM's estimate (dense layers and
 prefill attention, no decode attention or vocabulary projection), kept as written so our
 numbers agree with theirs; it is an estimate, not a measured count.
 
-The seed's CSV row is reproduced column for column (names and order), so existing
+The CSV row of its `infr_bench.py` is reproduced column for column (names and order), so existing
 spreadsheets keep reading our output.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SEED003_COLUMNS = (
+FOM_CSV_COLUMNS = (
     "Model Name",
     "precision",
     "throughput",
@@ -37,7 +37,7 @@ SEED003_COLUMNS = (
     "output length",
     "context_length",
 )
-"""Seed 003's CSV header, names and order exactly (throughput tokens/s, latency seconds)."""
+"""The FOM's CSV header, names and order exactly (throughput tokens/s, latency seconds)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -94,13 +94,13 @@ def _check_positive(**values: int) -> None:
 
 
 def flops_prefill(b: int, n_layers: int, d: int, t_in: int) -> int:
-    """Seed 003's prefill FLOPs: b*N*(6*d^2*T_in + d*T_in^2) (exact integer)."""
+    """The FOM's prefill FLOPs: b*N*(6*d^2*T_in + d*T_in^2) (exact integer)."""
     _check_positive(b=b, n_layers=n_layers, d=d, t_in=t_in)
     return b * n_layers * (6 * d * d * t_in + d * t_in * t_in)
 
 
 def flops_decode(b: int, n_layers: int, d: int, t_out: int) -> int:
-    """Seed 003's decode FLOPs: b*N*T_out*6*d^2 (exact integer)."""
+    """The FOM's decode FLOPs: b*N*T_out*6*d^2 (exact integer)."""
     _check_positive(b=b, n_layers=n_layers, d=d, t_out=t_out)
     return b * n_layers * t_out * 6 * d * d
 
@@ -118,7 +118,7 @@ def fom_flops(b: int, n_layers: int, d: int, t_in: int, t_out: int, latency_s: f
 
 
 def throughput_fom(in_tokens: int, out_tokens: int, latency_s: float) -> float:
-    """Seed 003's throughput: (input + output tokens) / end-to-end latency, tokens/s.
+    """The FOM's throughput: (input + output tokens) / end-to-end latency, tokens/s.
 
     The token counts are totals over the batch (b requests of T_in and T_out tokens each
     give b*T_in and b*T_out), not one request's lengths.
@@ -199,11 +199,12 @@ FOM_PRESETS: dict[str, FomPreset] = {
             ),
         ),
         FomPreset(
-            name="seed003",
+            name="alcf-fom-405b",
             description=(
-                "after seed 003 (Llama-3.1-405B, TP 8 x PP 2, --max-model-len 4096, batch 1): "
+                "after the ALCF inference FOM (Llama-3.1-405B, TP 8 x PP 2, --max-model-len 4096, "
+                "batch 1): "
                 "FOM1 and FOM2 fill the 4096 context one way or the other, FOM3 runs the "
-                "seed's 1024/1024 example with a 4x larger max-model-len"
+                "FOM's 1024/1024 example with a 4x larger max-model-len"
             ),
             cases=(
                 FomCase("FOM1", input_len=3584, output_len=512, batch_size=1, max_model_len=4096),
@@ -227,7 +228,7 @@ def fom_preset(name: str) -> FomPreset:
 
 @dataclass(frozen=True)
 class FomResult:
-    """One case's measured figures: seed 003 throughput and, given the model's shape, the
+    """One case's measured figures: the FOM's throughput and, given the model's shape, the
     FLOP form and MFU."""
 
     case: FomCase
@@ -253,7 +254,7 @@ def case_result(
 
     Token counts default to the nominal b*T_in and b*T_out (exact when prompts are exact
     token ids and ignore_eos holds); pass the measured counts when they differ. The FLOP
-    form always uses the nominal lengths, as the seed's formula does.
+    form always uses the nominal lengths, as the FOM's formula does.
     """
     tokens_in = case.batch_size * case.input_len if input_tokens is None else input_tokens
     tokens_out = case.batch_size * case.output_len if output_tokens is None else output_tokens
@@ -285,7 +286,7 @@ class FomSum:
 
 
 def fom_sum(results: Sequence[FomResult]) -> FomSum:
-    """The sum over the cases: seed 003's FOM in tokens/s, and in FLOP/s when known."""
+    """The sum over the cases: the FOM in tokens/s, and in FLOP/s when known."""
     if not results:
         raise ValueError("the FOM is a sum over cases: give at least one case's result")
     names = [result.case.name for result in results]
@@ -300,10 +301,10 @@ def fom_sum(results: Sequence[FomResult]) -> FomSum:
 
 
 # ---------------------------------------------------------------------------------------
-# seed 003's CSV
+# the FOM's CSV
 
 
-def seed003_csv_row(
+def fom_csv_row(
     model: str,
     precision: str,
     throughput: float,
@@ -314,7 +315,7 @@ def seed003_csv_row(
     output_len: int,
     context_length: int,
 ) -> dict[str, str | int | float]:
-    """One row of seed 003's CSV: throughput in tokens/s, latency in seconds, context_length
+    """One row of the FOM's CSV: throughput in tokens/s, latency in seconds, context_length
     the server's max-model-len."""
     values: tuple[str | int | float, ...] = (
         model,
@@ -327,17 +328,17 @@ def seed003_csv_row(
         output_len,
         context_length,
     )
-    return dict(zip(SEED003_COLUMNS, values, strict=True))
+    return dict(zip(FOM_CSV_COLUMNS, values, strict=True))
 
 
 def append_csv_row(
-    path: Path, row: Mapping[str, object], columns: Iterable[str] = SEED003_COLUMNS
+    path: Path, row: Mapping[str, object], columns: Iterable[str] = FOM_CSV_COLUMNS
 ) -> None:
     """Append `row` to the CSV at `path`, writing the header first only when the file is new
-    or empty, so repeated runs build one table as seed 003's script did.
+    or empty, so repeated runs build one table as the FOM's `infr_bench.py` did.
 
     An existing file must have the same header (names compared without surrounding spaces,
-    so a file the seed wrote with ", " separators is accepted); appending to a table with
+    so a file `infr_bench.py` wrote with ", " separators is accepted); appending to a table with
     other columns raises instead of silently misaligning it.
     """
     header = list(columns)
@@ -359,7 +360,7 @@ def append_csv_row(
         writer.writerow([row[name] for name in header])
 
 
-def check_csv_header(path: Path, columns: Iterable[str] = SEED003_COLUMNS) -> None:
+def check_csv_header(path: Path, columns: Iterable[str] = FOM_CSV_COLUMNS) -> None:
     """Raise ValueError now if rows with `columns` cannot be appended to `path` later (its
     header differs), so a benchmark fails before it runs, not after."""
     _check_header(path, path.read_bytes() if path.exists() else b"", list(columns))

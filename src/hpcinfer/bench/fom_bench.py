@@ -1,8 +1,8 @@
-"""`hpcinfer bench fom`: seed 003's FOM = FOM1 + FOM2 + FOM3, measured, with its FLOP form.
+"""`hpcinfer bench fom`: the ALCF inference FOM = FOM1 + FOM2 + FOM3, measured, with its FLOP form.
 
 The cases come from, in this order of precedence: `--case NAME:IN:OUT:BATCH:MAXLEN`
 (repeatable), the spec file's `bench.fom_cases`, or a named preset (`--preset`; by default
-`cpu-tiny` on a CPU profile, `seed003` on accelerators). Each case is timed exactly as
+`cpu-tiny` on a CPU profile, `alcf-fom-405b` on accelerators). Each case is timed exactly as
 `hpcinfer bench offline` times its batch (same engine, prompts, exact-length check and
 figures). Cases sharing a max-model-len share one engine; engines start one after the
 other, in the order the cases first name their context length, each in its own process.
@@ -10,7 +10,7 @@ other, in the order the cases first name their context length, each in its own p
 Results (see `bench.results`): `DIR/fom.json` (`cases` in the order given, each with the
 documented keys plus `latency_stats`, `iterations_s`, prefill/decode rates and per-request
 statistics; `fom` with the sum; `engines`), `DIR/fom.csv` (one row per case and a `FOM`
-row with the sums), and with `--csv PATH` one seed 003 row per case appended there.
+row with the sums), and with `--csv PATH` one FOM CSV row per case appended there.
 """
 
 from __future__ import annotations
@@ -25,21 +25,21 @@ from hpcinfer.bench.offline import (
     BenchSettings,
     Progress,
     base_config,
+    case_csv_row,
     case_figures,
     engine_launch,
+    fom_csv_tables,
     model_shape,
     resolve_bench_model,
     resolve_hardware,
     run_cases,
-    seed003_row,
-    seed003_tables,
 )
 from hpcinfer.bench.offline_engine import BatchCase, EngineRun
 from hpcinfer.bench.results import result_document, write_result, write_table
 from hpcinfer.errors import SpecError
 
 CPU_PRESET = "cpu-tiny"
-ACCELERATOR_PRESET = "seed003"
+ACCELERATOR_PRESET = "alcf-fom-405b"
 CASE_FORM = "NAME:INPUT_LEN:OUTPUT_LEN:BATCH_SIZE:MAX_MODEL_LEN"
 
 FOM_CSV_COLUMNS = (
@@ -136,7 +136,7 @@ class FomOutcome:
     document: dict[str, Any]
     json_path: Path
     csv_path: Path
-    seed003_csv: Path | None
+    csv_copy: Path | None
 
 
 def run_fom(
@@ -145,7 +145,7 @@ def run_fom(
     case_texts: Sequence[str],
     progress: Progress,
 ) -> FomOutcome:
-    """Every case, one engine per max-model-len; fom.json, fom.csv (and seed 003 rows)."""
+    """Every case, one engine per max-model-len; fom.json, fom.csv (and the FOM's CSV rows)."""
     if settings.spec.engine.max_model_len is not None:
         raise SpecError(
             "bench fom sets max-model-len per case: drop engine.max_model_len "
@@ -155,7 +155,7 @@ def run_fom(
     source, cases = resolve_cases(
         preset, case_texts, settings.spec.bench.fom_cases, hardware.profile.is_cpu
     )
-    copies = seed003_tables(settings)
+    copies = fom_csv_tables(settings)
     model = resolve_bench_model(settings)
     progress(f"FOM cases from {source}: " + ", ".join(case.name for case in cases))
     groups = group_by_context(cases)
@@ -218,5 +218,5 @@ def run_fom(
     )
     for path in copies:
         for result in results:
-            append_csv_row(path, seed003_row(launch.model_name, result, info.dtype, settings.tp))
+            append_csv_row(path, case_csv_row(launch.model_name, result, info.dtype, settings.tp))
     return FomOutcome(document, json_path, csv_path, copies[0] if copies else None)

@@ -1,12 +1,12 @@
-"""`hpcinfer bench offline`: seed 003's benchmark on an in-process vLLM engine, done right.
+"""`hpcinfer bench offline`: the ALCF inference FOM's benchmark on in-process vLLM, done right.
 
-Seed 003 timed one request holding `batch` copies of the word "France" repeated, without
+Its `infr_bench.py` timed one request holding `batch` copies of the word "France", without
 `ignore_eos` or a warm-up, and computed its FOM by hand. Here a batch is `batch_size`
 separate requests submitted together, each a prompt of exactly `input_len` random token
 ids, each generating exactly `output_len` tokens (`ignore_eos`, `max_tokens`); warm-up
 iterations run first and are not counted; the token counts vLLM reports are checked
 against the asked lengths (a mismatch fails the run) and the figures are computed from
-them (`bench.samples` defines them, `bench.fom` gives seed 003's throughput and FLOP FOM).
+them (`bench.samples` defines them, `bench.fom` gives the FOM's throughput and FLOP FOM).
 
 The engine is built exactly as `hpcinfer run` builds one (`engines.vllm_offline.llm_kwargs`,
 the model resolution, hardware profile and device binding of `run`), in a child process
@@ -20,7 +20,7 @@ tensors are never set up; the error names the engine log), so on CPU use `--tp`.
 Results (see `bench.results`): `DIR/offline.json` with `"result"` holding, besides the
 documented keys, `input_tokens`/`output_tokens` per timed iteration (measured, = batch x
 length), their totals over the timed iterations, per-request TTFT/E2E statistics, and the
-prefill/decode rates; seed 003's row is appended to `DIR/offline.csv` (and `--csv PATH`).
+prefill/decode rates; the FOM's row is appended to `DIR/offline.csv` (and `--csv PATH`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from hpcinfer.bench.fom import (
     append_csv_row,
     case_result,
     check_csv_header,
-    seed003_csv_row,
+    fom_csv_row,
 )
 from hpcinfer.bench.metrics import DEFAULT_PERCENTILES
 from hpcinfer.bench.offline_engine import (
@@ -241,7 +241,7 @@ def model_shape(info: EngineInfo) -> tuple[ModelShape | None, str]:
         shape = ModelShape.from_hf_config(info.text_config)
     except ValueError as exc:
         return None, f"FLOP FOM n/a: {exc}"
-    return shape, f"seed 003's FLOP form with N={shape.layers} layers, d={shape.hidden}"
+    return shape, f"the FOM's FLOP form with N={shape.layers} layers, d={shape.hidden}"
 
 
 def case_figures(
@@ -252,7 +252,7 @@ def case_figures(
     percentiles: Sequence[float],
 ) -> tuple[dict[str, Any], FomResult]:
     """Every figure of one batch shape from its timed iterations (for the result file) and
-    seed 003's (for its CSV and the FOM sum), after checking that each request had exactly
+    the FOM's (for its CSV and the FOM sum), after checking that each request had exactly
     the asked lengths (EngineError otherwise)."""
     check_exact(
         case.name,
@@ -327,9 +327,9 @@ def base_config(
     }
 
 
-def seed003_row(model_name: str, result: FomResult, precision: str, tp: int) -> dict[str, Any]:
-    """Seed 003's CSV row for one case (latency: the mean over the timed iterations, s)."""
-    return seed003_csv_row(
+def case_csv_row(model_name: str, result: FomResult, precision: str, tp: int) -> dict[str, Any]:
+    """The FOM's CSV row for one case (latency: the mean over the timed iterations, s)."""
+    return fom_csv_row(
         model=model_name,
         precision=precision,
         throughput=result.throughput,
@@ -342,8 +342,8 @@ def seed003_row(model_name: str, result: FomResult, precision: str, tp: int) -> 
     )
 
 
-def seed003_tables(settings: BenchSettings, *own: Path) -> tuple[Path, ...]:
-    """The CSV files that get seed 003's rows (`own` and `--csv`), checked before the run
+def fom_csv_tables(settings: BenchSettings, *own: Path) -> tuple[Path, ...]:
+    """The CSV files that get the FOM's rows (`own` and `--csv`), checked before the run
     so a table with another header fails now rather than after the benchmark."""
     paths = (*own, *((settings.csv_copy,) if settings.csv_copy is not None else ()))
     for path in paths:
@@ -351,7 +351,7 @@ def seed003_tables(settings: BenchSettings, *own: Path) -> tuple[Path, ...]:
             check_csv_header(path)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             flag = "--csv " if path == settings.csv_copy else ""
-            raise SpecError(f"{flag}{path}: cannot append seed 003's rows: {exc}") from None
+            raise SpecError(f"{flag}{path}: cannot append the FOM's rows: {exc}") from None
     return paths
 
 
@@ -370,7 +370,7 @@ def run_offline(
     progress: Progress,
 ) -> OfflineOutcome:
     """The whole benchmark: start the engine, time the batch, write offline.json and the
-    seed 003 row(s)."""
+    FOM CSV row(s)."""
     for flag, value in (
         ("--input-len", input_len),
         ("--output-len", output_len),
@@ -384,7 +384,7 @@ def run_offline(
             f"--input-len {input_len} + --output-len {output_len} = {input_len + output_len} "
             f"tokens do not fit --max-model-len {asked_len}: raise it or shorten the lengths"
         )
-    csv_paths = seed003_tables(settings, settings.out_dir / "offline.csv")
+    csv_paths = fom_csv_tables(settings, settings.out_dir / "offline.csv")
     hardware = resolve_hardware(settings)
     model = resolve_bench_model(settings)
     launch = engine_launch(settings, hardware, model, asked_len, batch_size)
@@ -410,7 +410,7 @@ def run_offline(
     )
     document = result_document("offline", config, {"result": figures}, settings.command)
     json_path = write_result(settings.out_dir, document)
-    row = seed003_row(launch.model_name, measured, run.info.dtype, settings.tp)
+    row = case_csv_row(launch.model_name, measured, run.info.dtype, settings.tp)
     for path in csv_paths:
         append_csv_row(path, row)
     return OfflineOutcome(document, json_path, csv_paths)

@@ -81,7 +81,7 @@ class EngineJob:
 @dataclass(frozen=True)
 class EngineInfo:
     """What the started engine says about itself (the model's shape for the FLOP FOM, its
-    dtype for seed 003's precision column, its context length)."""
+    dtype for the FOM CSV's precision column, its context length)."""
 
     max_model_len: int
     dtype: str

@@ -17,10 +17,10 @@ A benchmark run writes into its `--out DIR`:
     - fom: `"cases": [{"name", "input_len", "output_len", "batch_size", "max_model_len",
       "latency_s", "input_tokens", "output_tokens", "throughput", "flops_per_s", "mfu"}],
       "fom": {"throughput", "flops_per_s"}`;
-- `DIR/<kind>.csv`: the same figures as a table (offline: seed 003's row, appended).
+- `DIR/<kind>.csv`: the same figures as a table (offline: the ALCF inference FOM's row, appended).
 
-A rerun into the same DIR replaces `<kind>.json` (and appends to seed 003's CSV, as the
-seed's script did).
+A rerun into the same DIR replaces `<kind>.json` (and appends to the FOM's CSV, as its
+`infr_bench.py` did).
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ clock, as the process driving the engine saw it:
 
 - a request's TTFT: submit -> the engine step that returned its first output token;
 - a request's E2E: submit -> the step that returned its last token;
-- the batch's latency: submit -> the last request finished, seed 003's end-to-end L.
+- the batch's latency: submit -> the last request finished, the ALCF inference FOM's end-to-end L.
 
 From several timed iterations of the same batch shape:
 
-- throughput (seed 003): (input + output tokens) / L, computed as the tokens of all timed
+- throughput (the FOM's): (input + output tokens) / L, computed as the tokens of all timed
   iterations over the sum of their latencies, i.e. one iteration's tokens / mean latency;
 - prefill rate: input tokens / time to the batch's last first token (every prompt has been
   prefilled by then; with chunked prefill some decoding overlaps, so this is a lower bound

@@ -9,7 +9,8 @@ from __future__ import annotations
 import typer
 
 BENCH_HELP = (
-    "Benchmarks: `offline` (in-process vLLM, seed 003's throughput and the FLOP FOM), `serve` "
+    "Benchmarks: `offline` (in-process vLLM, the ALCF inference FOM's throughput and FLOP form), "
+    "`serve` "
     "(latency and throughput of OpenAI-compatible servers under load), `fom` (FOM1 + FOM2 + "
     "FOM3). Each writes JSON and CSV into --out; `hpcinfer report DIR` renders them as HTML."
 )

@@ -24,13 +24,14 @@ OFFLINE_EPILOG = (
     "--input-len 128 --output-len 128 --batch-size 8 --out bench-out`; add `--tp 2` for "
     "tensor parallelism. A real model: `hpcinfer bench offline --model /models/Llama-3.1-8B "
     "--tp 4 --input-len 1024 --output-len 1024 --batch-size 32 --csv fom.csv`. Writes "
-    "DIR/offline.json and appends seed 003's row to DIR/offline.csv (and --csv PATH). "
+    "DIR/offline.json and appends the ALCF inference FOM's CSV row to DIR/offline.csv "
+    "(and --csv PATH). "
     "Exit codes: 0 done; 1 the engine failed (its log is named); 2 bad flags or spec."
 )
 FOM_EPILOG = (
     "Example (the built-in tiny model on a CPU, about a minute): `hpcinfer bench fom "
     "--preset cpu-tiny --out bench-out`. A real model: `hpcinfer bench fom --model "
-    "/models/Llama-3.1-8B --tp 4 --preset seed003`, or your own cases: `--case "
+    "/models/Llama-3.1-8B --tp 4 --preset alcf-fom-405b`, or your own cases: `--case "
     "FOM1:3584:512:8:4096 --case FOM2:512:3584:8:4096 --case FOM3:1024:1024:8:16384` "
     "(NAME:INPUT_LEN:OUTPUT_LEN:BATCH_SIZE:MAX_MODEL_LEN) or bench.fom_cases in SPEC.yaml. "
     "Writes DIR/fom.json and DIR/fom.csv. Exit codes: 0 done; 1 an engine failed (its log "
@@ -81,7 +82,7 @@ TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature (0: gr
 PercentilesOpt = Annotated[str, typer.Option(help="Latency percentiles to report, e.g. 50,90,99.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Directory for the result files.")]
 CsvOpt = Annotated[
-    Path | None, typer.Option(help="Also append seed 003's CSV row(s) to this file.")
+    Path | None, typer.Option(help="Also append the ALCF inference FOM's CSV row(s) to this file.")
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -220,11 +221,11 @@ def offline(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Seed 003's benchmark on an in-process vLLM engine, with exact lengths and warm-up.
+    """The ALCF inference FOM's benchmark on an in-process vLLM engine, exact lengths, warm-up.
 
     Reports throughput, latency, prefill and decode rates, the FLOP FOM and MFU.
     Each iteration submits --batch-size requests of exactly --input-len random token ids
-    (ignore_eos, max_tokens = --output-len) and waits for all: its latency L is seed 003's
+    (ignore_eos, max_tokens = --output-len) and waits for all: its latency L is the FOM's
     end to end. Throughput = (input + output tokens) / L (over the timed iterations:
     their tokens over their summed latencies); prefill = input tokens / time to the last
     first token; decode = later output tokens / the rest of L.
@@ -286,7 +287,9 @@ def fom(
     spec_file: SpecFile = None,
     preset: Annotated[
         str | None,
-        typer.Option(help="cpu-tiny or seed003 (default: cpu-tiny on a CPU, seed003 otherwise)."),
+        typer.Option(
+            help="cpu-tiny or alcf-fom-405b (default: cpu-tiny on a CPU, alcf-fom-405b otherwise)."
+        ),
     ] = None,
     case: Annotated[
         list[str] | None,
@@ -318,7 +321,7 @@ def fom(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Seed 003's FOM = FOM1 + FOM2 + FOM3, each case measured, and the sum.
+    """The ALCF inference FOM = FOM1 + FOM2 + FOM3, each case measured, and the sum.
 
     FOM1 is prefill-heavy, FOM2 decode-heavy, FOM3 has a large max-model-len; each case is
     timed as `bench offline` times a batch. Cases sharing a max-model-len share one engine;
@@ -392,8 +395,8 @@ def _print_fom(outcome: Any) -> None:
     console.print(table)
     notes = [config["flops_note"], config["mfu_note"]]
     paths = [outcome.json_path, outcome.csv_path]
-    if outcome.seed003_csv is not None:
-        paths.append(outcome.seed003_csv)
+    if outcome.csv_copy is not None:
+        paths.append(outcome.csv_copy)
     console.print(
         "\n".join([*notes, "results: " + ", ".join(str(p) for p in paths)]), highlight=False
     )

@@ -138,7 +138,7 @@ def run(
     ] = None,
     export: Annotated[
         list[str] | None,
-        typer.Option(help="jsonl, text (seed-000 .out files), parquet; repeatable."),
+        typer.Option(help="jsonl, text (simple_test.py-style .out files), parquet; repeatable."),
     ] = None,
     include_prompt: Annotated[
         bool | None, typer.Option("--include-prompt/--no-include-prompt")

@@ -1,4 +1,4 @@
-"""What the scheduler gave this job, and which rank this process is (REFERENCE §1).
+"""What the scheduler gave this job, and which rank this process is (PBS, Slurm, MPI).
 
 Everything here reads the environment (and at most one file, or one scheduler query for
 the remaining walltime), so a batch script, a launcher and a rank all agree on the same

@@ -48,7 +48,7 @@ def _intel(profile: HardwareProfile, group: DeviceGroup, tp: int) -> BindingEnv:
 
     A single-tile GPU has no sub-devices, so its mask entry is just '<gpu>'. PCI ordering
     makes the indices match the node's physical layout; EnableWalkerPartition is unset so
-    a kernel is not split across tiles behind our back (seed 000, gpu_tile_compact.sh).
+    a kernel is not split across tiles behind our back (Aurora-Inferencing's gpu_tile_compact.sh).
     """
     env: BindingEnv = {}
     if profile.flat_hierarchy:

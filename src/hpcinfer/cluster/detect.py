@@ -1,6 +1,6 @@
 """Find out what this node has, for runs that say ``hardware: auto``.
 
-Detection asks each vendor's own tool in turn (the seed scripts' methods) and falls back to
+Detection asks each vendor's own tool in turn (as the scripts users run do) and falls back to
 the CPU. It only counts devices: anything finer (flat hierarchy, peak figures) belongs in a
 profile, and ``HPCINFER_PROFILE=<name or path>`` beats detection for machines that need one.
 
@@ -70,7 +70,7 @@ def _is_multi_tile(text: str) -> bool:
 
 
 def _detect_intel(runner: Runner, i915: Path) -> HardwareProfile | None:
-    """Seed 000's method: one entry per GPU under the i915 driver's PCI folder.
+    """gpu_tile_compact.sh's method: one entry per GPU under the i915 driver's PCI folder.
 
     Counting the PCI addresses (``0000:8a:00.0``...) rather than every entry skips the
     driver's own files (bind, unbind, uevent). Two tiles when the part is a Max/PVC.

@@ -1,6 +1,6 @@
 """Which devices each worker on a node gets, decided once and shown before anything starts.
 
-The device order follows seed 000 (gpu_tile_compact.sh): in "compact" order local rank r
+The device order follows Aurora-Inferencing's gpu_tile_compact.sh: in "compact" order local rank r
 takes ``gpu = (r // tiles_per_gpu) % num_gpus``, ``tile = r % tiles_per_gpu``, so the tiles
 of one GPU are filled first; "scatter" spreads consecutive ranks over GPUs first
 (``gpu = r % num_gpus``, ``tile = (r // num_gpus) % tiles_per_gpu``). A tensor-parallel

@@ -1,8 +1,9 @@
 """Which endpoint gets the next request: least outstanding requests, bounded per endpoint.
 
 Least-outstanding routing sends work where it finishes soonest: a slow server (long outputs,
-a busy node) keeps its requests longer and so gets fewer new ones, where seed 001's fixed
-split left fast hosts idle. An endpoint that fails `eject_after` times in a row leaves the
+a busy node) keeps its requests longer and so gets fewer new ones, where the Aurora vLLM server
+scripts' fixed split left fast hosts idle. An endpoint that fails `eject_after` times in a
+row leaves the
 rotation and is re-checked (`/health`) with backoff before it takes requests again. Plain
 bookkeeping, no I/O: the dispatcher owns the clock and the HTTP calls.
 """

@@ -4,8 +4,9 @@ An asyncio streaming client (aiohttp, uvloop when installed) runs in a backgroun
 the worker, so the worker loop, the output store, resume and exit codes are exactly those of
 the offline engine. Requests are started only when an endpoint has a free slot (a bound per
 endpoint, least outstanding first), so a million queued records cost no coroutines. Every
-result keeps its own record id: requests are keyed, never matched in completion order (seed
-001's bug). Connection errors, 5xx, timeouts, malformed and truncated streams are retried on
+result keeps its own record id: requests are keyed, never matched in completion order (the
+bug of the Aurora vLLM server scripts' client).
+Connection errors, 5xx, timeouts, malformed and truncated streams are retried on
 another endpoint with backoff; a record becomes an error row only when its retries run out,
 or at once when a server refuses it for good (4xx). When no endpoint has answered for
 `client.all_down_s`, the run fails and committed work is kept for the rerun.

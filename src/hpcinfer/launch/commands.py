@@ -142,7 +142,8 @@ def remote_command(req: LaunchRequest, cwd: str | None = None) -> str:
 
 
 def ssh_fanout(req: LaunchRequest, ssh: str = "ssh", cwd: str | None = None) -> list[list[str]]:
-    """One ssh command per host, each starting the command once (seed 001's server per host).
+    """One ssh command per host, each starting the command once (as the Aurora vLLM
+    server scripts start one server per host).
 
     ``cwd`` is where the command runs (an ssh session otherwise starts in $HOME); pass the
     job's directory on the shared file system. ssh starts one process per host and binds

@@ -1,6 +1,7 @@
 """Node-local commit buffer (`output.local_dir`): commit fast, move to the shared store after.
 
-Seed 001 wrote results to /dev/shm and tarred them to the shared file system at the end: a
+The Aurora vLLM server scripts wrote results to /dev/shm and tarred them to the shared file
+system at the end: a
 node that died before the tar lost everything, and every node left one archive. Here a
 worker commits each unit to a node-local directory (quick, whatever the shared file system
 is doing), and a mover thread copies it into the shared store's `units/` as a unit file of

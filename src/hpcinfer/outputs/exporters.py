@@ -42,7 +42,7 @@ def export_all(
                 if source not in text_files:
                     path = out_dir / "text" / names.name_for(source)
                     text_files[source] = stack.enter_context(atomic_writer(path))
-                text_files[source].write(seed_text_block(row))
+                text_files[source].write(text_export_block(row))
     if "parquet" in spec.exports:
         write_parquet(out_dir / "results.parquet", out_dir / "results.jsonl", spec.include_prompt)
     return counts
@@ -66,7 +66,7 @@ def public_row(row: dict[str, Any], include_prompt: bool) -> dict[str, Any]:
 
 
 def text_export_name(source: str) -> str:
-    """`prompts/3.in` -> `prompts/3.out` (seed 000's `{rank}.in` -> `{rank}.out`)."""
+    """`prompts/3.in` -> `prompts/3.out` (simple_test.py's `{rank}.in` -> `{rank}.out`)."""
     path = PurePosixPath(source)
     if path.is_absolute() or ".." in path.parts:
         path = PurePosixPath(path.name)
@@ -92,8 +92,8 @@ class TextNames:
         raise RuntimeError(f"no free text export name for {source}")
 
 
-def seed_text_block(row: dict[str, Any]) -> str:
-    """Seed 000's format: `Prompt: {prompt!r}, Generated text: {text!r}`; errors are kept."""
+def text_export_block(row: dict[str, Any]) -> str:
+    """simple_test.py's format: `Prompt: {prompt!r}, Generated text: {text!r}`; errors are kept."""
     prompt = row.get("prompt") if "prompt" in row else row.get("messages")
     if row.get("status") == "ok":
         return f"Prompt: {prompt!r}, Generated text: {row.get('text')!r}\n"

@@ -89,7 +89,8 @@ def fom_section(path: Path, document: Mapping[str, Any]) -> Section:
                 "MFU",
             ),
             rows=tuple(rows),
-            note="Throughput is seed 003's: (input + output tokens) / end-to-end latency of "
+            note="Throughput is the ALCF inference FOM's: (input + output tokens) / end-to-end "
+            "latency of "
             "the case's batch; FOM = the sum over the cases. MFU n/a: no peak FLOPS known "
             "for this hardware." + note,
         )

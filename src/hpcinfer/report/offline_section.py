@@ -51,7 +51,7 @@ def offline_section(path: Path, document: Mapping[str, Any]) -> Section:
         rows.append((f"latency {stat} (s)", fmt(get_num(latency, stat))))
     rows += [(f"latency {key} (s)", fmt(value)) for key, value in percentiles]
     rows += [
-        ("FLOP FOM (seed 003 estimate)", fmt_flops(get_num(result, "flops_per_s"))),
+        ("FLOP FOM (ALCF FOM estimate)", fmt_flops(get_num(result, "flops_per_s"))),
         ("MFU (model FLOPs utilisation)", fmt_pct(mfu) if mfu is not None else MFU_MISSING),
     ]
     blocks: list[Table | Plot] = [
@@ -59,8 +59,9 @@ def offline_section(path: Path, document: Mapping[str, Any]) -> Section:
             title="Offline figures",
             columns=("figure", "value"),
             rows=tuple(rows),
-            note="Throughput is seed 003's: all tokens (input + output) over the end-to-end "
-            "latency of an iteration. The FLOP FOM is the seed's estimate "
+            note="Throughput is the ALCF inference FOM's: all tokens (input + output) over the "
+            "end-to-end "
+            "latency of an iteration. The FLOP FOM is the ALCF FOM's estimate "
             "(C_prefill + C_decode) / L, not a measured count.",
         )
     ]
@@ -99,7 +100,7 @@ def read_offline(
     flops = get_num(result, "flops_per_s")
     mfu = get_num(result, "mfu")
     if flops is not None:
-        text = f"By seed 003's FLOP estimate that is {fmt_flops(flops)}"
+        text = f"By the ALCF FOM's FLOP estimate that is {fmt_flops(flops)}"
         text += (
             f", {fmt_pct(mfu)} of the devices' peak (MFU)."
             if mfu is not None

@@ -1,6 +1,7 @@
 """`hpcinfer run --engine vllm-server`: start a fleet, dispatch the whole job to it, stop it.
 
-Seed 001 end to end, without its flaws: the servers are placed on the node's devices, their
+The Aurora vLLM server scripts (Aurora-Inferencing) end to end, without their flaws:
+the servers are placed on the node's devices, their
 readiness has a timeout and watches the processes, the dispatcher balances every record
 over every server (no file per host), and the servers are stopped whatever happens (signal,
 failure, success). The registry of the fleet lives in the output directory

@@ -166,7 +166,8 @@ def _placement(spec: JobSpec, profile: HardwareProfile, units_left: int | None) 
 
 def rank_placement(spec: JobSpec, profile: HardwareProfile, ctx: RankContext) -> PlacementPlan:
     """A rank's workers: with several ranks on the node, the one device group of its local
-    rank (seed 000's compact tile mapping); alone on its node, one worker per group."""
+    rank (simple_test.py's compact tile mapping, gpu_tile_compact.sh);
+    alone on its node, one worker per group."""
     if ctx.info.local_size == 1 or dispatching(spec):
         return _placement(spec, profile, None)
     tp, mode = spec.engine.tensor_parallel_size, spec.workers.placement

@@ -7,7 +7,8 @@ that runs.
 - dynamic (default): guided self-scheduling. A worker gets as many units as keep its engine
   full, but with other workers alive no more than half its even share of what is left, so
   the share shrinks as the job ends and a slow worker never holds the tail.
-- static (seed 000): every unit belongs to the worker numbered like its input file
+- static (Aurora-Inferencing's simple_test.py): every unit belongs to the worker numbered
+  like its input file
   (`7.in` -> worker 7; other names: the file's position in the input list, modulo the
   workers). A unit whose owner died goes to whoever asks, so a crash never strands work.
 """
@@ -52,8 +53,9 @@ _NUMBERED = re.compile(r"(?:.*/)?(\d+)(?:\.[^/]*)?")
 
 
 def static_owners(sources: list[str], workers: int) -> dict[str, int]:
-    """Input file -> worker for the static policy: `{rank}.in` files go to that rank (seed
-    000), any other naming to the file's position in the input list, modulo the workers."""
+    """Input file -> worker for the static policy: `{rank}.in` files go to that rank (as in
+    Aurora-Inferencing's simple_test.py),
+    any other naming to the file's position in the input list, modulo the workers."""
     numbers = [_NUMBERED.fullmatch(s) for s in sources]
     if all(numbers):
         return {s: int(m.group(1)) % workers for s, m in zip(sources, numbers, strict=True) if m}

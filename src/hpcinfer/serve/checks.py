@@ -1,5 +1,5 @@
 """`hpcinfer endpoints`: is every endpoint of a registry (or a list of URLs) up right now,
-and waiting until it is (seed 001's test_servers.sh, with a deadline).
+and waiting until it is (the Aurora vLLM server scripts' test_servers.sh, with a deadline).
 
 Endpoints are checked concurrently, each with a short timeout, so one hung server does not
 hide the others. While waiting, a registry that does not exist yet (the servers are still

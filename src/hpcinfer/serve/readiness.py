@@ -1,6 +1,7 @@
 """Is a just-started server ready? Poll it, and never wait on a server that is gone.
 
-Seed 001 waited `until curl -sf http://host:8000/health` with no timeout and no look at the
+The Aurora vLLM server scripts (Aurora-Inferencing) waited
+`until curl -sf http://host:8000/health` with no timeout and no look at the
 server process, so a server that crashed at start-up held the node until walltime. Here
 every poll first asks whether the process still runs (a crash is reported within one poll
 interval, with the log's tail), every request has its own timeout, and the whole wait has a

@@ -1,6 +1,7 @@
 """Where a staged model lives, and what `hpcinfer run` must be given to read that copy.
 
-Seed 001 staged weights to one directory and started a server that read another (its
+The Aurora vLLM server scripts staged weights to one directory and started a
+server that read another (its
 HF_HOME still pointed at the shared file system). Everything that decides a staged path is
 here, in pure functions, so `hpcinfer stage`, its printed advice and the job scripts of
 `hpcinfer submit` cannot disagree:

@@ -1,9 +1,10 @@
-"""Seed 001's client, reimplemented for a fair benchmark against hpcinfer's dispatcher.
+"""The client of the Aurora vLLM server scripts (Aurora-Inferencing), rebuilt
+for a fair benchmark against hpcinfer's dispatcher.
 
-    .venv/bin/python bench/seed001_client.py WORKLOAD.jsonl --url http://127.0.0.1:8000 \
+    .venv/bin/python bench/aurora_vllm_client.py WORKLOAD.jsonl --url http://127.0.0.1:8000 \
         --model tiny --out rows.jsonl
 
-What is kept from the seed (its `test.coli_v2.py`, run once per host on that host's file):
+What is kept from the scripts (their `test.coli_v2.py`, run once per host on that host's file):
 the OpenAI Python client; one non-streaming `chat.completions.create` per prompt with the
 prompt as one user message and `temperature=0.0`; batches of 32 prompts, each batch
 submitted at once to a fresh thread pool of 32 and waited for with `as_completed` until its
@@ -11,12 +12,12 @@ slowest request is back, before the next batch starts; one retry of a failed req
 the record is lost; requests go to the one server of its host.
 
 What is changed, so that both clients do exactly the same token work: each request asks
-for the record's own `max_tokens` with `ignore_eos` (the seed asked for 1,024 and stopped
-at EOS), and answers are kept with their own record id (the seed paired answers with ids
+for the record's own `max_tokens` with `ignore_eos` (the scripts asked for 1,024 and stopped
+at EOS), and answers are kept with their own record id (the scripts paired answers with ids
 in completion order, a correctness bug that costs no time). Rows go to a JSONL file instead
 of timestamped prints. The last line on stdout is a JSON object with the dispatch window
 (wall-clock start and end of the batches), so the bench can time several of these processes
-running at once, as the seed ran one per host.
+running at once, as the scripts ran one per host.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ POOL_SIZE = 32
 def call_batch(
     client: OpenAI, model: str, batch: list[dict[str, Any]]
 ) -> list[tuple[dict[str, Any], Any]]:
-    """The seed's call_model: the whole batch at once, back when the slowest answer is."""
+    """The scripts' call_model: the whole batch at once, back when the slowest answer is."""
 
     def one(record: dict[str, Any]) -> Any:
         def create() -> Any:
@@ -53,7 +54,7 @@ def call_batch(
 
         try:
             return create()
-        except Exception:  # the seed retried once, then gave up on the record
+        except Exception:  # the scripts retried once, then gave up on the record
             try:
                 return create()
             except Exception:
