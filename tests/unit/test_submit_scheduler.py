@@ -9,14 +9,10 @@ from pathlib import Path
 import pytest
 
 from hpcinfer.errors import SpecError
-from hpcinfer.submit.scheduler import (
-    CommandResult,
-    PbsScheduler,
-    SchedulerError,
-    SlurmScheduler,
-    check_job_id,
-    detect_scheduler,
-)
+from hpcinfer.submit.pbs import PbsScheduler
+from hpcinfer.submit.scheduler import CommandResult, SchedulerError, check_job_id
+from hpcinfer.submit.schedulers import detect_scheduler
+from hpcinfer.submit.slurm import SlurmScheduler
 from hpcinfer.submit.states import JobState
 
 

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hpcinfer.submit.states import (
-    PBS_JOB_STATES,
-    SLURM_STATES,
-    JobState,
-    JobStatus,
-    pbs_state,
-    slurm_state,
-)
+from hpcinfer.submit.pbs import PBS_JOB_STATES, pbs_state
+from hpcinfer.submit.slurm import SLURM_STATES, slurm_state
+from hpcinfer.submit.states import JobState, JobStatus
 
 
 @pytest.mark.parametrize(

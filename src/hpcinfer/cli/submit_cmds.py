@@ -10,16 +10,13 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from hpcinfer.errors import SpecError
-
-if TYPE_CHECKING:
-    from hpcinfer.submit.options import Scheduler
 
 err = Console(stderr=True)
 
@@ -56,12 +53,10 @@ _SUBMIT_FLAGS = {
 }
 
 
-def _scheduler_option(value: str | None) -> Scheduler | None:
-    if value is None:
-        return None
-    if value not in ("pbs", "slurm"):
-        raise SpecError(f"--scheduler {value!r}: choose pbs or slurm")
-    return value  # type: ignore[return-value]
+def _scheduler_option(value: str | None) -> str | None:
+    from hpcinfer.submit.schedulers import scheduler_class
+
+    return None if value is None else scheduler_class(value).name
 
 
 def _with_job_flags(spec: Any, flags: dict[str, Any]) -> Any:
@@ -113,7 +108,7 @@ def submit(
 ) -> None:
     from hpcinfer.core.spec_loading import load_job_spec
     from hpcinfer.submit.prepare import prepare_job
-    from hpcinfer.submit.scheduler import get_scheduler
+    from hpcinfer.submit.schedulers import get_scheduler
 
     if spec_file.suffix not in (".yaml", ".yml"):
         raise SpecError(f"{spec_file}: give the job spec as a .yaml file")
@@ -157,7 +152,7 @@ def submit(
 
 
 def _scheduler_for(value: str | None) -> Any:
-    from hpcinfer.submit.scheduler import detect_scheduler, get_scheduler
+    from hpcinfer.submit.schedulers import detect_scheduler, get_scheduler
 
     return get_scheduler(_scheduler_option(value) or detect_scheduler())
 

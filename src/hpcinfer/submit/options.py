@@ -15,6 +15,8 @@ from hpcinfer.errors import SpecError
 from hpcinfer.submit import checks
 from hpcinfer.submit.walltime import parse_walltime
 
+# The names submit.schedulers registers (a unit test keeps the two the same); the spec
+# takes only these, so a typo fails when the spec is read, not at submit time.
 Scheduler = Literal["pbs", "slurm"]
 
 DEFAULT_PASS_ENV = ["HF_TOKEN", "HF_HOME", "HPCINFER_CACHE"]

@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -21,7 +21,7 @@ from hpcinfer.outputs.atomic import write_text_atomic
 from hpcinfer.spec import JobSpec, build_spec
 from hpcinfer.submit.options import Scheduler
 from hpcinfer.submit.render import JobFiles, render_job_script
-from hpcinfer.submit.scheduler import detect_scheduler
+from hpcinfer.submit.schedulers import detect_scheduler, scheduler_class
 
 
 @dataclass(frozen=True)
@@ -76,14 +76,14 @@ def absolute_spec(spec: JobSpec, cwd: Path) -> JobSpec:
 
 
 def choose_scheduler(
-    flag: Scheduler | None,
+    flag: str | None,
     spec: JobSpec,
     profile: HardwareProfile,
     which: Callable[[str], str | None] = shutil.which,
-) -> Scheduler:
+) -> str:
     """--scheduler, else job.scheduler, else the profile's, else the one on PATH."""
     site = profile.job_env.scheduler if profile.job_env else None
-    return flag or spec.job.scheduler or site or detect_scheduler(which)
+    return scheduler_class(flag or spec.job.scheduler or site or detect_scheduler(which)).name
 
 
 def spec_yaml(spec: JobSpec) -> str:
@@ -96,7 +96,7 @@ def spec_yaml(spec: JobSpec) -> str:
 def prepare_job(
     spec: JobSpec,
     cwd: Path,
-    scheduler: Scheduler | None = None,
+    scheduler: str | None = None,
     hpcinfer: list[str] | None = None,
     which: Callable[[str], str | None] = shutil.which,
 ) -> PreparedJob:
@@ -104,7 +104,7 @@ def prepare_job(
     resolved = absolute_spec(spec, cwd)
     profile = resolve_profile(resolved.workers.profile)
     chosen = choose_scheduler(scheduler, resolved, profile, which)
-    resolved.job.scheduler = chosen
+    resolved.job.scheduler = cast(Scheduler, chosen)  # a registered name
     files = JobFiles.for_spec(resolved, chosen)
     script = render_job_script(resolved, chosen, profile, files, cwd, hpcinfer)
     return PreparedJob(files, resolved, spec_yaml(resolved), script, profile)

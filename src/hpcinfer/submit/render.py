@@ -1,9 +1,10 @@
-"""A complete job script per scheduler: directives, environment, launcher line, resubmission.
+"""A complete job script for any scheduler: directives, environment, launcher line, resubmission.
 
-The layout lives in Jinja2 templates (``templates/job.pbs.j2``, ``job.slurm.j2``); every
-value they place arrives here already quoted or checked, so the templates hold no quoting
-decisions. The launcher line comes from the pure functions of ``hpcinfer.launch`` (PALS or
-Hydra ``mpiexec`` under PBS, ``srun`` under Slurm), joined with ``shlex.join``.
+The scheduler (``submit.schedulers``) supplies its directives, launcher, template and
+shebang; this module never branches on its name. The layout lives in Jinja2 templates
+(``templates/job.pbs.j2``, ``job.slurm.j2``); every value they place arrives here already
+quoted or checked, so the templates hold no quoting decisions. Launcher lines are joined
+with ``shlex.join``.
 """
 
 from __future__ import annotations
@@ -17,21 +18,15 @@ import jinja2
 
 from hpcinfer.cluster import HardwareProfile, plan_placement
 from hpcinfer.errors import SpecError
-from hpcinfer.launch import LaunchRequest, mpiexec_mpich, srun
+from hpcinfer.launch import LaunchRequest
 from hpcinfer.spec import JobSpec
-from hpcinfer.submit.directives import Request, pbs_directives, slurm_directives
+from hpcinfer.submit.directives import Request
 from hpcinfer.submit.environment import environment_lines, merge_environment
-from hpcinfer.submit.options import Scheduler
+from hpcinfer.submit.scheduler import BatchScheduler
+from hpcinfer.submit.schedulers import get_scheduler, scheduler_class, scheduler_names
 
-SCRIPT_NAMES: dict[Scheduler, str] = {"pbs": "job.pbs", "slurm": "job.slurm"}
 JOB_DIR_NAME = "job"
 SPEC_NAME = "spec.yaml"
-# `hpcinfer run --launcher`: which launcher started the ranks (each rank joins the one job).
-RUN_LAUNCHER: dict[Scheduler, str] = {"pbs": "mpi", "slurm": "srun"}
-_JOB_ID_VAR: dict[Scheduler, str] = {"pbs": "PBS_JOBID", "slurm": "SLURM_JOB_ID"}
-# PBS runs the script in a fresh login environment (module is defined there); Slurm
-# passes the submitting shell's environment on, which a login shell could undo.
-_SHEBANG: dict[Scheduler, str] = {"pbs": "#!/bin/bash -l", "slurm": "#!/bin/bash"}
 
 
 @dataclass(frozen=True)
@@ -39,10 +34,10 @@ class JobFiles:
     """Where a submitted job keeps its files: ``<output dir>/job/``, stable across resubmits."""
 
     job_dir: Path
-    scheduler: Scheduler
+    scheduler: str
 
     @classmethod
-    def for_spec(cls, spec: JobSpec, scheduler: Scheduler) -> JobFiles:
+    def for_spec(cls, spec: JobSpec, scheduler: str) -> JobFiles:
         return cls(Path(spec.output.dir) / JOB_DIR_NAME, scheduler)
 
     @property
@@ -51,7 +46,7 @@ class JobFiles:
 
     @property
     def script(self) -> Path:
-        return self.job_dir / SCRIPT_NAMES[self.scheduler]
+        return self.job_dir / scheduler_class(self.scheduler).script_name
 
 
 def default_hpcinfer() -> list[str]:
@@ -67,37 +62,24 @@ def ranks_per_node(spec: JobSpec, profile: HardwareProfile) -> int:
     return len(plan.placements)
 
 
-def _cpu_bind(spec: JobSpec, scheduler: Scheduler) -> str | None:
-    """PALS takes a list of core ranges per rank as ``list:0-7:8-15``; srun has no such form."""
-    value = spec.job.cpu_bind
-    if not isinstance(value, list):
-        return value
-    if scheduler == "slurm":
-        raise SpecError(
-            "job.cpu_bind as a list is PALS syntax (PBS); for srun write one string such as "
-            "'cores' or 'map_cpu:0,8'"
-        )
-    return "list:" + ":".join(value)
-
-
-def _gpus_per_node(spec: JobSpec, profile: HardwareProfile, scheduler: Scheduler) -> int:
+def _gpus_per_node(spec: JobSpec, profile: HardwareProfile, scheduler: BatchScheduler) -> int:
     if spec.job.gpus_per_node is not None:
         return spec.job.gpus_per_node
-    return profile.gpus_per_node if scheduler == "slurm" else 0
+    return profile.gpus_per_node if scheduler.requests_gpus else 0
 
 
 def launch_argv(
     spec: JobSpec,
-    scheduler: Scheduler,
+    scheduler: BatchScheduler,
     spec_path: Path,
     hpcinfer: list[str],
     ranks: int,
     run_options: tuple[str, ...] = (),
 ) -> list[str]:
-    """`mpiexec ... hpcinfer run SPEC` (PBS) or `srun ... hpcinfer run SPEC` (Slurm); a
+    """`mpiexec ... hpcinfer run SPEC` (PBS), `srun ... hpcinfer run SPEC` (Slurm); a
     one-shot server fleet (engine vllm-server) runs once and starts one serve rank per node
     itself, so its line is the bare command."""
-    command = [*hpcinfer, "run", str(spec_path), "--launcher", RUN_LAUNCHER[scheduler]]
+    command = [*hpcinfer, "run", str(spec_path), "--launcher", scheduler.run_launcher]
     if spec.engine.kind == "vllm-server":
         if spec.job.nodes > 1:
             from hpcinfer.serve.plan import check_reachable
@@ -108,13 +90,13 @@ def launch_argv(
         command=[*command, *run_options],
         nodes=spec.job.nodes,
         ranks_per_node=ranks,
-        cpu_bind=_cpu_bind(spec, scheduler),
+        cpu_bind=scheduler.cpu_bind(spec.job.cpu_bind),
     )
-    return mpiexec_mpich(request) if scheduler == "pbs" else srun(request)
+    return scheduler.launch(request)
 
 
 def stage_lines(
-    spec: JobSpec, scheduler: Scheduler, hpcinfer: list[str]
+    spec: JobSpec, scheduler: BatchScheduler, hpcinfer: list[str]
 ) -> tuple[list[str], tuple[str, ...]]:
     """With `job.stage_to`: the staging step (one rank per node) and the exports it implies,
     plus the `--model` the run must then use, so the run reads exactly what was staged."""
@@ -131,7 +113,7 @@ def stage_lines(
     request = LaunchRequest(
         command=[*hpcinfer, "stage", spec.model, "--to", to], nodes=spec.job.nodes, ranks_per_node=1
     )
-    step = mpiexec_mpich(request) if scheduler == "pbs" else srun(request)
+    step = scheduler.launch(request)
     model, env = staged_location(spec.model, to)
     fail = shlex.quote(f"staging {spec.model} to {to} failed")
     lines = [f"{shlex.join(step)} || hpcinfer_fail {fail}"]
@@ -152,7 +134,7 @@ def _templates() -> jinja2.Environment:
 
 def render_job_script(
     spec: JobSpec,
-    scheduler: Scheduler,
+    scheduler_name: str,
     profile: HardwareProfile,
     files: JobFiles,
     workdir: Path,
@@ -164,6 +146,7 @@ def render_job_script(
     environment (default: this interpreter's ``-m hpcinfer``); after an activation it is
     plain ``hpcinfer`` from that environment.
     """
+    scheduler = get_scheduler(scheduler_name)
     env = merge_environment(spec.job, profile)
     ranks = ranks_per_node(spec, profile)
     request = Request(
@@ -171,8 +154,9 @@ def render_job_script(
         ranks_per_node=ranks,
         gpus_per_node=_gpus_per_node(spec, profile, scheduler),
         log_dir=files.job_dir,
+        other_schedulers=tuple(name for name in scheduler_names() if name != scheduler.name),
     )
-    directives = pbs_directives(request) if scheduler == "pbs" else slurm_directives(request)
+    directives = scheduler.directives(request)
     command = ["hpcinfer"] if env.activates else list(hpcinfer or default_hpcinfer())
     staging, run_options = stage_lines(spec, scheduler, command)
     launch = "\n".join(
@@ -181,15 +165,15 @@ def render_job_script(
             shlex.join(launch_argv(spec, scheduler, files.spec, command, ranks, run_options)),
         ]
     )
-    template = _templates().get_template(f"{SCRIPT_NAMES[scheduler]}.j2")
+    template = _templates().get_template(scheduler.template)
     return template.render(
-        shebang=_SHEBANG[scheduler],
+        shebang=scheduler.shebang,
         directives=directives,
         resubmit=spec.job.resubmit,
         env_lines=environment_lines(env),
         job_dir=shlex.quote(str(files.job_dir)),
         script=shlex.quote(str(files.script)),
-        job_id_expr=f"${{{_JOB_ID_VAR[scheduler]}:-unknown}}",
+        job_id_expr=f"${{{scheduler.job_id_var}:-unknown}}",
         workdir=shlex.quote(str(workdir)),
         cd_error=shlex.quote(f"cannot cd to {workdir}"),
         launch=launch,
