@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hpcinfer.core.durations import parse_duration
 from hpcinfer.errors import SpecError
 from hpcinfer.submit.options import JobScriptSpec
 
@@ -247,7 +247,8 @@ class JobSpec(_Model):
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     time_limit: str | float | None = Field(
         None,
-        description="Stop taking new work after this long: '90s', '45m', '2h', '1h30m'. "
+        description="Stop taking new work after this long: '90s', '45m', '1.5h', '2d', '1h30m', "
+        "'HH:MM:SS' or 'D-HH:MM:SS'. "
         "Inside a PBS or Slurm job the default is the job's remaining walltime less a margin.",
     )
     job: JobScriptSpec = Field(default_factory=JobScriptSpec)
@@ -259,11 +260,13 @@ class JobSpec(_Model):
     @classmethod
     def _check_time_limit(cls, value: str | float | None) -> str | float | None:
         if value is not None:
-            parse_duration(value)
+            parse_duration(value, what="time_limit")
         return value
 
     def time_limit_seconds(self) -> float | None:
-        return None if self.time_limit is None else parse_duration(self.time_limit)
+        if self.time_limit is None:
+            return None
+        return parse_duration(self.time_limit, what="time_limit")
 
     def identity(self) -> dict[str, Any]:
         """The fields that must not change when a run resumes (worker count, TP, exports may).
@@ -284,31 +287,6 @@ class JobSpec(_Model):
 def digest_identity(identity: dict[str, Any]) -> str:
     """Fingerprint of a run's identity (spec fields that decide the rows, plus input digests)."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-_DURATION = re.compile(
-    r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$"
-)
-
-
-def parse_duration(text: str | float | int) -> float:
-    """Seconds from '90', '90s', '45m', '2h', '1h30m' or 'HH:MM:SS' (as schedulers print it)."""
-    if isinstance(text, int | float):
-        return float(text)
-    if ":" in text:
-        parts = text.strip().split(":")
-        if len(parts) <= 3 and all(p.strip().isdigit() for p in parts):
-            seconds = 0.0
-            for part in parts:
-                seconds = seconds * 60 + int(part)
-            return seconds
-    match = _DURATION.match(text)
-    if not text.strip() or match is None or not any(match.groups()):
-        raise ValueError(
-            f"{text!r} is not a duration; write e.g. '90s', '45m', '2h', '1h30m' or '01:30:00'"
-        )
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:

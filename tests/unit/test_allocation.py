@@ -11,7 +11,6 @@ from hpcinfer.cluster.allocation import (
     Allocation,
     RankInfo,
     expand_hostlist,
-    parse_scheduler_duration,
     parse_tasks_per_node,
     read_allocation,
     read_rank,
@@ -301,26 +300,6 @@ class FakeRunner:
     def __call__(self, cmd: list[str]) -> str | None:
         self.calls.append(cmd)
         return self.out
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("5:07", 307.0),
-        ("1:02:03", 3723.0),
-        ("2-03:04:05", 2 * 86400 + 3 * 3600 + 4 * 60 + 5.0),
-        ("1-02", 93600.0),
-        ("1-02:30", 95400.0),
-        ("3600", 3600.0),
-        ("UNLIMITED", None),
-        ("NOT_SET", None),
-        ("INVALID", None),
-        ("-1:00", None),
-        ("1:2:3:4", None),
-    ],
-)
-def test_parse_scheduler_duration(text: str, seconds: float | None) -> None:
-    assert parse_scheduler_duration(text) == seconds
 
 
 @pytest.mark.parametrize(

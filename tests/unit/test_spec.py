@@ -14,7 +14,6 @@ from hpcinfer.spec import (
     build_spec,
     digest_identity,
     load_spec_file,
-    parse_duration,
     parse_set_option,
     set_dotted,
     spec_json_schema,
@@ -123,34 +122,7 @@ def test_every_problem_is_reported_at_once() -> None:
     assert "sampling.max_tokens" in message and "workers.placement" in message
 
 
-# -- durations --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("90", 90.0),
-        ("90s", 90.0),
-        ("45m", 2700.0),
-        ("2h", 7200.0),
-        ("1h30m", 5400.0),
-        ("1h 30m 10s", 5410.0),
-        ("1.5h", 5400.0),
-        ("01:30:00", 5400.0),
-        ("10:00", 600.0),
-        (" 45m ", 2700.0),
-        (120, 120.0),
-    ],
-)
-def test_parse_duration(text: str | int, seconds: float) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["garbage", "", "  ", "h", "m", "5x", "1:xx", "1:2:3:4", "-5m"])
-def test_parse_duration_rejects_garbage_with_examples(text: str) -> None:
-    with pytest.raises(ValueError, match="is not a duration") as info:
-        parse_duration(text)
-    assert "'1h30m'" in str(info.value)
+# -- durations (the forms: tests/unit/test_durations.py) -----------------------------------
 
 
 def test_time_limit_is_validated_in_the_spec() -> None:

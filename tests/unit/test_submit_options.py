@@ -12,7 +12,7 @@ from hpcinfer.errors import HardwareError, SpecError
 from hpcinfer.spec import JobSpec, build_spec
 from hpcinfer.submit.environment import merge_environment
 from hpcinfer.submit.options import JobScriptSpec
-from hpcinfer.submit.walltime import parse_walltime, pbs_walltime, slurm_time
+from hpcinfer.submit.walltime import pbs_walltime, slurm_time
 
 
 def job(**fields: Any) -> JobScriptSpec:
@@ -85,31 +85,6 @@ def test_secret_literals_in_setup_lines_are_refused() -> None:
         job(setup=["if true; then\n  export MY_SECRET='x'\nfi"])
     # Reading the secret at run time is fine: the script holds no secret then.
     assert job(setup=['export HF_TOKEN="$(cat ~/.hf_token)"', "export KEYS_DIR=$HOME/k"]).setup
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("01:00:00", 3600),
-        ("1:30:00", 5400),
-        ("30:00", 1800),
-        ("1-00:00:00", 86400),
-        ("2-12", 216000),
-        ("90m", 5400),
-        ("2h", 7200),
-        ("1h30m", 5400),
-        ("1d", 86400),
-        ("45s", 45),
-    ],
-)
-def test_walltime_forms(text: str, seconds: int) -> None:
-    assert parse_walltime(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["90", "", "0:00:00", "1h 30m", "-1", "UNLIMITED"])
-def test_walltime_refused(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_walltime(text)
 
 
 def test_walltime_spellings() -> None:

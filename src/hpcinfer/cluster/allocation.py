@@ -26,6 +26,7 @@ from hpcinfer.cluster.probe import (
     Runner,
     run_probe,
 )
+from hpcinfer.core.durations import scheduler_duration
 from hpcinfer.errors import HardwareError
 
 # A typo such as nid[0-99999999] must fail, not exhaust memory; the largest machines
@@ -487,31 +488,6 @@ def read_rank(env: Mapping[str, str] | None = None) -> RankInfo | None:
 _run = run_probe
 
 
-def parse_scheduler_duration(text: str) -> float | None:
-    """Durations in seconds: 'S', 'M:S', 'H:M:S', 'D-H', 'D-H:M', 'D-H:M:S'.
-
-    Without a day part the fields count from the right, so a bare number is seconds (PBS);
-    squeue's %L never prints one (it writes 'M:SS', 'H:MM:SS' or 'D-HH:MM:SS'). None for
-    'UNLIMITED', 'NOT_SET', 'INVALID', negative values and anything else unreadable.
-    """
-    value = text.strip()
-    days, dash, clock = value.rpartition("-")
-    if not dash:
-        days = "0"
-    fields = clock.split(":")
-    if not _DIGITS.fullmatch(days) or not all(_DIGITS.fullmatch(f) for f in fields):
-        return None
-    if len(fields) > 3:
-        return None
-    numbers = [int(f) for f in fields]
-    if dash:  # 'D-H', 'D-H:M', 'D-H:M:S': hours come first
-        numbers += [0] * (3 - len(numbers))
-    else:
-        numbers = [0] * (3 - len(numbers)) + numbers
-    hours, minutes, seconds = numbers
-    return float(((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds)
-
-
 def _slurm_remaining(
     env: Mapping[str, str], runner: Runner, now: Callable[[], float]
 ) -> float | None:
@@ -519,7 +495,7 @@ def _slurm_remaining(
     out = runner(["squeue", "-h", "-j", job_id, "-o", "%L"]) if job_id else None
     lines = [line for line in (out or "").splitlines() if line.strip()]
     if lines:
-        return parse_scheduler_duration(lines[0])
+        return scheduler_duration(lines[0])
     end = _env(env, "SLURM_JOB_END_TIME")
     if end is None or not _DIGITS.fullmatch(end):
         return None
@@ -545,13 +521,13 @@ def _pbs_remaining(
         return None
     remaining = _qstat_field(out, "Walltime.Remaining")
     if remaining is not None:
-        seconds = parse_scheduler_duration(remaining)
+        seconds = scheduler_duration(remaining)
         return None if seconds is None else max(0.0, seconds)
     limit_text = _qstat_field(out, "Resource_List.walltime")
-    limit = parse_scheduler_duration(limit_text) if limit_text else None
+    limit = scheduler_duration(limit_text) if limit_text else None
     if limit is None:
         return None
-    used = parse_scheduler_duration(_qstat_field(out, "resources_used.walltime") or "0")
+    used = scheduler_duration(_qstat_field(out, "resources_used.walltime") or "0")
     return max(0.0, limit - (used or 0.0))
 
 
