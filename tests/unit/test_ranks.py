@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from hpcinfer.cluster.allocation import Allocation
+from hpcinfer.core.processes import without_rank_vars
 from hpcinfer.errors import HardwareError
+from hpcinfer.launch.rank_commands import launch_commands, mpi_flavor
 from hpcinfer.run.job import effective_time_limit
 from hpcinfer.run.joins import JoinListener
-from hpcinfer.run.ranks import FileRendezvous, current_rank, launch_id, worker_env
-from hpcinfer.run.selflaunch import launch_commands, mpi_flavor
+from hpcinfer.run.ranks import FileRendezvous, current_rank, launch_id
 from hpcinfer.spec import JobSpec
 from tests.harness import wait_for
 
@@ -64,7 +65,7 @@ def test_no_launcher_means_no_rank() -> None:
 
 def test_workers_do_not_inherit_rank_variables() -> None:
     env = {"PMI_RANK": "1", "OMPI_COMM_WORLD_RANK": "1", "SLURM_PROCID": "1", "HF_HOME": "/h"}
-    assert worker_env(env) == {"HF_HOME": "/h"}
+    assert without_rank_vars(env) == {"HF_HOME": "/h"}
 
 
 # -- rendezvous ---------------------------------------------------------------------------
@@ -145,7 +146,9 @@ def test_mpi_flavor_from_version_text() -> None:
 
 
 def test_self_launch_mpich_across_the_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("hpcinfer.run.selflaunch.find_mpiexec", lambda: "/opt/mpi/bin/mpiexec")
+    monkeypatch.setattr(
+        "hpcinfer.launch.rank_commands.find_mpiexec", lambda: "/opt/mpi/bin/mpiexec"
+    )
     spec = JobSpec.model_validate({"workers": {"count": 12}})
     cmds = launch_commands(
         spec,
@@ -161,7 +164,7 @@ def test_self_launch_mpich_across_the_allocation(monkeypatch: pytest.MonkeyPatch
 
 
 def test_self_launch_openmpi_as_root_on_this_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("hpcinfer.run.selflaunch.find_mpiexec", lambda: "mpirun")
+    monkeypatch.setattr("hpcinfer.launch.rank_commands.find_mpiexec", lambda: "mpirun")
     monkeypatch.setattr("os.geteuid", lambda: 0)
     spec = JobSpec.model_validate({"workers": {"count": 3}})
     (cmd,) = launch_commands(

@@ -17,7 +17,7 @@ from hpcinfer.cli.serve_cmds import build_serve_spec
 from hpcinfer.cluster.allocation import Allocation
 from hpcinfer.core.stop import signals_feed
 from hpcinfer.errors import SpecError
-from hpcinfer.run.selflaunch import launch_commands
+from hpcinfer.launch.rank_commands import launch_commands
 from hpcinfer.serve import node
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.fleet import Fleet, ServerLaunch

@@ -43,7 +43,6 @@ from hpcinfer.bench.fom import (
 )
 from hpcinfer.bench.metrics import DEFAULT_PERCENTILES
 from hpcinfer.bench.offline_engine import (
-    AFFINITY_ENV,
     BatchCase,
     EngineInfo,
     EngineJob,
@@ -59,8 +58,9 @@ from hpcinfer.bench.samples import (
     prefill_rate,
     request_stats,
 )
-from hpcinfer.cluster import HardwareProfile, apply_env, cpu_affinity, plan_placement
+from hpcinfer.cluster import HardwareProfile, cpu_affinity, plan_placement
 from hpcinfer.cluster.placement import Placement
+from hpcinfer.core.processes import bound_env
 from hpcinfer.errors import SpecError
 from hpcinfer.spec import JobSpec, SamplingSpec
 
@@ -160,6 +160,8 @@ class EngineLaunch:
     env: dict[str, str]
     model_name: str
     model_path: str
+    cores: frozenset[int] | None = None
+    """The CPU cores the child is pinned to (a core placement); None: not pinned."""
 
 
 def engine_launch(
@@ -200,13 +202,11 @@ def engine_launch(
         if kwargs.get("distributed_executor_backend") == "uni":
             del kwargs["distributed_executor_backend"]
         engine_vars = {}
-    env = apply_env(dict(os.environ if base_env is None else base_env), hardware.placement.env)
-    env.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time, as in `run`
+    env = bound_env(
+        os.environ if base_env is None else base_env, hardware.placement.env, engine_vars
+    )
     cores = cpu_affinity(hardware.placement.group)
-    if cores:
-        env[AFFINITY_ENV] = ",".join(str(c) for c in sorted(cores))
-    env.update(engine_vars)
-    return EngineLaunch(kwargs, env, model_name, model_path)
+    return EngineLaunch(kwargs, env, model_name, model_path, frozenset(cores) if cores else None)
 
 
 def resolve_bench_model(settings: BenchSettings) -> tuple[str, str]:
@@ -232,7 +232,7 @@ def run_cases(
         seed=settings.seed,
         temperature=settings.temperature,
     )
-    return run_engine(job, launch.env, log, progress)
+    return run_engine(job, launch.env, log, progress, cores=launch.cores)
 
 
 def model_shape(info: EngineInfo) -> tuple[ModelShape | None, str]:

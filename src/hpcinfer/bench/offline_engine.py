@@ -23,7 +23,6 @@ the flags were at fault). The child's stdout and stderr (vLLM's log) go to a log
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import random
@@ -39,11 +38,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from hpcinfer.bench.samples import IterationSample, RequestSample
+from hpcinfer.core.processes import spawn
 from hpcinfer.errors import EngineError, SpecError
 from hpcinfer.logtail import log_tail
-
-AFFINITY_ENV = "HPCINFER_CPU_AFFINITY"
-"""Cores the child pins itself to (as `hpcinfer run`'s workers do), comma-separated."""
 
 
 @dataclass(frozen=True)
@@ -136,37 +133,39 @@ def run_engine(
     env: Mapping[str, str],
     log: Path,
     progress: Callable[[str], None],
+    cores: Iterable[int] | None = None,
 ) -> EngineRun:
-    """Start the child, time every case of `job` on its engine, return what it measured.
+    """Start the child (on `cores`, when given), time every case of `job` on its engine,
+    return what it measured.
 
     Raises SpecError when the child found the flags at fault (a case longer than the
     engine's context), EngineError when the engine failed (with the end of its log)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
     try:
-        with log.open("ab") as log_handle:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "hpcinfer.bench.offline_engine", str(write_fd)],
-                env=dict(env),
-                stdin=subprocess.PIPE,
-                stdout=log_handle,
-                stderr=subprocess.STDOUT,
-                pass_fds=(write_fd,),
-            )
+        child = spawn(
+            [sys.executable, "-m", "hpcinfer.bench.offline_engine", str(write_fd)],
+            env=env,
+            log=log,
+            cores=cores,
+            stdin=subprocess.PIPE,
+            pass_fds=(write_fd,),
+            death_signal=signal.SIGKILL,  # it ignores SIGINT: the parent decides
+        )
     finally:
         os.close(write_fd)
     try:
-        assert proc.stdin is not None
+        stdin = child.proc.stdin
+        assert stdin is not None
         with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write(job.as_json().encode())
-            proc.stdin.close()
+            stdin.write(job.as_json().encode())
+            stdin.close()
         with os.fdopen(read_fd, "rb") as reader:
             run, error = _read_events(reader, progress)
-        code = proc.wait()
+        child.wait(None)
+        code = child.returncode
     finally:
-        if proc.poll() is None:  # interrupted: the engine goes with us
-            proc.kill()
-            proc.wait()
+        # interrupted: the engine goes with us; done: so does what it left (an EngineCore)
+        child.stop(0.0, first_signal=None)
     if error is not None:
         if error.get("usage"):
             raise SpecError(str(error["message"]))
@@ -368,19 +367,6 @@ def _too_long(case: BatchCase, max_model_len: int) -> str | None:
     )
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL when the parent dies, so an interrupted benchmark leaves no engine."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _apply_affinity() -> None:
-    cores = os.environ.get(AFFINITY_ENV)
-    if cores and hasattr(os, "sched_setaffinity"):
-        with contextlib.suppress(OSError, ValueError):
-            os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
-
-
 def _exit_now(code: int) -> None:
     """Leave without the interpreter's teardown of torch and vLLM (seconds; nothing to save)."""
     sys.stdout.flush()
@@ -389,11 +375,9 @@ def _exit_now(code: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it kills us if need be
     events = _Events(int(argv[0]))
     job = EngineJob.from_json(sys.stdin.read())
-    _apply_affinity()
     try:
         bench = _Bench(job)
     except Exception as exc:

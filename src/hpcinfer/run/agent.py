@@ -18,9 +18,9 @@ from hpcinfer.run.job import (
     engine_vars_for,
     output_dir,
     rank_placement,
-    spawn_remote_worker,
 )
 from hpcinfer.run.ranks import RankContext, make_rendezvous
+from hpcinfer.run.spawn import spawn_remote_worker
 from hpcinfer.spec import JobSpec
 
 
@@ -51,7 +51,8 @@ def serve_rank(spec: JobSpec, options: RunOptions, ctx: RankContext) -> int:
                 spawn_remote_worker(entry, engine_vars, log, address=address, key=key, hello=hello)
             )
         for proc in procs:
-            proc.wait()
+            proc.wait(None)
+            proc.reap_group()  # whatever the worker left behind (an EngineCore)
         return 0
     finally:
         rendezvous.finish()

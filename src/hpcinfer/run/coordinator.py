@@ -9,7 +9,7 @@ tail. A worker that dies loses only its uncommitted units, which go back to the 
 from __future__ import annotations
 
 import contextlib
-import subprocess
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from hpcinfer.core.processes import Child
 from hpcinfer.core.stop import StopSignal
 from hpcinfer.run.joins import Joined, JoinListener, decline
 from hpcinfer.run.plan import WorkUnit
@@ -28,7 +29,7 @@ ABORT_GRACE_S = 10.0
 @dataclass
 class WorkerHandle:
     index: int
-    proc: subprocess.Popen[bytes] | None  # None: a worker of another rank (its rank reaps it)
+    proc: Child | None  # None: a worker of another rank (its rank reaps it)
     conn: Connection
     log: Path
     rank: int = 0
@@ -175,7 +176,7 @@ class Coordinator:
         if self.aborting_since is not None and now - self.aborting_since > ABORT_GRACE_S:
             for worker in self._alive():
                 if worker.proc is not None:
-                    worker.proc.kill()
+                    worker.proc.signal_group(signal.SIGKILL)
                 else:  # another rank's worker: cutting it off makes it exit
                     self._mark_gone(worker)
                     worker.conn.close()
@@ -259,11 +260,8 @@ class Coordinator:
                     f"lost (rank {worker.rank} on {worker.host}: killed, or its node failed)"
                 )
         else:
-            try:
-                code = worker.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.proc.kill()
-                code = worker.proc.wait()
+            worker.proc.stop(30.0, first_signal=None)  # it exits by itself, or is killed
+            code = worker.proc.returncode
             if code != 0 or not worker.clean_exit:
                 worker.clean_exit = False
                 worker.error = worker.error or f"exited with code {code}"

@@ -7,23 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from hpcinfer.cluster import (
     HardwareProfile,
     PlacementPlan,
-    apply_env,
-    cpu_affinity,
     plan_placement,
     resolve_profile,
 )
@@ -58,17 +50,12 @@ from hpcinfer.run.ranks import (
     RankContext,
     coordinator_hosts,
     make_rendezvous,
-    worker_env,
 )
 from hpcinfer.run.runinfo import write_run_json
 from hpcinfer.run.schedule import static_owners
+from hpcinfer.run.spawn import reap_workers, spawn_worker
 from hpcinfer.run.summary import RunSummary, WorkerSummary
-from hpcinfer.run.worker import (
-    COORDINATOR_KEY_ENV,
-    WORKER_HELLO_ENV,
-    WorkerConfig,
-    progress_interval_s,
-)
+from hpcinfer.run.worker import WorkerConfig, progress_interval_s
 from hpcinfer.spec import JobSpec, digest_identity
 
 ENGINE_DEFAULT_MAX_NUM_SEQS = 256
@@ -386,11 +373,11 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
             handles = coordinator.workers
             never_joined = cluster.joins.missing_ranks()
     except BaseException:
-        _reap(spawned, grace_s=0)
+        reap_workers(spawned, grace_s=0)
         raise
 
     counts = export_all(store, [s.id for s in summaries], spec.output, out_dir)
-    _reap(spawned, grace_s=REAP_GRACE_S)
+    reap_workers(spawned, grace_s=REAP_GRACE_S)
     for handle in handles:
         handle.conn.close()
     store.remove_cut_commits()
@@ -510,76 +497,6 @@ def engine_vars_for(
     return engine_env(_engine_setup(spec, profile, "", "", workers_on_node))
 
 
-def _worker_process(
-    placement: Placement,
-    engine_vars: dict[str, str],
-    log: Path,
-    argv: list[str],
-    base_env: Mapping[str, str],
-    pass_fds: tuple[int, ...] = (),
-) -> subprocess.Popen[bytes]:
-    """A worker process bound to its placement's devices, logging to `log`."""
-    env = apply_env(base_env, placement.env)
-    env.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
-    cores = cpu_affinity(placement.group)
-    if cores:
-        env["HPCINFER_CPU_AFFINITY"] = ",".join(str(c) for c in sorted(cores))
-    env.update(engine_vars)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as log_handle:
-        return subprocess.Popen(
-            [sys.executable, "-m", "hpcinfer.run.worker", *argv],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_handle,
-            stderr=subprocess.STDOUT,
-            pass_fds=pass_fds,
-        )
-
-
-def spawn_worker(
-    placement: Placement, engine_vars: dict[str, str], log: Path, *, index: int
-) -> WorkerHandle:
-    """Start a worker on a socket to this process; its configuration is sent once the job is
-    planned."""
-    parent_sock, child_sock = socket.socketpair()
-    proc = _worker_process(
-        placement,
-        engine_vars,
-        log,
-        [str(child_sock.fileno())],
-        worker_env(dict(os.environ)),
-        pass_fds=(child_sock.fileno(),),
-    )
-    child_sock.close()
-    return WorkerHandle(
-        index=index,
-        proc=proc,
-        conn=Connection(parent_sock.detach()),
-        log=log,
-        host=socket.gethostname(),
-        devices=[d.label for d in placement.group.devices],
-    )
-
-
-def spawn_remote_worker(
-    placement: Placement,
-    engine_vars: dict[str, str],
-    log: Path,
-    *,
-    address: str,
-    key: bytes,
-    hello: dict[str, Any],
-) -> subprocess.Popen[bytes]:
-    """Start a worker that dials the coordinator rank; the key travels in its environment
-    (never on a command line, where `ps` would show it)."""
-    env = worker_env(dict(os.environ))
-    env[COORDINATOR_KEY_ENV] = key.hex()
-    devices = [d.label for d in placement.group.devices]
-    env[WORKER_HELLO_ENV] = json.dumps(dict(hello, devices=devices))
-    return _worker_process(placement, engine_vars, log, ["--connect", address], env)
-
-
 def _admitter(
     store: OutputStore,
     local: list[WorkerHandle],
@@ -612,18 +529,3 @@ def _send_config(handle: WorkerHandle, config: WorkerConfig | None) -> None:
     # A worker that died already is found by the coordinator (EOF on its connection).
     with contextlib.suppress(OSError):
         handle.conn.send(config)
-
-
-def _reap(handles: list[WorkerHandle], grace_s: float) -> None:
-    """Wait for workers to exit (they close their engines), then kill any that hang."""
-    deadline = time.monotonic() + grace_s
-    for handle in handles:
-        if handle.proc is None:
-            handle.conn.close()
-            continue
-        try:
-            handle.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            handle.proc.kill()
-            handle.proc.wait()
-        handle.conn.close()

@@ -24,19 +24,13 @@ from typing import Any, Protocol
 
 from hpcinfer.cluster.allocation import RankInfo, read_rank
 from hpcinfer.errors import HardwareError
+from hpcinfer.launch.rank_env import LAUNCH_ID_ENV, RANK_ENV
 from hpcinfer.outputs.atomic import write_text_atomic
 
-RANK_ENV = ("HPCINFER_RANK", "HPCINFER_LOCAL_RANK", "HPCINFER_WORLD_SIZE", "HPCINFER_LOCAL_SIZE")
-LAUNCH_ID_ENV = "HPCINFER_LAUNCH_ID"
 COORDINATOR_HOST_ENV = "HPCINFER_COORDINATOR_HOST"
 RENDEZVOUS_FILE = ".coordinator.json"
 RENDEZVOUS_WAIT_S = 600.0
 JOIN_WAIT_S = 900.0
-
-# Variables that make a process believe it is an MPI rank; a worker is not one (its engine
-# sets up its own torch.distributed group), so they are not passed on to workers.
-_RANK_VAR_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "PALS_", "MPI_LOCAL", "HYDI_", "HYDRA_")
-_RANK_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 @dataclass(frozen=True)
@@ -74,15 +68,6 @@ def current_rank(launcher: str, env: dict[str, str] | None = None) -> RankInfo |
 def _batch_step(env: dict[str, str]) -> bool:
     step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID", ""))
     return step in ("4294967294", "batch", "4294967291")
-
-
-def worker_env(env: dict[str, str]) -> dict[str, str]:
-    """The environment minus the launcher's rank variables (see _RANK_VAR_PREFIXES)."""
-    return {
-        k: v
-        for k, v in env.items()
-        if not k.startswith(_RANK_VAR_PREFIXES) and k not in _RANK_VARS and k not in RANK_ENV
-    }
 
 
 def coordinator_hosts(ctx: RankContext) -> tuple[str, str]:

@@ -14,7 +14,6 @@ coordinator's death.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -228,22 +227,6 @@ def _in_record_order(state: _UnitState) -> list[tuple[Record, Result]]:
     return [(record, state.results[i]) for i, record in enumerate(state.unit.records)]
 
 
-def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the coordinator dies, so no worker is left orphaned."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _apply_affinity() -> None:
-    cores = os.environ.get("HPCINFER_CPU_AFFINITY")
-    if cores and hasattr(os, "sched_setaffinity"):
-        with contextlib.suppress(OSError, ValueError):
-            os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
-
-
 def _preload_engine() -> None:
     """Import vLLM (about 10 s) while the coordinator still plans the job, not after; a
     dispatcher worker (engine openai) never needs it."""
@@ -274,12 +257,10 @@ def _connect(argv: list[str]) -> Connection:
 
 
 def main(argv: list[str]) -> int:
-    _die_with_parent()
     # The coordinator decides when to stop (drain on the first signal, abort on the second);
     # a Ctrl-C reaching the whole process group must not kill workers mid-commit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _apply_affinity()
     try:
         conn = _connect(argv)
     except (OSError, EOFError, ValueError, KeyError) as exc:

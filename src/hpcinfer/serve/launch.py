@@ -2,7 +2,7 @@
 
 The ranks run this very command line and find themselves in the launcher's rank variables,
 exactly as when the user runs `mpiexec -ppn 1 hpcinfer serve --launcher mpi` (see
-`hpcinfer.run.selflaunch`, whose launch commands this reuses with one rank per node).
+`hpcinfer.launch.rank_commands`, whose launch commands this reuses with one rank per node).
 SIGTERM or SIGINT to this process is passed on to the launcher, which passes it to the
 ranks (MPICH's Hydra and srun do), and each rank stops its servers.
 """
@@ -18,7 +18,7 @@ from types import FrameType
 
 from hpcinfer.cluster.allocation import read_allocation
 from hpcinfer.errors import HardwareError
-from hpcinfer.run.selflaunch import launch_commands
+from hpcinfer.launch.rank_commands import launch_commands
 from hpcinfer.serve.plan import check_reachable
 from hpcinfer.serve.server_argv import api_key
 from hpcinfer.spec import JobSpec

@@ -64,9 +64,7 @@ def registry_path(spec: JobSpec, cwd: Path) -> Path:
     return path if path.is_absolute() else cwd / path
 
 
-def serve_node(
-    spec: JobSpec, options: ServeOptions, rank: RankInfo | None = None
-) -> ServeOutcome:
+def serve_node(spec: JobSpec, options: ServeOptions, rank: RankInfo | None = None) -> ServeOutcome:
     """Serve until a stop request or the deadline; see the module docstring."""
     started_at = time.time()
     registry = registry_path(spec, options.cwd)

@@ -14,11 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hpcinfer.cluster import apply_env
 from hpcinfer.cluster.binding import BindingEnv
+from hpcinfer.core.processes import bound_env
 from hpcinfer.engines.cpu_memory import cpu_kv_cache_share
 from hpcinfer.errors import SpecError
-from hpcinfer.run.ranks import worker_env
 from hpcinfer.spec import EngineSpec, ServeSpec
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -120,8 +119,7 @@ def server_env(base: Mapping[str, str], binding: BindingEnv, key: str | None) ->
     take them for its own distributed setup), plus the device binding, offline hub access
     and the API key. A VLLM_API_KEY inherited from the shell is dropped unless asked for,
     so servers never require a key nobody here knows."""
-    env = apply_env(worker_env(dict(base)), binding)
-    env.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded while serving
+    env = bound_env(base, binding)
     env.pop(API_KEY_VAR, None)
     if key is not None:
         env[API_KEY_VAR] = key

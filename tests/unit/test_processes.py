@@ -1,4 +1,5 @@
-"""Server processes: own process group, stopped SIGTERM-then-SIGKILL, gone when hpcinfer dies."""
+"""Child processes (servers, workers, benchmark engines): own process group, stopped
+SIGTERM-then-SIGKILL, bound to their cores and environment, gone when hpcinfer dies."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from hpcinfer.core.processes import bound_env, spawn, stop_all, without_rank_vars
 from hpcinfer.logtail import log_tail
-from hpcinfer.serve.process import ServerProcess, stop_all
+from hpcinfer.serve.process import ServerProcess
 from tests.harness import wait_for
 from tests.processes import group_members
 
@@ -63,29 +67,42 @@ def test_affinity_is_applied_in_the_child(tmp_path: Path) -> None:
 
 
 PARENT = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
-from hpcinfer.serve.process import ServerProcess
-server = ServerProcess(["sleep", "60"], {"PATH": "/usr/bin:/bin"}, Path(sys.argv[1]))
-print(server.pid, flush=True)
+from hpcinfer.core.processes import spawn
+argv = ["sh", "-c", sys.argv[2]]
+child = spawn(argv, env={"PATH": "/usr/bin:/bin"}, log=Path(sys.argv[1]),
+              death_signal=getattr(signal, sys.argv[3]))
+print(child.pid, flush=True)
 time.sleep(60)
 """
 
 
-def test_servers_die_with_a_killed_hpcinfer(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("script", "death_signal"),
+    [
+        ("exec sleep 60", "SIGTERM"),  # a server
+        ("trap '' TERM INT; sleep 60 & wait", "SIGKILL"),  # a worker: it ignores SIGTERM
+    ],
+)
+def test_children_die_with_a_killed_hpcinfer(
+    tmp_path: Path, script: str, death_signal: str
+) -> None:
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(tmp_path / "s.log")], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", PARENT, str(tmp_path / "s.log"), script, death_signal],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
     try:
-        assert group_members(child) == [child]
+        assert child in group_members(child)
         parent.kill()
         parent.wait()
         wait_for(
-            lambda: group_members(child) == [],
+            lambda: child not in group_members(child),
             5,
-            "the process group to be empty",
+            "the child to die with its parent",
             state=lambda: group_members(child),
         )
     finally:
@@ -93,6 +110,42 @@ def test_servers_die_with_a_killed_hpcinfer(tmp_path: Path) -> None:
         parent.wait()
         if group_members(child):
             os.killpg(child, signal.SIGKILL)
+
+
+def test_a_worker_that_exits_leaves_nothing_in_its_group(tmp_path: Path) -> None:
+    """`stop_all(..., first_signal=None)`: wait for the child to finish by itself, then kill
+    what it left behind (as vLLM's EngineCore can outlive its parent)."""
+    child = spawn(["sh", "-c", "sleep 60 & echo up"], env=ENV, log=tmp_path / "w.log")
+    wait_for(lambda: not child.alive(), 10, "the worker to exit")
+    assert child.returncode == 0 and len(group_members(child.pid)) == 1  # the orphaned sleep
+    stop_all([child], grace_s=5.0, first_signal=None)
+    # SIGKILL takes a moment to land
+    wait_for(lambda: group_members(child.pid) == [], 5, "the group to be empty")
+
+
+def test_the_log_is_appended_to_unless_fresh(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    for _ in range(2):
+        spawn(["echo", "worker"], env=ENV, log=log).wait(10)
+    assert log.read_text() == "worker\nworker\n"
+    server = ServerProcess(["echo", "server"], ENV, log)
+    server.wait(10)
+    assert log.read_text() == "server\n"  # a server's log holds its last start only
+
+
+def test_bound_env_drops_rank_variables_and_applies_the_binding() -> None:
+    base = {
+        "PMI_RANK": "3",
+        "OMPI_COMM_WORLD_RANK": "3",
+        "SLURM_PROCID": "3",
+        "HPCINFER_RANK": "3",
+        "ZE_AFFINITY_MASK": "0-11",
+        "HF_HOME": "/h",
+    }
+    env = bound_env(base, {"ZE_AFFINITY_MASK": None, "CUDA_VISIBLE_DEVICES": "1"}, {"E": "x"})
+    assert env == {"HF_HOME": "/h", "CUDA_VISIBLE_DEVICES": "1", "HF_HUB_OFFLINE": "1", "E": "x"}
+    assert bound_env({"HF_HUB_OFFLINE": "0"}, {})["HF_HUB_OFFLINE"] == "0"
+    assert without_rank_vars(base) == {"ZE_AFFINITY_MASK": "0-11", "HF_HOME": "/h"}
 
 
 def test_log_tail_is_the_end_of_the_log_indented(tmp_path: Path) -> None:

@@ -1,0 +1,214 @@
+"""Every child process hpcinfer starts: bound, in its own process group, tied to our life.
+
+A run worker, a benchmark engine and a vLLM server all start through `spawn`, so they share
+one set-up, done in the child between fork and exec (before a line of Python runs there):
+
+- its CPU cores (`sched_setaffinity`, when the placement is a core set);
+- the parent-death signal (PR_SET_PDEATHSIG), checked against `getppid()` afterwards: a
+  parent that died between fork and prctl would otherwise leave an orphan for good;
+- its own session (`start_new_session`), so a Ctrl-C meant for hpcinfer does not hit it
+  halfway and one `killpg` reaches it and everything it forks (vLLM's EngineCore, TP
+  workers). `Child.stop`/`stop_all` end the whole group: SIGTERM, a deadline, SIGKILL.
+
+The death signal follows the *thread* that forked the child: start children from a thread
+that lives as long as they do. `bound_env` builds the environment such a child gets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from hpcinfer.cluster.binding import BindingEnv, apply_env
+from hpcinfer.launch.rank_env import RANK_ENV
+
+PR_SET_PDEATHSIG = 1
+
+# Variables that make a process believe it is an MPI rank; a child is not one (an engine
+# sets up its own torch.distributed group), so they are not passed on.
+_RANK_VAR_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "PALS_", "MPI_LOCAL", "HYDI_", "HYDRA_")
+_RANK_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "RANK", "LOCAL_RANK", "WORLD_SIZE", *RANK_ENV)
+
+
+def without_rank_vars(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment minus the launcher's rank variables (see _RANK_VAR_PREFIXES)."""
+    return {
+        k: v for k, v in env.items() if not k.startswith(_RANK_VAR_PREFIXES) and k not in _RANK_VARS
+    }
+
+
+def bound_env(
+    base: Mapping[str, str], binding: BindingEnv, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """A child's environment: `base` without rank variables, the device binding applied (a
+    None value unsets), the hub offline unless set (nothing is downloaded at run time), then
+    `extra` (engine variables) on top."""
+    env = apply_env(without_rank_vars(base), binding)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.update(extra or {})
+    return env
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
+    except (OSError, AttributeError):
+        return None  # not Linux: children are still stopped by hpcinfer, just not on a crash
+
+
+_PRCTL = _load_prctl()
+
+
+def _child_setup(
+    parent: int, cores: frozenset[int] | None, death_signal: int
+) -> Callable[[], None]:
+    """Runs in the child between fork and exec: only system calls, nothing that allocates
+    much or takes locks (the parent may have threads)."""
+
+    def setup() -> None:
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before prctl: follow it now
+                os._exit(1)
+        if cores:
+            with contextlib.suppress(OSError, AttributeError):
+                os.sched_setaffinity(0, cores)
+
+    return setup
+
+
+def start_process(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log: Path,
+    fresh_log: bool = False,
+    cores: Iterable[int] | None = None,
+    cwd: Path | None = None,
+    stdin: int = subprocess.DEVNULL,
+    pass_fds: Sequence[int] = (),
+    death_signal: int = signal.SIGTERM,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` as a set-up child (see the module docstring), stdout and stderr to `log`
+    (appended to, or truncated with `fresh_log`). `death_signal` is what the child gets when
+    this thread dies: SIGTERM for a server, SIGKILL for a child that ignores SIGTERM."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb" if fresh_log else "ab") as handle:
+        return subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=stdin,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            pass_fds=tuple(pass_fds),
+            start_new_session=True,
+            preexec_fn=_child_setup(
+                os.getpid(), frozenset(cores) if cores else None, int(death_signal)
+            ),
+        )
+
+
+class Child:
+    """A started child: its pid (also its process group id) and how to stop its group."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self._group_gone = False
+
+    @property
+    def returncode(self) -> int | None:
+        """None while the child runs; its exit code (negative: killed by that signal)."""
+        return self.proc.poll()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal_group(self, signum: int) -> None:
+        """Signal the child and everything it started (they share its process group)."""
+        if self._group_gone:
+            return  # its id may belong to another process group by now
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def wait(self, timeout: float | None) -> bool:
+        """True when the child exited within `timeout` seconds (None: however long)."""
+        try:
+            self.proc.wait(timeout=None if timeout is None else max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def reap_group(self) -> None:
+        """After the child exited: kill whatever it left in its group (an EngineCore that
+        outlived its parent), then collect the exit status."""
+        self.signal_group(signal.SIGKILL)
+        if self.wait(5.0):
+            self._group_gone = True
+
+    def stop(self, grace_s: float, first_signal: int | None = signal.SIGTERM) -> None:
+        """`stop_all` for this one child."""
+        stop_all([self], grace_s, first_signal)
+
+    def exit_text(self) -> str:
+        code = self.returncode
+        if code is None:
+            return "running"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log: Path,
+    fresh_log: bool = False,
+    cores: Iterable[int] | None = None,
+    cwd: Path | None = None,
+    stdin: int = subprocess.DEVNULL,
+    pass_fds: Sequence[int] = (),
+    death_signal: int = signal.SIGTERM,
+) -> Child:
+    """`start_process`, as a Child."""
+    return Child(
+        start_process(
+            argv,
+            env=env,
+            log=log,
+            fresh_log=fresh_log,
+            cores=cores,
+            cwd=cwd,
+            stdin=stdin,
+            pass_fds=pass_fds,
+            death_signal=death_signal,
+        )
+    )
+
+
+def stop_all(
+    children: Sequence[Child], grace_s: float, first_signal: int | None = signal.SIGTERM
+) -> None:
+    """Signal every child's group at once (`first_signal`; None: only wait for children
+    that exit by themselves), wait up to `grace_s` for all of them, SIGKILL the groups still
+    there; afterwards no process of any group is left."""
+    if first_signal is not None:
+        for child in children:
+            if child.alive():
+                child.signal_group(first_signal)
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        if not child.wait(deadline - time.monotonic()):
+            child.signal_group(signal.SIGKILL)
+    for child in children:
+        child.reap_group()
