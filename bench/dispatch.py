@@ -60,7 +60,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from hpcinfer.engines.tiny_model import ensure_tiny_model  # noqa: E402
+from hpcinfer.core.tiny_model import ensure_tiny_model  # noqa: E402
 
 PY = sys.executable
 SERVED = "tiny"

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from hpcinfer.cluster import apply_env, cpu_affinity, plan_placement, resolve_profile  # noqa: E402
-from hpcinfer.engines.tiny_model import ensure_tiny_model  # noqa: E402
+from hpcinfer.core.tiny_model import ensure_tiny_model  # noqa: E402
 from hpcinfer.engines.vllm_offline import EngineSetup, engine_env, llm_kwargs  # noqa: E402
 from hpcinfer.spec import EngineSpec, SamplingSpec  # noqa: E402
 

@@ -61,7 +61,7 @@ from bench.dispatch import (  # noqa: E402
     vllm_bench_main,
 )
 from hpcinfer.bench.metrics import percentile  # noqa: E402
-from hpcinfer.engines.tiny_model import ensure_tiny_model  # noqa: E402
+from hpcinfer.core.tiny_model import ensure_tiny_model  # noqa: E402
 
 PY = sys.executable
 SERVED = "tiny"

@@ -176,7 +176,7 @@ with open(out, "w") as handle:
 def vllm_server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """One real vLLM server with the tiny model on 127.0.0.1, on core 0 when there are two
     or more (so the benchmark clients, on core 1, do not take its CPU); (url, model dir)."""
-    from hpcinfer.engines.tiny_model import ensure_tiny_model
+    from hpcinfer.core.tiny_model import ensure_tiny_model
     from hpcinfer.serve.process import ServerProcess, stop_all
 
     with pytest.MonkeyPatch.context() as patch:

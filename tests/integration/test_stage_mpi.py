@@ -132,7 +132,7 @@ def test_staged_hf_copy_runs_with_the_printed_arguments(
     """The Aurora scripts' bug: the copy and the run's HF_HOME must agree. The source cache is moved
     away before the run, so only the staged copy can serve it."""
     monkeypatch.setenv("HPCINFER_CACHE", cli_env["HPCINFER_CACHE"])
-    from hpcinfer.engines.tiny_model import ensure_tiny_model
+    from hpcinfer.core.tiny_model import ensure_tiny_model
 
     make_hf_cache(tmp_path / "hf" / "hub", "hpcinfer/tiny-llama", ensure_tiny_model())
     env = cli_env | {"HF_HOME": str(tmp_path / "hf")}

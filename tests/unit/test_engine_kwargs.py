@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from hpcinfer.engines.tiny_model import cache_root, tiny_model_dir
+from hpcinfer.core.tiny_model import cache_root, tiny_model_dir
 from hpcinfer.engines.vllm_offline import (
     EngineSetup,
     engine_env,

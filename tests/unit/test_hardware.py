@@ -8,13 +8,8 @@ from pathlib import Path
 import pytest
 
 from hpcinfer.cluster import detect
-from hpcinfer.cluster.detect import PROFILE_ENV, detect_local
-from hpcinfer.cluster.hardware import (
-    HardwareProfile,
-    list_profiles,
-    load_profile,
-    resolve_profile,
-)
+from hpcinfer.cluster.detect import PROFILE_ENV, detect_local, resolve_profile
+from hpcinfer.cluster.hardware import HardwareProfile, list_profiles, load_profile
 from hpcinfer.errors import HardwareError
 
 SHIPPED = ["arc-a770", "aurora", "cpu", "perlmutter", "polaris"]

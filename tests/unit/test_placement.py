@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hpcinfer.cluster.binding import binding_env, cpu_affinity, format_core_list
+from hpcinfer.cluster.binding import binding_env, cpu_affinity
+from hpcinfer.cluster.devices import Device, DeviceGroup, format_core_list
 from hpcinfer.cluster.hardware import HardwareProfile, load_profile
 from hpcinfer.cluster.placement import (
-    Device,
-    DeviceGroup,
     PlacementPlan,
     device_order,
     gpu_slot,

@@ -13,9 +13,9 @@ import pytest
 
 from hpcinfer.cluster.allocation import Allocation
 from hpcinfer.core.processes import without_rank_vars
+from hpcinfer.core.time_limits import effective_time_limit
 from hpcinfer.errors import HardwareError
 from hpcinfer.launch.rank_commands import launch_commands, mpi_flavor
-from hpcinfer.run.job import effective_time_limit
 from hpcinfer.run.joins import JoinListener
 from hpcinfer.run.ranks import FileRendezvous, current_rank, launch_id
 from hpcinfer.spec import JobSpec

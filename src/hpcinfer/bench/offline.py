@@ -60,6 +60,7 @@ from hpcinfer.bench.samples import (
 )
 from hpcinfer.cluster import HardwareProfile, cpu_affinity, plan_placement
 from hpcinfer.cluster.placement import Placement
+from hpcinfer.core.models import resolve_model
 from hpcinfer.core.processes import bound_env
 from hpcinfer.errors import SpecError
 from hpcinfer.spec import JobSpec, SamplingSpec
@@ -211,8 +212,6 @@ def engine_launch(
 
 def resolve_bench_model(settings: BenchSettings) -> tuple[str, str]:
     """(path or HF id for vLLM, display name), as `hpcinfer run` resolves `--model`."""
-    from hpcinfer.run.job import resolve_model
-
     return resolve_model(settings.spec, settings.cwd)
 
 

@@ -1,17 +1,10 @@
 """Hardware profiles, local detection, and placement of workers onto a node's devices."""
 
-from hpcinfer.cluster.binding import (
-    apply_env,
-    binding_env,
-    cpu_affinity,
-    device_env,
-    format_core_list,
-)
-from hpcinfer.cluster.detect import PROFILE_ENV, detect_local
-from hpcinfer.cluster.hardware import HardwareProfile, list_profiles, load_profile, resolve_profile
+from hpcinfer.cluster.binding import apply_env, binding_env, cpu_affinity, device_env
+from hpcinfer.cluster.detect import PROFILE_ENV, detect_local, resolve_profile
+from hpcinfer.cluster.devices import Device, DeviceGroup, format_core_list
+from hpcinfer.cluster.hardware import HardwareProfile, list_profiles, load_profile
 from hpcinfer.cluster.placement import (
-    Device,
-    DeviceGroup,
     Placement,
     PlacementPlan,
     device_order,

@@ -8,33 +8,17 @@ the job script would otherwise win).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from hpcinfer.cluster.devices import Device, DeviceGroup, format_core_list
 from hpcinfer.errors import HardwareError
 
 if TYPE_CHECKING:
     from hpcinfer.cluster.hardware import HardwareProfile
-    from hpcinfer.cluster.placement import Device, DeviceGroup
 
 BindingEnv = dict[str, str | None]
-Binder = Callable[["HardwareProfile", "DeviceGroup", int], BindingEnv]
-
-
-def format_core_list(cores: Sequence[int]) -> str:
-    """Cores as the kernel writes cpusets: runs become ranges ([0,1,2,5] -> '0-2,5')."""
-    parts: list[str] = []
-    start = prev = None
-    for core in cores:
-        if prev is not None and core == prev + 1:
-            prev = core
-            continue
-        if start is not None:
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = core
-    if start is not None:
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-    return ",".join(parts)
+Binder = Callable[["HardwareProfile", DeviceGroup, int], BindingEnv]
 
 
 def _gpu_index(device: Device) -> int:

@@ -140,3 +140,10 @@ def detect_local(runner: Runner = _run, *, i915_dir: Path = I915_DRIVER_DIR) -> 
         if found is not None:
             return found
     return _detect_cpu()
+
+
+def resolve_profile(value: str | None) -> HardwareProfile:
+    """The profile a run uses: detected for None/'auto', else loaded by name or path."""
+    if value is None or value == "auto":
+        return detect_local()
+    return load_profile(value)

@@ -170,12 +170,3 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         f"unknown hardware profile '{name_or_path}'; known profiles: {', '.join(known)} "
         "(or give a path to your own YAML file, or 'auto' to detect)"
     )
-
-
-def resolve_profile(value: str | None) -> HardwareProfile:
-    """The profile a run uses: detected for None/'auto', else loaded by name or path."""
-    if value is None or value == "auto":
-        from hpcinfer.cluster.detect import detect_local  # detect imports this module
-
-        return detect_local()
-    return load_profile(value)

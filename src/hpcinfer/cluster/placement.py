@@ -20,54 +20,14 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from hpcinfer.cluster.binding import BindingEnv, binding_env, device_env, format_core_list
+from hpcinfer.cluster.binding import BindingEnv, binding_env, device_env
+from hpcinfer.cluster.devices import Device, DeviceGroup
 from hpcinfer.cluster.hardware import HardwareProfile
 from hpcinfer.errors import HardwareError
 
 Mode = Literal["compact", "scatter"]
 MODES: tuple[str, ...] = ("compact", "scatter")
 _MAX_LABELS = 8
-
-
-@dataclass(frozen=True)
-class Device:
-    """One schedulable unit: a tile (multi-tile Intel GPU), a whole GPU, or a CPU core.
-
-    ``index`` is the flat index on the node (``gpu * tiles_per_gpu + tile``; the core id on
-    CPU). ``tile`` is None for single-tile GPUs and cores, ``gpu`` is None for cores.
-    """
-
-    index: int
-    gpu: int | None
-    tile: int | None
-
-    @property
-    def label(self) -> str:
-        if self.gpu is None:
-            return f"core{self.index}"
-        if self.tile is None:
-            return f"gpu{self.gpu}"
-        return f"gpu{self.gpu}.tile{self.tile}"
-
-
-@dataclass(frozen=True)
-class DeviceGroup:
-    """The devices one worker owns: TP ranks' devices on GPUs, a core set on CPU."""
-
-    devices: tuple[Device, ...]
-
-    @property
-    def labels(self) -> list[str]:
-        return [d.label for d in self.devices]
-
-    @property
-    def label(self) -> str:
-        """Short text for tables: 'gpu0.tile0,gpu0.tile1', or 'cores 0-3' for a core set."""
-        if self.devices and all(d.gpu is None for d in self.devices):
-            if len(self.devices) == 1:
-                return self.devices[0].label
-            return "cores " + format_core_list([d.index for d in self.devices])
-        return ",".join(self.labels)
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,13 @@ from pathlib import Path
 
 import yaml
 
+from hpcinfer.core.models import resolve_model
 from hpcinfer.core.stop import StopSignal
 from hpcinfer.errors import EngineError, StoppedError
 from hpcinfer.outputs.atomic import write_text_atomic
 from hpcinfer.outputs.store import OutputStore
-from hpcinfer.run.job import RunOptions, RunSummary, output_dir, resolve_model
+from hpcinfer.run.options import RunOptions, output_dir
+from hpcinfer.run.summary import RunSummary
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.fleet import Fleet
 from hpcinfer.serve.process import ServerProcess

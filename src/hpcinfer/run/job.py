@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,14 @@ from hpcinfer.cluster import (
     resolve_profile,
 )
 from hpcinfer.cluster.allocation import remaining_walltime_s
-from hpcinfer.cluster.placement import DeviceGroup, Placement
-from hpcinfer.core.stop import StopSignal
+from hpcinfer.cluster.devices import DeviceGroup
+from hpcinfer.cluster.placement import Placement
+from hpcinfer.core.models import resolve_model
+from hpcinfer.core.time_limits import effective_time_limit
+from hpcinfer.core.tiny_model import TINY_MODEL_NAME
 from hpcinfer.engines.factory import ENGINE_KIND_ENV
 from hpcinfer.engines.openai_engine import Target
 from hpcinfer.engines.targets import client_setup, resolve_targets
-from hpcinfer.engines.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
 from hpcinfer.engines.vllm_offline import EngineSetup, engine_env
 from hpcinfer.errors import EngineError, SpecError
 from hpcinfer.exitcodes import ExitCode
@@ -36,6 +38,7 @@ from hpcinfer.outputs.exporters import check_exports, export_all
 from hpcinfer.outputs.store import OutputStore, unit_file_name
 from hpcinfer.run.coordinator import Coordinator, WorkerHandle
 from hpcinfer.run.joins import Joined, JoinListener
+from hpcinfer.run.options import RunOptions, output_dir
 from hpcinfer.run.plan import (
     UnitSummary,
     WorkUnit,
@@ -86,17 +89,6 @@ def dispatcher_placement(profile: HardwareProfile, count: int) -> PlacementPlan:
         Placement(worker=i, group=DeviceGroup(()), env={}, shared=False) for i in range(count)
     ]
     return PlacementPlan(profile, 1, "dispatch", placements, [], [])
-
-
-@dataclass
-class RunOptions:
-    """How this invocation behaves; none of it changes what the rows contain."""
-
-    restart: bool = False
-    quiet: bool = False
-    cwd: Path = field(default_factory=Path.cwd)
-    stop: StopSignal | None = None
-    """Drain (then abort) on request; the CLI feeds it from SIGINT/SIGTERM."""
 
 
 @dataclass
@@ -160,47 +152,6 @@ def rank_placement(spec: JobSpec, profile: HardwareProfile, ctx: RankContext) ->
     tp, mode = spec.engine.tensor_parallel_size, spec.workers.placement
     node = plan_placement(profile, workers=ctx.info.local_size, tp=tp, mode=mode)
     return dataclasses.replace(node, placements=[node.placements[ctx.info.local_rank]])
-
-
-def output_dir(spec: JobSpec, cwd: Path) -> Path:
-    out_dir = Path(spec.output.dir)
-    return out_dir if out_dir.is_absolute() else cwd / out_dir
-
-
-WALLTIME_MARGIN_FRACTION = 0.1
-WALLTIME_MARGIN_MIN_S = 60.0
-WALLTIME_MARGIN_MAX_S = 900.0
-
-
-def effective_time_limit(spec: JobSpec, remaining_s: float | None) -> tuple[float | None, str]:
-    """The run's time limit: the spec's, else the job's remaining walltime less a margin
-    (10%, between 1 and 15 minutes) for draining units in flight and writing exports."""
-    if spec.time_limit is not None:
-        return spec.time_limit_seconds(), "time limit"
-    if remaining_s is None:
-        return None, ""
-    margin = min(WALLTIME_MARGIN_MAX_S, max(WALLTIME_MARGIN_MIN_S, remaining_s * 0.1))
-    return max(remaining_s - margin, 0.0), "walltime"
-
-
-def resolve_model(spec: JobSpec, cwd: Path) -> tuple[str, str]:
-    """(path or HF id given to vLLM, display name). No model: the built-in tiny model."""
-    if spec.model is None:
-        return str(ensure_tiny_model()), TINY_MODEL_NAME
-    candidate = Path(spec.model).expanduser()
-    if not candidate.is_absolute():
-        candidate = cwd / candidate
-    looks_like_path = spec.model.startswith((".", "/", "~")) or candidate.exists()
-    if looks_like_path:
-        if not candidate.is_dir():
-            raise SpecError(f"model: {spec.model!r} is not a model directory (no such directory)")
-        if not (candidate / "config.json").exists() and not (candidate / "params.json").exists():
-            raise SpecError(
-                f"model: {spec.model!r} is not a model directory (no config.json in {candidate}); "
-                "point --model at the folder holding config.json and the weights"
-            )
-        return str(candidate), spec.model
-    return spec.model, spec.model
 
 
 def _open_inputs(spec: JobSpec, cwd: Path) -> _Inputs:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from hpcinfer.cluster.allocation import RankInfo, remaining_walltime_s, short_hostname
 from hpcinfer.core.stop import StopSignal
-from hpcinfer.run.job import effective_time_limit
+from hpcinfer.core.time_limits import effective_time_limit
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.fleet import Fleet
 from hpcinfer.serve.parts import PartsMerger

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from hpcinfer.cluster import PlacementPlan, cpu_affinity, plan_placement, resolve_profile
 from hpcinfer.cluster.allocation import RankInfo, short_hostname
+from hpcinfer.core.models import resolve_model
 from hpcinfer.errors import SpecError
-from hpcinfer.run.job import resolve_model
 from hpcinfer.serve.fleet import EventSink, Fleet, ServerLaunch
 from hpcinfer.serve.ports import server_ports
 from hpcinfer.serve.server_argv import ServerArgs, api_key, server_argv, server_env
