@@ -17,6 +17,7 @@ from hpcinfer.core.server_probe import (
     ProbeError,
     check_health,
     check_server,
+    check_servers,
     healthy_async,
     list_models,
     list_models_async,
@@ -103,6 +104,20 @@ def test_unreachable_servers_name_the_url_and_why(refusing_url: str, silent_url:
     assert not check.up and check.error == "/health: timed out"
     with pytest.raises(ProbeError, match=f"^{silent_url}/v1/models: timed out$"):
         list_models(silent_url, 0.3)
+
+
+def test_many_servers_are_checked_at_once_in_their_order(
+    stub: StubServer, silent_url: str, refusing_url: str
+) -> None:
+    servers = [(silent_url, None), (stub.url, "served"), (refusing_url, None), (stub.url, "x")]
+    checks = check_servers(servers, "k3y", timeout_s=0.5)
+    assert [c.error for c in checks] == [
+        "/health: timed out",
+        None,
+        "/health: Connection refused",
+        "serves served, not x",
+    ]
+    assert check_servers([], None) == []
 
 
 def test_a_server_that_is_not_openai_compatible(not_openai_url: str) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 from hpcinfer.bench import arrivals, prometheus
 from hpcinfer.bench.metrics import DEFAULT_PERCENTILES, LATENCY_METRICS, percentile_key, summarize
 from hpcinfer.bench.results import result_document, write_result, write_table
-from hpcinfer.core.server_probe import ProbeError, list_models
+from hpcinfer.core.server_probe import ProbeError, check_servers, list_models
 from hpcinfer.errors import HpcinferError, InputError, SpecError
 
 CHECK_TIMEOUT_S = 10.0
@@ -228,21 +228,18 @@ def reachable(
     """The endpoints that answer /health and /v1/models now (and serve `model`, when given),
     and a note for each registry endpoint left out because it does not. A `--url` the user
     `given` that does not answer is a BenchError naming it, as is having none left."""
-    from hpcinfer.serve.checks import check_all
-    from hpcinfer.serve.registry import Endpoint
-
-    statuses = check_all([Endpoint(url=u, model=model or "") for u in urls], api_key)
+    checks = check_servers([(url, model) for url in urls], api_key)
     explicit = {u.rstrip("/") for u in given}
-    down = [s for s in statuses if not s.up]
-    named = [f"{s.endpoint.url} ({s.check.error})" for s in down if s.endpoint.url in explicit]
-    if named or len(down) == len(statuses):
-        listed = named or [f"{s.endpoint.url} ({s.check.error})" for s in down]
+    down = [(url, c.error) for url, c in zip(urls, checks, strict=True) if not c.up]
+    named = [f"{url} ({error})" for url, error in down if url in explicit]
+    if named or len(down) == len(checks):
+        listed = named or [f"{url} ({error})" for url, error in down]
         raise BenchError(
             f"cannot reach {'; '.join(listed)}: check the URL and that the server is up "
             "(`hpcinfer endpoints --url URL`), or leave it out"
         )
-    notes = [f"left out {s.endpoint.url}: the registry lists it, but {s.check.error}" for s in down]
-    return [s.endpoint.url for s in statuses if s.up], notes
+    notes = [f"left out {url}: the registry lists it, but {error}" for url, error in down]
+    return [url for url, c in zip(urls, checks, strict=True) if c.up], notes
 
 
 def served_model(url: str, api_key: str | None, wanted: str | None) -> ServedModel:

@@ -15,6 +15,8 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 MODELS_PATH = "/v1/models"
 HEALTH_PATH = "/health"
 MAX_BODY_BYTES = 1 << 20
+CHECK_TIMEOUT_S = 5.0
+_MAX_THREADS = 64
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -126,6 +130,23 @@ def check_server(
     if model and models and model not in models:
         return Check(False, error=f"serves {', '.join(models)}, not {model}", models=models)
     return Check(True, latency_s=time.monotonic() - started, models=models)
+
+
+def check_servers(
+    servers: Sequence[tuple[str, str | None]],
+    api_key: str | None,
+    timeout_s: float = CHECK_TIMEOUT_S,
+) -> list[Check]:
+    """`check_server` on every (base URL, model or None) at once, so one hung server hides
+    no other; the checks come back in the servers' order."""
+    if not servers:
+        return []
+
+    def one(server: tuple[str, str | None]) -> Check:
+        return check_server(server[0], timeout_s, api_key, server[1])
+
+    with ThreadPoolExecutor(max_workers=min(len(servers), _MAX_THREADS)) as pool:
+        return list(pool.map(one, servers))
 
 
 # ------------------------------------------------------------------------------ async

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcinfer.core.server_probe import Check, check_server
+from hpcinfer.core.server_probe import CHECK_TIMEOUT_S, Check, check_servers
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.registry import (
     DEAD,
@@ -28,9 +27,7 @@ from hpcinfer.serve.registry import (
     read_registry,
 )
 
-CHECK_TIMEOUT_S = 5.0
 WAIT_POLL_S = 2.0
-_MAX_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -70,14 +67,8 @@ def check_all(
     endpoints: Sequence[Endpoint], api_key: str | None, timeout_s: float = CHECK_TIMEOUT_S
 ) -> list[EndpointStatus]:
     """Check every endpoint now, concurrently; results in the endpoints' order."""
-    if not endpoints:
-        return []
-
-    def one(entry: Endpoint) -> EndpointStatus:
-        return EndpointStatus(entry, check_server(entry.url, timeout_s, api_key, entry.model))
-
-    with ThreadPoolExecutor(max_workers=min(len(endpoints), _MAX_THREADS)) as pool:
-        return list(pool.map(one, endpoints))
+    checks = check_servers([(e.url, e.model) for e in endpoints], api_key, timeout_s)
+    return [EndpointStatus(e, check) for e, check in zip(endpoints, checks, strict=True)]
 
 
 def summary_line(statuses: Sequence[EndpointStatus]) -> str:
