@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import InProcessCLI
+from tests.harness import InProcessCLI, exited, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -77,6 +77,19 @@ def start_cli(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Pop
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+    )
+
+
+def wait_for_units(
+    out: Path, count: int, proc: subprocess.Popen[str], timeout: float = 300
+) -> None:
+    """Wait until the run `proc` writing to `out` has committed `count` units."""
+    wait_for(
+        lambda: len(list((out / "units").glob("*.jsonl"))) >= count,
+        timeout,
+        f"{count} committed units in {out}",
+        give_up=lambda: exited(proc),
+        interval=0.2,
     )
 
 

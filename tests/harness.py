@@ -5,6 +5,7 @@ exit codes, never hand out one port twice and fail saying what they waited for."
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -106,6 +107,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     port = choose_port(host, preferred, 1, in_use=taken).port
     _handed_out.add(port)
     return port
+
+
+def exited(proc: subprocess.Popen[str]) -> str | None:
+    """For `wait_for(give_up=...)`: why waiting on `proc` is pointless (it has ended, with the
+    tail of its stderr), else None."""
+    if proc.poll() is None:
+        return None
+    stderr = proc.stderr.read() if proc.stderr is not None else ""
+    return f"it exited {proc.returncode}: {stderr[-3000:]}"
 
 
 # -- waiting -----------------------------------------------------------------------------------

@@ -59,6 +59,15 @@ def with_text(pids: list[int], text: str) -> list[int]:
     return [p for p in hits if p in pids or not pids]
 
 
+def children(pid: int) -> list[int]:
+    """The live (not zombie) child processes of `pid`."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    with contextlib.suppress(OSError):
+        found = {int(c) for c in path.read_text().split()}
+        return [c for c in _live(lambda _, fields: int(fields[1]) == pid) if c in found]
+    return []
+
+
 def command_lines(pids: list[int]) -> list[str]:
     """The command lines of those of `pids` still there, for a failure message."""
     lines = []

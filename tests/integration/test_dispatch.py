@@ -19,6 +19,7 @@ import pytest
 
 from hpcinfer.testing.stub_server import StubServer
 from tests.conftest import hpcinfer_cmd, read_rows, run_cli, start_cli
+from tests.harness import exited, wait_for
 
 SECRET = "sk-test-not-for-logs-0123456789"
 
@@ -115,9 +116,13 @@ def test_an_endpoint_that_dies_mid_dispatch_loses_nothing(tmp_path: Path) -> Non
                 tmp_path,
                 _env(),
             )  # fmt: skip
-            deadline = time.monotonic() + 60
-            while b.stats()["ok"] < 40 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for(
+                lambda: b.stats()["ok"] >= 40,
+                120,
+                "40 records answered by endpoint b",
+                state=b.stats,
+                give_up=lambda: exited(proc),
+            )
             b.stop()  # mid-dispatch: its open streams are cut
             out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
@@ -149,9 +154,13 @@ def test_unreachable_endpoints_fail_fast_and_all_down_fails_the_run(tmp_path: Pa
         tmp_path,
         _env(),
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while stub.stats()["ok"] < 20 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(
+        lambda: stub.stats()["ok"] >= 20,
+        120,
+        "20 records answered",
+        state=stub.stats,
+        give_up=lambda: exited(proc),
+    )
     port = stub.port
     stub.stop()
     _, err = proc.communicate(timeout=120)
@@ -199,9 +208,14 @@ def test_kill_9_mid_dispatch_then_rerun_completes_exactly_once(tmp_path: Path) -
             tmp_path,
             _env(),
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while stub.stats()["ok"] < 40 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(
+            lambda: stub.stats()["ok"] >= 40,
+            120,
+            "40 records answered",
+            state=stub.stats,
+            give_up=lambda: exited(proc),
+            interval=0.02,
+        )
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
         done, rows = _dispatch(tmp_path, [stub.url], "--unit-size", "4")

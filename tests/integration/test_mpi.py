@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -17,8 +16,17 @@ from typing import Any
 import pytest
 
 from hpcinfer.testing.stub_server import StubServer
-from tests.conftest import hpcinfer_cmd, read_rows, require, run_cli, start_cli, write_prompts
-from tests.harness import wait_for
+from tests.conftest import (
+    hpcinfer_cmd,
+    read_rows,
+    require,
+    run_cli,
+    start_cli,
+    wait_for_units,
+    write_prompts,
+)
+from tests.harness import exited, wait_for
+from tests.processes import children
 
 pytestmark = pytest.mark.integration
 
@@ -131,13 +139,7 @@ def test_kill_one_rank_then_rerun_completes_exactly_once(
     # hpcinfer starts the ranks itself (mpiexec -n 3 -ppn 3 ...).
     proc = start_cli(hpcinfer_cmd(*args), tmp_path, env)
     units = tmp_path / "out" / "units"
-    wait_for(
-        lambda: len(list(units.glob("*.jsonl"))) >= 3,
-        300,
-        "3 committed units",
-        give_up=lambda: _exited(proc),
-        interval=0.2,
-    )
+    wait_for_units(tmp_path / "out", 3, proc)
     os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL)
     _, stderr = proc.communicate(timeout=300)
     committed_before = len(list(units.glob("*.jsonl")))
@@ -171,9 +173,9 @@ def test_a_rank_whose_worker_dies_loses_nothing_the_others_finish(
 
         def kill_rank_1s_worker(launcher: int) -> None:
             assert not list(units.glob("*.jsonl")), "nothing can commit while the server holds"
-            (worker,) = _children(_rank_pid(launcher, 1))
+            (worker,) = children(_rank_pid(launcher, 1))
             os.kill(worker, signal.SIGKILL)
-            wait_for(lambda: worker not in _children(_rank_pid(launcher, 1)), 30, "the kill")
+            wait_for(lambda: worker not in children(_rank_pid(launcher, 1)), 30, "the kill")
 
         stdout = _three_ranks_at_work(stub, args, tmp_path, cli_env, kill_rank_1s_worker)
     _assert_exactly_once(tmp_path / "out", 240)
@@ -202,7 +204,7 @@ def _three_ranks_at_work(
             300,
             "all three ranks at work (12 requests held, 4 per rank)",
             state=lambda: stub.stats()["running"],
-            give_up=lambda: _exited(proc),
+            give_up=lambda: exited(proc),
         )
         meanwhile(proc.pid)
         stub.release()
@@ -213,30 +215,6 @@ def _three_ranks_at_work(
             proc.communicate()
     assert proc.returncode == 0, stderr[-3000:]
     return stdout
-
-
-def _exited(proc: subprocess.Popen[str]) -> str | None:
-    """Why waiting on the job is pointless: it has ended (with its stderr's tail)."""
-    if proc.poll() is None:
-        return None
-    return f"the job exited {proc.returncode}: {proc.communicate()[1][-3000:]}"
-
-
-def _children(pid: int) -> list[int]:
-    """The live child processes of `pid` (a rank agent's worker)."""
-    with contextlib.suppress(OSError):
-        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        return [int(c) for c in found if pid in _parents(int(c))]
-    return []
-
-
-def _parents(pid: int) -> list[int]:
-    """[its parent] while `pid` lives and is not a zombie, else []."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return []
-    return [] if fields[0] == "Z" else [int(fields[1])]
 
 
 def test_static_schedule_reproduces_simple_test(tmp_path: Path, cli_env: dict[str, str]) -> None:

@@ -6,36 +6,25 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import hpcinfer_cmd, read_rows, run_cli, start_cli, write_prompts
+from tests.conftest import (
+    hpcinfer_cmd,
+    read_rows,
+    run_cli,
+    start_cli,
+    wait_for_units,
+    write_prompts,
+)
+from tests.processes import children
 
 pytestmark = pytest.mark.integration
 
 
 def _start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return start_cli(hpcinfer_cmd(*args), cwd, env)
-
-
-def _wait_for_units(
-    out: Path, count: int, proc: subprocess.Popen[str], timeout: float = 300
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(list((out / "units").glob("*.jsonl"))) >= count:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"run ended (code {proc.returncode}) before {count} units committed")
-        time.sleep(0.2)
-    pytest.fail(f"no {count} committed units within {timeout}s")
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
 def _assert_exactly_once(out: Path, prompts: list[str]) -> None:
@@ -58,7 +47,7 @@ def test_kill9_mid_run_then_rerun_gives_every_record_once(
     prompts = write_prompts(tmp_path / "prompts.txt", 600)
     args = ["run", "prompts.txt", "--out", "out", "--workers", "1", *COMMON]
     proc = _start(args, tmp_path, cli_env)
-    _wait_for_units(tmp_path / "out", 3, proc)
+    wait_for_units(tmp_path / "out", 3, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     committed = len(list((tmp_path / "out" / "units").glob("*.jsonl")))
@@ -77,8 +66,8 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path: Path, cli_env: dict[str
     proc = _start(
         ["run", "prompts.txt", "--out", "out", "--workers", "2", *COMMON], tmp_path, cli_env
     )
-    _wait_for_units(tmp_path / "out", 2, proc)
-    workers = _children(proc.pid)
+    wait_for_units(tmp_path / "out", 2, proc)
+    workers = children(proc.pid)
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=300)
@@ -95,7 +84,7 @@ def test_sigterm_stops_cleanly_with_the_incomplete_code(
     proc = _start(
         ["run", "prompts.txt", "--out", "out", "--workers", "1", *COMMON], tmp_path, cli_env
     )
-    _wait_for_units(tmp_path / "out", 2, proc)
+    wait_for_units(tmp_path / "out", 2, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 4, stderr[-3000:]
@@ -104,7 +93,7 @@ def test_sigterm_stops_cleanly_with_the_incomplete_code(
     rows = read_rows(tmp_path / "out" / "results.jsonl")
     assert 0 < len(rows) < 2000
     assert len(rows) == summary["records_ok"]
-    assert not _children(proc.pid)
+    assert not children(proc.pid)
 
 
 def test_time_limit_then_resume_completes(tmp_path: Path, cli_env: dict[str, str]) -> None:
