@@ -31,10 +31,16 @@ def test_a_server_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path
         started = time.monotonic()
         stop_all([server], grace_s=1.0)
         took = time.monotonic() - started
-        assert 0.9 <= took < 5, took
+        assert 0.9 <= took < 10, took  # the grace period, then no long wait
         assert server.returncode == -signal.SIGKILL
         assert server.exit_text() == "killed by SIGKILL"
-        assert group_members(server.pid) == []  # the child went with it
+        # the child went with it (a SIGKILLed process leaves the table a moment later)
+        wait_for(
+            lambda: group_members(server.pid) == [],
+            10,
+            "the server's child to end",
+            state=lambda: group_members(server.pid),
+        )
     finally:
         server.signal_group(signal.SIGKILL)
 
