@@ -31,12 +31,16 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _workload(path: Path, count: int, poison: tuple[int, ...] = ()) -> dict[str, int]:
-    """JSONL records with distinct max_tokens (1..13); `poison` records always fail."""
+def _workload(
+    path: Path, count: int, poison: tuple[int, ...] = (), hang_once: tuple[int, ...] = ()
+) -> dict[str, int]:
+    """JSONL records with distinct max_tokens (1..13); `poison` records always fail, and the
+    first attempt of a `hang_once` record is never answered, whichever server gets it."""
     expected = {}
     with path.open("w", encoding="utf-8") as handle:
         for i in range(count):
             prompt = f"question {i} about words" + (" FAIL_ALWAYS" if i in poison else "")
+            prompt += f" FAIL_ONCE:r{i}:hang" if i in hang_once else ""
             budget = 1 + i % 13
             handle.write(json.dumps({"id": f"r{i}", "prompt": prompt, "n": budget}) + "\n")
             expected[f"r{i}"] = budget
@@ -82,9 +86,11 @@ def test_dispatch_spreads_over_endpoints_and_keeps_ids(tmp_path: Path) -> None:
 def test_faults_are_retried_and_only_exhausted_records_become_error_rows(
     tmp_path: Path,
 ) -> None:
-    expected = _workload(tmp_path / "w.jsonl", 200, poison=(7, 120))
+    # The hang is asked for by a record, not by arrival number: which record is b's third
+    # arrival depends on routing, and a poisoned record arriving third wore the hang's slot.
+    expected = _workload(tmp_path / "w.jsonl", 200, poison=(7, 120), hang_once=(150,))
     faults_a = ["http500@every=5", "malformed:2@every=7", "truncate:2@every=11"]
-    faults_b = ["drop@every=6", "hang@n=3"]
+    faults_b = ["drop@every=6"]
     with StubServer(faults=faults_a) as a, StubServer(faults=faults_b) as b:
         # 8 retries: a record fails 9 times in a row only when it is poisoned
         done, rows = _dispatch(
@@ -100,7 +106,10 @@ def test_faults_are_retried_and_only_exhausted_records_become_error_rows(
     assert "w.jsonl:8" in failed["r7"]["error"]  # names the file and line to look at
     for mode in ("http500", "malformed", "truncate"):
         assert stats_a["faults"][mode] > 0, (mode, stats_a)
-    assert stats_b["faults"]["drop"] > 0 and stats_b["faults"]["hang"] == 1
+    assert stats_b["faults"]["drop"] > 0
+    # each server counts attempts itself: a retry sent to the other server hangs there too
+    assert stats_a["faults"]["hang"] + stats_b["faults"]["hang"] in (1, 2)
+    assert next(r for r in rows if r["id"] == "r150")["status"] == "ok"
 
 
 def test_an_endpoint_that_dies_mid_dispatch_loses_nothing(tmp_path: Path) -> None:
