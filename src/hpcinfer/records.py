@@ -26,6 +26,12 @@ class Record:
     error: str | None = None
     max_tokens: int | None = None
     """Per-record output budget (from `inputs.max_tokens_field`); None: the job's."""
+    sampling: dict[str, Any] = field(default_factory=dict)
+    """Per-record sampling fields, validated (`inputs.sampling.SAMPLING_FIELDS`), over the
+    job's `sampling` section: temperature, n, logprobs, json_schema, lora, ..."""
+    batch_url: str | None = None
+    """Set for a request read from an OpenAI Batch file (its `url`), so the Batch output
+    file can answer it in kind; `id` is then its `custom_id`."""
 
     @property
     def where(self) -> str:
@@ -46,6 +52,12 @@ class Result:
     ttft_s: float | None = None
     endpoint: str | None = None
     """The server that answered (dispatcher engines only)."""
+    texts: list[str] | None = None
+    """Every sample when a record asked for n > 1 (`text` is the first)."""
+    finish_reasons: list[str | None] | None = None
+    """The finish reason of each sample when n > 1."""
+    logprobs: list[list[dict[str, Any]]] | None = None
+    """When asked: per sample, per generated token {token, logprob, top_logprobs}."""
     status: str = "ok"
     error: str | None = None
 

@@ -61,6 +61,12 @@ class EngineSpec(_Model):
     extra: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM LLM(...) keyword arguments."
     )
+    lora_adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA adapters records may choose with their `lora` field: name -> "
+        "adapter directory (enables LoRA in the engine), e.g. "
+        "--set engine.lora_adapters.sql=/models/sql-lora.",
+    )
 
 
 class SamplingSpec(_Model):
@@ -80,7 +86,14 @@ class InputSpec(_Model):
     """Where prompts come from and how a record becomes a prompt."""
 
     paths: list[str] = Field(default_factory=list, description="Files, directories or globs.")
-    format: Literal["auto", "text", "jsonl", "csv", "tsv"] = "auto"
+    format: Literal["auto", "text", "jsonl", "batch", "csv", "tsv", "parquet", "hf-dataset"] = (
+        Field(
+            "auto",
+            description="'auto': by extension (.jsonl, .csv, .tsv, .parquet; a directory "
+            "saved by datasets' save_to_disk is 'hf-dataset'; JSONL lines with custom_id, url "
+            "and body are OpenAI Batch requests), else text.",
+        )
+    )
     prompt_field: str | None = Field(
         None, description="JSONL key or CSV/TSV column with the prompt."
     )

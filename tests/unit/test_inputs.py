@@ -127,8 +127,8 @@ def test_detect_format_by_extension_and_override() -> None:
 
 def test_unknown_format_lists_choices(tmp_path: Path) -> None:
     path = write(tmp_path / "a.txt", "hi\n")
-    with pytest.raises(InputError, match=r"'parquet'.*text, jsonl, csv, tsv"):
-        read_records([path], fmt="parquet")
+    with pytest.raises(InputError, match=r"'xml'.*text, jsonl, batch, csv, tsv, parquet"):
+        read_records([path], fmt="xml")
 
 
 def test_missing_file_in_read_records_raises(tmp_path: Path) -> None:

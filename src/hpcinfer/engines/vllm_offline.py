@@ -15,6 +15,14 @@ from typing import Any
 
 from hpcinfer.engines.cpu_memory import cpu_kv_cache_share
 from hpcinfer.engines.openai_engine import ClientSetup
+from hpcinfer.engines.record_params import (
+    LoraChooser,
+    ParamsCache,
+    RecordRejected,
+    fill_samples,
+    record_kwargs,
+    structured_kwargs,
+)
 from hpcinfer.errors import EngineError
 from hpcinfer.records import Record, Result
 from hpcinfer.spec import EngineSpec, SamplingSpec
@@ -73,6 +81,9 @@ def llm_kwargs(setup: EngineSetup) -> dict[str, Any]:
         )
     if in_process_engine(setup):
         kwargs["distributed_executor_backend"] = "uni"
+    if spec.lora_adapters:
+        kwargs["enable_lora"] = True
+        kwargs["max_loras"] = len(spec.lora_adapters)
     kwargs.update(spec.extra)
     return kwargs
 
@@ -100,6 +111,7 @@ def sampling_kwargs(sampling: SamplingSpec) -> dict[str, Any]:
 class _Pending:
     record_id: str
     submitted: float
+    logprobs: int | None = None
 
 
 class VllmOfflineEngine:
@@ -108,6 +120,7 @@ class VllmOfflineEngine:
     def __init__(self, setup: EngineSetup) -> None:
         try:
             from vllm import LLM, SamplingParams
+            from vllm.lora.request import LoRARequest
         except ImportError as exc:
             raise EngineError(
                 f"vLLM is not importable ({exc}); on a laptop install the CPU build with "
@@ -118,22 +131,22 @@ class VllmOfflineEngine:
         self._engine = self._llm.llm_engine
         self._tokenizer = self._llm.get_tokenizer()
         self.max_model_len = int(self._engine.model_config.max_model_len)
-        self._params = SamplingParams(**sampling_kwargs(setup.sampling))
+        self._base_kwargs = sampling_kwargs(setup.sampling)
+        self._params = SamplingParams(**self._base_kwargs)
         _final_only(self._params)
         self._pending: dict[str, _Pending] = {}
         self._ids = itertools.count()
-        self._params_by_budget: dict[int, Any] = {}
+        self._by_fields = ParamsCache(_params_maker(SamplingParams))
+        self._lora = LoraChooser(setup.engine.lora_adapters, LoRARequest)
+        self._refusals = _request_refusals()
 
-    def _params_for(self, max_tokens: int | None) -> Any:
-        """The job's sampling params, or a copy with a record's own max_tokens."""
-        if max_tokens is None or max_tokens == self._params.max_tokens:
+    def _params_for(self, record: Record) -> Any:
+        """The job's sampling params, or one built with the record's own fields over them."""
+        if not record.sampling and record.max_tokens in (None, self._params.max_tokens):
             return self._params
-        params = self._params_by_budget.get(max_tokens)
-        if params is None:
-            params = self._params.clone()
-            params.max_tokens = max_tokens
-            self._params_by_budget[max_tokens] = params
-        return params
+        return self._by_fields.get(
+            record_kwargs(self._base_kwargs, record), structured_kwargs(record)
+        )
 
     def submit(self, records: Sequence[Record]) -> list[Result]:
         rejected: list[Result] = []
@@ -158,14 +171,21 @@ class VllmOfflineEngine:
                 continue
             request_id = str(next(self._ids))
             try:
-                params = self._params_for(record.max_tokens)
-                self._engine.add_request(request_id, {"prompt_token_ids": token_ids}, params)
-            except (ValueError, TypeError) as exc:
+                lora = self._lora.request_for(record)
+            except RecordRejected as exc:
+                rejected.append(Result.failed(record.id, f"{record.where}: {exc}"))
+                continue
+            try:
+                params = self._params_for(record)
+                prompt = {"prompt_token_ids": token_ids}
+                self._engine.add_request(request_id, prompt, params, lora_request=lora)
+            except self._refusals as exc:
                 rejected.append(
                     Result.failed(record.id, f"{record.where}: rejected by vLLM: {exc}")
                 )
                 continue
-            self._pending[request_id] = _Pending(record.id, time.monotonic())
+            logprobs = record.sampling.get("logprobs")
+            self._pending[request_id] = _Pending(record.id, time.monotonic(), logprobs)
         return rejected
 
     def poll(self) -> list[Result]:
@@ -191,7 +211,10 @@ class VllmOfflineEngine:
     def _tokenize(self, record: Record) -> list[int]:
         if record.messages is not None:
             text = self._tokenizer.apply_chat_template(
-                record.messages, tokenize=False, add_generation_prompt=True
+                record.messages,
+                tokenize=False,
+                add_generation_prompt=True,
+                chat_template=record.sampling.get("chat_template"),
             )
             return list(self._tokenizer.encode(text, add_special_tokens=False))
         return list(self._tokenizer.encode(record.prompt or ""))
@@ -200,7 +223,7 @@ class VllmOfflineEngine:
         completion = output.outputs[0]
         metrics = getattr(output, "metrics", None)
         ttft = getattr(metrics, "first_token_latency", None) if metrics is not None else None
-        return Result(
+        result = Result(
             id=pending.record_id,
             text=completion.text,
             finish_reason=completion.finish_reason,
@@ -209,6 +232,32 @@ class VllmOfflineEngine:
             latency_s=round(time.monotonic() - pending.submitted, 6),
             ttft_s=round(float(ttft), 6) if ttft else None,
         )
+        fill_samples(result, list(output.outputs), pending.logprobs)
+        return result
+
+
+def _request_refusals() -> tuple[type[Exception], ...]:
+    """The exceptions vLLM raises for one bad request (that record's error row)."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # older vLLM: ValueError only
+        return (ValueError, TypeError)
+    return (ValueError, TypeError, VLLMClientError)
+
+
+def _params_maker(sampling_params: Any) -> Any:
+    """Builds SamplingParams (final outputs only) with an optional structured output."""
+
+    def make(kwargs: dict[str, Any], structured: dict[str, Any] | None) -> Any:
+        if structured is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kwargs = dict(kwargs, structured_outputs=StructuredOutputsParams(**structured))
+        params = sampling_params(**kwargs)
+        _final_only(params)
+        return params
+
+    return make
 
 
 def _final_only(params: Any) -> None:

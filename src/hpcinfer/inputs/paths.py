@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hpcinfer.errors import InputError
+from hpcinfer.inputs.columnar import is_saved_dataset
 
-INPUT_EXTENSIONS = (".txt", ".in", ".jsonl", ".csv", ".tsv")
+INPUT_EXTENSIONS = (".txt", ".in", ".jsonl", ".csv", ".tsv", ".parquet")
 """Extensions picked up when a directory is given; anything else inside it is ignored."""
 
 _GLOB_CHARS = frozenset("*?[")
@@ -63,6 +64,8 @@ def _expand_one(pattern: str, base: Path) -> list[Path]:
         raise InputError("an input path is empty; give a file, a directory or a quoted glob")
     expanded = os.path.expanduser(pattern)
     path = base / expanded
+    if path.is_dir() and is_saved_dataset(path):
+        return [path]  # a Hugging Face dataset saved with save_to_disk is one input
     if path.is_dir():
         return _directory_files(pattern, path)
     if path.exists():

@@ -1,4 +1,5 @@
-"""Read input files (text, JSONL, CSV, TSV) into Records, streaming, one record at a time.
+"""Read input files (text, JSONL, OpenAI Batch, CSV, TSV, Parquet, saved Hugging Face
+datasets) into Records, streaming, one record at a time.
 
 Files are read as bytes and each line is decoded on its own, so a file of any size fits in
 memory and one line of bad bytes costs one error row, not the run. Everything wrong with one
@@ -10,17 +11,26 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 from hpcinfer.errors import InputError
+from hpcinfer.inputs.batch import batch_record, is_batch_line
+from hpcinfer.inputs.columnar import (
+    COLUMNAR,
+    check_columns,
+    column_names,
+    is_saved_dataset,
+    read_rows,
+)
 from hpcinfer.inputs.paths import display_name
+from hpcinfer.inputs.sampling import take_sampling
 from hpcinfer.inputs.template import PromptTemplate, TemplateRenderError, describe_names
 from hpcinfer.records import Message, Record
 
-FORMATS = ("text", "jsonl", "csv", "tsv")
-_BY_EXTENSION = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+FORMATS = ("text", "jsonl", "batch", "csv", "tsv", "parquet", "hf-dataset")
+_BY_EXTENSION = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
 _BOM = b"\xef\xbb\xbf"
 _CSV_FIELD_LIMIT = 64 * 1024 * 1024  # the default (128 KiB) is shorter than long-context prompts
@@ -46,6 +56,8 @@ def detect_format(path: Path, fmt: str | None = None) -> str:
         if chosen not in FORMATS:
             raise InputError(f"unknown input format {fmt!r}; choose one of {', '.join(FORMATS)}")
         return chosen
+    if path.is_dir() and is_saved_dataset(path):
+        return "hf-dataset"
     return _BY_EXTENSION.get(path.suffix.lower(), "text")
 
 
@@ -66,10 +78,13 @@ def read_records(
     options = _Options(prompt_field=prompt_field, template=template, id_field=id_field)
     plan = [(path, detect_format(path, fmt), display_name(path, cwd)) for path in files]
     for path, kind, source in plan:
-        if path.is_dir():
+        if path.is_dir() and kind != "hf-dataset":
             raise InputError(f"input {source} is a directory; pass the files inside it")
         if not path.exists():
             raise InputError(f"input file {source} does not exist; check the path")
+        if kind in COLUMNAR:
+            check_columns(column_names(path, kind, source), source, options.prompt_field,
+                          options.template is not None)  # fmt: skip
         if kind in _DELIMITERS:
             with _open(path, source) as handle:
                 bad_lines: list[tuple[int, str]] = []
@@ -83,8 +98,11 @@ def _iter_records(plan: list[tuple[Path, str, str]], options: _Options) -> Itera
     for path, kind, source in plan:
         if kind == "text":
             yield from _read_text(path, source, options)
-        elif kind == "jsonl":
-            yield from _read_jsonl(path, source, options)
+        elif kind in ("jsonl", "batch"):
+            yield from _read_jsonl(path, source, options, batch_only=kind == "batch")
+        elif kind in COLUMNAR:
+            for row_no, row in read_rows(path, kind, source):
+                yield take_sampling(_object_record(row, source, row_no, options))
         else:
             yield from _read_table(path, source, _DELIMITERS[kind], options)
 
@@ -119,19 +137,40 @@ def _text_record(line: str, source: str, line_no: int, options: _Options) -> Rec
     return Record(_default_id(source, line_no), source, line_no, prompt=prompt)
 
 
-def _read_jsonl(path: Path, source: str, options: _Options) -> Iterator[Record]:
+def _read_jsonl(
+    path: Path, source: str, options: _Options, *, batch_only: bool
+) -> Iterator[Record]:
     for line_no, line in _decoded_lines(path, source):
         if isinstance(line, Record):
             yield line
         elif line.strip():
-            yield _jsonl_record(line, source, line_no, options)
+            yield _jsonl_record(line, source, line_no, options, batch_only)
 
 
-def _jsonl_record(line: str, source: str, line_no: int, options: _Options) -> Record:
+def _jsonl_record(
+    line: str, source: str, line_no: int, options: _Options, batch_only: bool
+) -> Record:
     try:
         obj = _parse_object(line)
     except _BadRecord as bad:
         return _error(source, line_no, str(bad))
+    if batch_only or is_batch_line(obj):
+        record, problem = batch_record(obj, source, line_no, _checked_messages)
+        if problem is None:
+            return record
+        return replace(record, error=f"OpenAI Batch request: {problem}")
+    return take_sampling(_object_record(obj, source, line_no, options))
+
+
+def _checked_messages(value: Any) -> list[Message]:
+    try:
+        return _messages(value)
+    except _BadRecord as bad:
+        raise ValueError(str(bad)) from None
+
+
+def _object_record(obj: Mapping[str, Any], source: str, line_no: int, options: _Options) -> Record:
+    """A record from one JSON object or one Parquet/Arrow row."""
     record_id = _id_from(obj.get(options.id_field), source, line_no)
     fields = {k: v for k, v in obj.items() if k not in (options.id_field, "prompt", "messages")}
     try:
@@ -220,7 +259,8 @@ def _read_table(path: Path, source: str, delimiter: str, options: _Options) -> I
                     f"that contain a {what} or a line break, or remove the extra {what}",
                 )
                 continue
-            yield _table_record(dict(zip(header, row, strict=True)), source, start, options)
+            record = _table_record(dict(zip(header, row, strict=True)), source, start, options)
+            yield take_sampling(record)
 
 
 def _table_header(

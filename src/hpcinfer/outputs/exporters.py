@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from hpcinfer.errors import SpecError
 from hpcinfer.outputs.atomic import atomic_writer
+from hpcinfer.outputs.batch_output import BATCH_OUTPUT, batch_line
 from hpcinfer.outputs.store import OutputStore
 from hpcinfer.spec import OutputSpec
 
@@ -24,19 +26,26 @@ def parquet_available() -> bool:
 def export_all(
     store: OutputStore, unit_ids: Sequence[str], spec: OutputSpec, out_dir: Path
 ) -> dict[str, int]:
-    """Write results.jsonl (always), text `.out` files and parquet when asked; return counts.
+    """Write results.jsonl (always), batch_output.jsonl (for OpenAI Batch inputs), text
+    `.out` files and parquet when asked; return counts.
 
     Every file is written atomically: a failed export leaves the previous files whole."""
     counts = {"records": 0, "ok": 0, "error": 0, "prompt_tokens": 0, "output_tokens": 0}
     names = TextNames()
+    created = int(time.time())
     with contextlib.ExitStack() as stack:
         results = stack.enter_context(atomic_writer(out_dir / "results.jsonl"))
         text_files: dict[str, IO[str]] = {}
+        batch: IO[str] | None = None
         for row in store.iter_rows(unit_ids):
             _count(counts, row)
             results.write(
                 json.dumps(public_row(row, spec.include_prompt), ensure_ascii=False) + "\n"
             )
+            if row.get("batch_url"):  # an OpenAI Batch request is answered in kind too
+                if batch is None:
+                    batch = stack.enter_context(atomic_writer(out_dir / BATCH_OUTPUT))
+                batch.write(json.dumps(batch_line(row, created), ensure_ascii=False) + "\n")
             if "text" in spec.exports:
                 source = row["source"]
                 if source not in text_files:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from hpcinfer.inputs.columnar import input_files
 from hpcinfer.records import Record
 
 
@@ -89,8 +90,9 @@ def file_digests(files: Sequence[Path], names: Sequence[str]) -> dict[str, str]:
     digests: dict[str, str] = {}
     for path, name in zip(files, names, strict=True):
         digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+        for part in input_files(path):  # a saved dataset is a directory of files
+            with part.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
         digests[name] = digest.hexdigest()
     return digests

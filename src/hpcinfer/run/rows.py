@@ -23,7 +23,9 @@ ROW_FIELDS = (
     "model",
 )
 """Columns of results.jsonl; `prompt`/`messages` (on request) and `fields` (when the input
-had extra fields) follow them."""
+had extra fields) follow them, then, when a record asked for them, `texts` and
+`finish_reasons` (every sample of n > 1; `text` is the first), `logprobs` (per sample, per
+token) and `batch_url` (the record came from an OpenAI Batch file)."""
 
 
 def make_row(record: Record, result: Result, *, worker: int, model: str) -> dict[str, Any]:
@@ -51,4 +53,11 @@ def make_row(record: Record, result: Result, *, worker: int, model: str) -> dict
         row["prompt"] = record.prompt
     if record.fields:
         row["fields"] = record.fields
+    if result.texts is not None:
+        row["texts"] = result.texts
+        row["finish_reasons"] = result.finish_reasons
+    if result.logprobs is not None:
+        row["logprobs"] = result.logprobs
+    if record.batch_url is not None:
+        row["batch_url"] = record.batch_url
     return row
