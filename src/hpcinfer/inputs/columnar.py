@@ -27,8 +27,10 @@ _BATCH_ROWS = 1024
 
 
 def is_saved_dataset(path: Path) -> bool:
-    """A directory written by `datasets.Dataset.save_to_disk` (state.json + *.arrow)."""
-    return (path / _STATE).is_file() and (path / "dataset_info.json").is_file()
+    """A directory written by `save_to_disk`: a Dataset (state.json + *.arrow), or a
+    DatasetDict (dataset_dict.json; refused with its split names when read)."""
+    dataset = (path / _STATE).is_file() and (path / "dataset_info.json").is_file()
+    return dataset or (path / "dataset_dict.json").is_file()
 
 
 def _pyarrow(source: str) -> Any:

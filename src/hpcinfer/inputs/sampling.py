@@ -192,7 +192,7 @@ def parse_sampling(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any
     chosen: dict[str, Any] = {}
     for name, check in SAMPLING_FIELDS.items():
         raw = values.get(name)
-        if raw is None or (isinstance(raw, str) and not raw.strip()):
+        if raw is None or raw == "":  # an empty CSV cell: not set
             continue
         value = check(prefix + name, raw)
         if value is not None:

@@ -33,6 +33,7 @@ from hpcinfer.errors import EngineError, SpecError
 from hpcinfer.exitcodes import ExitCode
 from hpcinfer.inputs import PromptTemplate, display_name, expand_inputs, read_records
 from hpcinfer.inputs.options import apply_max_tokens_field
+from hpcinfer.inputs.template_check import check_template
 from hpcinfer.logtail import log_tail
 from hpcinfer.outputs.exporters import check_exports, export_all
 from hpcinfer.outputs.store import OutputStore, unit_file_name
@@ -162,7 +163,11 @@ def _open_inputs(spec: JobSpec, cwd: Path) -> _Inputs:
         )
     files = expand_inputs(spec.inputs.paths, cwd=cwd)
     names = [display_name(f, cwd=cwd) for f in files]
-    return _Inputs(files, names, PromptTemplate.from_option(spec.inputs.template))
+    template = PromptTemplate.from_option(spec.inputs.template)
+    check_template(
+        template, files, cwd=cwd, fmt=None if spec.inputs.format == "auto" else spec.inputs.format
+    )
+    return _Inputs(files, names, template)
 
 
 def _units(spec: JobSpec, inputs: _Inputs, cwd: Path) -> Iterator[WorkUnit]:
