@@ -99,3 +99,18 @@ def test_a_truncated_or_unfinished_stream_is_never_kept() -> None:
     with pytest.raises(StreamError, match="without a finish_reason"):
         state.finish()
     assert issubclass(RequestRejected, Exception)
+
+
+def test_record_sampling_fields_reach_the_server_body() -> None:
+    record = Record(
+        "r", "in.jsonl", 1, prompt="p", max_tokens=7,
+        sampling={"temperature": 0.0, "seed": 3, "json_schema": {"type": "object"}, "lora": "sql"},
+    )  # fmt: skip
+    body = record_body(record, "completions", "base", SamplingSpec(temperature=0.8))
+    assert body["temperature"] == 0.0 and body["seed"] == 3 and body["max_tokens"] == 7
+    assert body["structured_outputs"] == {"json": {"type": "object"}}
+    assert body["model"] == "sql"  # the adapter's served name
+    for fields in ({"n": 2}, {"logprobs": 0}):
+        asking = Record("r", "in.jsonl", 1, prompt="p", sampling=fields)
+        with pytest.raises(RequestRejected, match="offline engine only; run this input with"):
+            record_body(asking, "completions", "base", SamplingSpec())

@@ -49,7 +49,36 @@ def record_body(record: Record, api: Api, model: str, sampling: SamplingSpec) ->
         top_k=sampling.top_k,
         ignore_eos=sampling.ignore_eos,
         min_tokens=sampling.min_tokens,
+        extra=record_extra(record),
     )
+
+
+_PLAIN_FIELDS = (
+    "temperature", "top_p", "top_k", "seed", "stop", "min_tokens",
+    "presence_penalty", "frequency_penalty", "repetition_penalty",
+)  # fmt: skip
+_STRUCTURED = {"json_schema": "json", "regex": "regex", "choice": "choice"}
+
+
+def record_extra(record: Record) -> dict[str, Any]:
+    """A record's own sampling fields as vLLM's OpenAI server takes them: structured output
+    as `structured_outputs`, a LoRA adapter as the model name, `chat_template`. n > 1 and
+    logprobs are refused (this engine keeps one streamed text per request)."""
+    fields = record.sampling
+    if fields.get("n", 1) > 1 or "logprobs" in fields:
+        raise RequestRejected(
+            "n > 1 and logprobs are answered by the offline engine only; run this input with "
+            "--engine vllm, or drop n/logprobs from the record"
+        )
+    extra = {name: fields[name] for name in _PLAIN_FIELDS if name in fields}
+    for ours, theirs in _STRUCTURED.items():
+        if ours in fields:
+            extra["structured_outputs"] = {theirs: fields[ours]}
+    if "lora" in fields:
+        extra["model"] = fields["lora"]  # vLLM serves each --lora-modules adapter by name
+    if "chat_template" in fields:
+        extra["chat_template"] = fields["chat_template"]
+    return extra
 
 
 @dataclass
