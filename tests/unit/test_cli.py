@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from hpcinfer.cli import main as cli_main
-from hpcinfer.cli.flags import FLAG_FIELDS
+from hpcinfer.cli.flags import FLAGS
 from hpcinfer.cli.main import app, run
 from hpcinfer.errors import SpecError
 from hpcinfer.spec import JobSpec
@@ -31,17 +31,24 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_every_flag_maps_to_a_run_option_and_a_real_spec_field() -> None:
-    params = set(inspect.signature(run).parameters)
-    for flag, dotted in FLAG_FIELDS.items():
-        assert flag in params, flag
+def test_every_shared_flag_sets_a_real_spec_field() -> None:
+    for name, flag in FLAGS.items():
+        if flag.field is None:
+            continue
         model: type[BaseModel] = JobSpec
-        *parents, leaf = dotted.split(".")
+        *parents, leaf = flag.field.split(".")
         for part in parents:
             annotation = model.model_fields[part].annotation
             assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
             model = annotation
-        assert leaf in model.model_fields, dotted
+        assert leaf in model.model_fields, (name, flag.field)
+
+
+def test_run_takes_every_shared_flag_that_sets_a_spec_field_but_the_servers_and_jobs() -> None:
+    params = set(inspect.signature(run).parameters)
+    for name, flag in FLAGS.items():
+        if flag.field and not flag.field.startswith(("serve.", "job.")):
+            assert name in params, name
 
 
 # -- in-process CLI (CliRunner) ---------------------------------------------------------------
@@ -210,7 +217,11 @@ def test_run_out_of_range_value_exits_2_naming_it(hpcinfer: Main) -> None:
 
 
 def test_run_bad_time_limit_exits_2(hpcinfer: Main) -> None:
-    text = usage_error(hpcinfer("run", "p.txt", "--time-limit", "soon"))
+    code, output = hpcinfer("run", "p.txt", "--time-limit", "soon")
+    text = " ".join(output.split())
+    assert code == 2 and "Traceback" not in output
+    assert "--time-limit 'soon' is not a duration" in text and "1.5h" in text
+    text = usage_error(hpcinfer("run", "p.txt", "--set", "time_limit=soon"))
     assert "time_limit" in text and "'soon'" in text
 
 

@@ -289,10 +289,13 @@ def test_cli_writes_the_default_and_given_paths(
     assert ran.code == 0, ran.err
     assert ran.out.strip() == str(results / "report.html")
     assert (results / "report.html").read_text().startswith("<!DOCTYPE html>")
-    target = tmp_path / "elsewhere" / "sweep.html"
-    ran = hpcinfer("report", str(results), "--out", str(target))
+    target = tmp_path / "elsewhere" / "report.html"
+    ran = hpcinfer("report", str(results), "-o", str(target.parent))
     assert ran.code == 0 and ran.out.strip() == str(target)
     assert target.stat().st_mode & 0o044  # others may read a report made to be shared
+    named = tmp_path / "elsewhere" / "sweep.html"  # the old spelling: --out names the page
+    ran = hpcinfer("report", str(results), "--out", str(named))
+    assert ran.code == 0 and ran.out.strip() == str(named) and named.is_file()
 
 
 def test_cli_missing_directory(tmp_path: Path, hpcinfer: Callable[..., Ran]) -> None:
@@ -340,4 +343,4 @@ def test_cli_malformed_file_is_named(
 def test_cli_help_has_an_example(hpcinfer: Callable[..., Ran]) -> None:
     ran = hpcinfer("report", "--help")
     assert ran.code == 0
-    assert "hpcinfer report bench-out --out sweep.html" in " ".join(ran.out.split())
+    assert "hpcinfer report bench-out -o pages" in " ".join(ran.out.split())

@@ -204,7 +204,13 @@ def test_flags_and_set_build_the_serve_spec(tmp_path: Path) -> None:
     )
     built = build_serve_spec(
         "job.yaml",
-        {"servers": 2, "host": "0.0.0.0", "api_key_env": "K", "ready_timeout": 60.0, "tp": None},
+        {
+            "serve.servers": 2,
+            "serve.host": "0.0.0.0",
+            "serve.api_key_env": "K",
+            "serve.ready_timeout_s": 60.0,
+            "engine.tensor_parallel_size": None,
+        },
         ["serve.args=[--swap-space, '4']"],
         tmp_path,
     )
@@ -215,7 +221,7 @@ def test_flags_and_set_build_the_serve_spec(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="takes a spec file"):
         build_serve_spec("prompts.txt", {}, [], tmp_path)
     with pytest.raises(SpecError, match=r"serve\.port"):
-        build_serve_spec(None, {"port": 70000}, [], tmp_path)
+        build_serve_spec(None, {"serve.port": 70000}, [], tmp_path)
 
 
 def test_cli_refuses_an_unset_key_variable_before_starting_anything(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hpcinfer.cli.flags import spec_fields
+from hpcinfer.cli.flags import FLAGS
 from hpcinfer.core.spec_loading import load_job_spec, split_spec_and_inputs
 from hpcinfer.errors import SpecError
 from hpcinfer.inputs import PromptTemplate
@@ -29,7 +29,8 @@ def build(
 ) -> JobSpec:
     """The command line's way: `[SPEC.yaml] [INPUT...]`, run-flag overrides, --set."""
     spec_file, inputs = split_spec_and_inputs(args)
-    return load_job_spec(spec_file, inputs, spec_fields(overrides or {}), sets or [], cwd)
+    fields = {FLAGS[name].field: value for name, value in (overrides or {}).items()}
+    return load_job_spec(spec_file, inputs, fields, sets or [], cwd)
 
 
 # -- load_job_spec ----------------------------------------------------------------------------

@@ -136,9 +136,17 @@ def test_bad_input_exits_2_with_a_message(workdir: Path, args: list[str], messag
     assert "hf_x" not in done.stderr and "Traceback" not in done.stderr
 
 
-def test_spec_must_be_yaml(workdir: Path) -> None:
-    done = cli(["submit", "prompts.txt", "--dry-run"], workdir)
-    assert done.returncode == 2 and ".yaml" in done.stderr
+def test_submit_takes_inputs_and_run_flags_like_run(workdir: Path) -> None:
+    done = cli(
+        ["submit", "prompts.txt", "--model", "/models/m", "-o", "out", "--nodes", "4",
+         "--walltime", "1.5h", "--profile", "polaris", "--scheduler", "pbs", "--dry-run"],
+        workdir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "#PBS -l select=4" in done.stdout and "#PBS -l walltime=01:30:00" in done.stdout
+    assert f"{workdir}/out/job/spec.yaml" in done.stdout  # -o out, as `run -o out`
+    done = cli(["submit", "spec.yaml", "prompts.txt", "other.yaml", "--dry-run"], workdir)
+    assert done.returncode == 2 and "only one spec file" in done.stderr
 
 
 QSTAT_JSON = json.dumps({"Jobs": {"77.srv": {"job_state": "F", "Exit_status": -29}}})

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hpcinfer.cli.flags import spec_fields
+from hpcinfer.cli import flags
 from hpcinfer.errors import SpecError
 
 OFFLINE_EPILOG = (
@@ -38,85 +38,67 @@ FOM_EPILOG = (
     "is named); 2 bad flags, cases or spec."
 )
 
-# Engine flags, shared by both commands; each maps onto the JobSpec field `hpcinfer run` uses.
-SpecFile = Annotated[
-    str | None,
-    typer.Argument(
-        metavar="SPEC.yaml",
-        help="Job spec for the engine (model, engine, workers.profile, bench.fom_cases).",
-    ),
-]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(help="Model directory or HF id in HF_HOME (default: built-in tiny model)."),
-]
-TpOpt = Annotated[int | None, typer.Option("--tp", help="Tensor-parallel devices (default 1).")]
-PpOpt = Annotated[
-    int,
-    typer.Option(
-        "--pp", help="Pipeline-parallel stages (on CPU, vLLM 0.32 fails with PP: use --tp)."
-    ),
-]
-DtypeOpt = Annotated[str | None, typer.Option(help="auto, float16, bfloat16 or float32.")]
-MaxNumSeqsOpt = Annotated[
-    int | None, typer.Option(help="Engine's concurrent requests (default: the batch size).")
-]
-MemoryShareOpt = Annotated[
-    float | None, typer.Option(help="vLLM gpu_memory_utilization (CPU: RAM share for KV cache).")
-]
-KvBytesOpt = Annotated[int | None, typer.Option(help="Exact KV-cache size in bytes.")]
-EagerOpt = Annotated[bool | None, typer.Option("--enforce-eager/--no-enforce-eager")]
-TrustOpt = Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code")]
-ProfileOpt = Annotated[
-    str | None,
-    typer.Option(help="Hardware profile name or YAML (default: detect); gives the MFU peak."),
-]
-PeakOpt = Annotated[
-    float | None,
-    typer.Option(help="Peak TFLOPS per device for MFU (default: the profile's peak_tflops_bf16)."),
-]
-WarmupOpt = Annotated[int, typer.Option(help="Untimed iterations first.")]
-ItersOpt = Annotated[int, typer.Option(help="Timed iterations.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the random prompts and of sampling.")]
-TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")]
-PercentilesOpt = Annotated[str, typer.Option(help="Latency percentiles to report, e.g. 50,90,99.")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Directory for the result files.")]
-CsvOpt = Annotated[
-    Path | None, typer.Option(help="Also append the ALCF inference FOM's CSV row(s) to this file.")
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Any spec field: --set engine.extra.max_num_batched_tokens=8192."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result document on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")]
-
 DEFAULT_OUT = Path("bench-out")
 
+BENCH: dict[str, flags.Flag] = {
+    "pp": flags.Flag(
+        Annotated[
+            int,
+            typer.Option(
+                "--pp", help="Pipeline-parallel stages (on CPU, vLLM 0.32 fails with PP: use --tp)."
+            ),
+        ],
+        default=1,
+    ),
+    "peak_tflops": flags.Flag(
+        Annotated[
+            float | None,
+            typer.Option(
+                help="Peak TFLOPS per device for MFU (default: the profile's peak_tflops_bf16)."
+            ),
+        ]
+    ),
+    "warmup_iters": flags.Flag(
+        Annotated[int, typer.Option(help="Untimed iterations first.")], default=1
+    ),
+    "iters": flags.Flag(Annotated[int, typer.Option(help="Timed iterations.")], default=3),
+    "seed": flags.Flag(
+        Annotated[int, typer.Option(help="Seed of the random prompts and of sampling.")],
+        default=0,
+    ),
+    "temperature": flags.Flag(
+        Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")], default=0.0
+    ),
+    "percentiles": flags.Flag(
+        Annotated[str, typer.Option(help="Latency percentiles to report, e.g. 50,90,99.")],
+        default="50,90,99",
+    ),
+    "csv": flags.Flag(
+        Annotated[
+            Path | None,
+            typer.Option(help="Also append the CSV row(s) of the ALCF inference FOM to this file."),
+        ]
+    ),
+    "out": flags.Flag(flags.FLAGS["out"].annotation),  # a directory, but no spec field here
+}
+"""The flags `bench offline` and `bench fom` share beyond the engine's."""
+_BENCH_FLAGS = (*BENCH, *flags.COMMON)
+_ENGINE_FLAGS = flags.ENGINE
 
-ENGINE_FLAGS = (
-    "model", "tp", "max_model_len", "dtype", "max_num_seqs", "memory_share",
-    "kv_cache_bytes", "enforce_eager", "trust_remote_code", "profile",
-)  # fmt: skip
-"""The flags of `bench offline`/`fom` that set the engine, as `run` names them."""
-BENCH_FLAGS = (
-    "pp", "warmup_iters", "iters", "seed", "temperature", "percentiles", "peak_tflops",
-    "out", "csv",
-)  # fmt: skip
 
-
-def settings_from_flags(flags: Mapping[str, Any]) -> Any:
-    """BenchSettings from a command's flags (its `locals()`): both commands take the same
-    flags, and one place maps them (a flag a command lacks, e.g. fom's max_model_len, which
-    comes per case, is left out)."""
-    engine = {name: flags[name] for name in ENGINE_FLAGS if name in flags}
-    common = {name: flags[name] for name in BENCH_FLAGS}
-    return bench_settings(flags["spec_file"], engine, flags["set_"] or [], **common, cwd=Path.cwd())
+def settings_from_flags(spec_file: str | None, given: flags.Flags) -> Any:
+    """BenchSettings from a command's flags: both commands take the same flags, and one place
+    maps them."""
+    common = {name: given[name] for name in BENCH if name != "out"}
+    out = Path(given["out"]) if given["out"] else DEFAULT_OUT
+    return bench_settings(
+        spec_file, given.spec_fields(), given.sets, **common, out=out, cwd=Path.cwd()
+    )
 
 
 def bench_settings(
     spec_file: str | None,
-    engine_flags: Mapping[str, Any],
+    engine_fields: Mapping[str, Any],
     sets: Sequence[str],
     *,
     pp: int,
@@ -130,7 +112,7 @@ def bench_settings(
     csv: Path | None,
     cwd: Path,
 ) -> Any:
-    """Spec file + engine flags + --set (validated as `run` validates them) + benchmark
+    """Spec file + engine fields + --set (validated as `run` validates them) + benchmark
     flags -> BenchSettings; every problem is a SpecError naming the flag."""
     from hpcinfer.bench.metrics import parse_percentiles
     from hpcinfer.bench.offline import BenchSettings
@@ -141,7 +123,7 @@ def bench_settings(
             f"`hpcinfer bench` takes a spec file (.yaml/.yml), not {spec_file!r}; the model "
             "goes in --model"
         )
-    spec = load_job_spec(spec_file, (), spec_fields(engine_flags), sets, cwd)
+    spec = load_job_spec(spec_file, (), engine_fields, sets, cwd)
     try:
         chosen = parse_percentiles(percentiles)
     except ValueError as exc:
@@ -187,8 +169,9 @@ def _mfu(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.3g}%"
 
 
+@flags.takes(*_ENGINE_FLAGS, *_BENCH_FLAGS, table=BENCH)
 def offline(
-    spec_file: SpecFile = None,
+    spec_file: flags.SPEC_ONLY = None,
     input_len: Annotated[
         int, typer.Option(min=1, help="Prompt tokens per request (exactly).")
     ] = 32,
@@ -196,30 +179,8 @@ def offline(
         int, typer.Option(min=1, help="Generated tokens per request (exactly).")
     ] = 128,
     batch_size: Annotated[int, typer.Option(min=1, help="Requests submitted together.")] = 8,
-    model: ModelOpt = None,
-    tp: TpOpt = None,
-    pp: PpOpt = 1,
-    max_model_len: Annotated[
-        int | None, typer.Option(help="Context length (default: the model's).")
-    ] = None,
-    dtype: DtypeOpt = None,
-    max_num_seqs: MaxNumSeqsOpt = None,
-    memory_share: MemoryShareOpt = None,
-    kv_cache_bytes: KvBytesOpt = None,
-    enforce_eager: EagerOpt = None,
-    trust_remote_code: TrustOpt = None,
-    profile: ProfileOpt = None,
-    peak_tflops: PeakOpt = None,
-    warmup_iters: WarmupOpt = 1,
-    iters: ItersOpt = 3,
-    seed: SeedOpt = 0,
-    temperature: TemperatureOpt = 0.0,
-    percentiles: PercentilesOpt = "50,90,99",
-    out: OutOpt = DEFAULT_OUT,
-    csv: CsvOpt = None,
-    set_: SetOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    flags: flags.Flags,
 ) -> None:
     """The ALCF inference FOM's benchmark on an in-process vLLM engine, exact lengths, warm-up.
 
@@ -232,9 +193,9 @@ def offline(
     """
     from hpcinfer.bench.offline import run_offline
 
-    settings = settings_from_flags(locals())
-    outcome = run_offline(settings, input_len, output_len, batch_size, _progress(quiet))
-    if json_out:
+    settings = settings_from_flags(spec_file, flags)
+    outcome = run_offline(settings, input_len, output_len, batch_size, _progress(flags.quiet))
+    if flags.json_out:
         print(json.dumps(outcome.document, indent=1))
         return
     _print_offline(outcome)
@@ -283,8 +244,9 @@ def _print_offline(outcome: Any) -> None:
     wide_console().print(table)
 
 
+@flags.takes(*(f for f in _ENGINE_FLAGS if f != "max_model_len"), *_BENCH_FLAGS, table=BENCH)
 def fom(
-    spec_file: SpecFile = None,
+    spec_file: flags.SPEC_ONLY = None,
     preset: Annotated[
         str | None,
         typer.Option(
@@ -299,27 +261,8 @@ def fom(
             "replaces the preset).",
         ),
     ] = None,
-    model: ModelOpt = None,
-    tp: TpOpt = None,
-    pp: PpOpt = 1,
-    dtype: DtypeOpt = None,
-    max_num_seqs: MaxNumSeqsOpt = None,
-    memory_share: MemoryShareOpt = None,
-    kv_cache_bytes: KvBytesOpt = None,
-    enforce_eager: EagerOpt = None,
-    trust_remote_code: TrustOpt = None,
-    profile: ProfileOpt = None,
-    peak_tflops: PeakOpt = None,
-    warmup_iters: WarmupOpt = 1,
-    iters: ItersOpt = 3,
-    seed: SeedOpt = 0,
-    temperature: TemperatureOpt = 0.0,
-    percentiles: PercentilesOpt = "50,90,99",
-    out: OutOpt = DEFAULT_OUT,
-    csv: CsvOpt = None,
-    set_: SetOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    flags: flags.Flags,
 ) -> None:
     """The ALCF inference FOM = FOM1 + FOM2 + FOM3, each case measured, and the sum.
 
@@ -328,9 +271,9 @@ def fom(
     the engines run one after the other."""
     from hpcinfer.bench.fom_bench import run_fom
 
-    settings = settings_from_flags(locals())
-    outcome = run_fom(settings, preset, case or [], _progress(quiet))
-    if json_out:
+    settings = settings_from_flags(spec_file, flags)
+    outcome = run_fom(settings, preset, case or [], _progress(flags.quiet))
+    if flags.json_out:
         print(json.dumps(outcome.document, indent=1))
         return
     _print_fom(outcome)

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hpcinfer.cli import flags
 from hpcinfer.errors import SpecError
 
 SERVE_EPILOG = (
@@ -278,18 +279,8 @@ def _print_summary(document: Mapping[str, Any], path: Path) -> None:
 # the command
 
 
+@flags.takes("url", "endpoints", "model", "api_key_env", "out", *flags.OUTPUT_MODE)
 def serve(
-    url: Annotated[
-        list[str] | None,
-        typer.Option("--url", help="Server base URL, e.g. http://127.0.0.1:8000 (repeatable)."),
-    ] = None,
-    endpoints: Annotated[
-        Path | None,
-        typer.Option(help="Endpoints registry from `hpcinfer serve`: its ready servers."),
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Served model name (default: the first /v1/models lists).")
-    ] = None,
     api: Annotated[str, typer.Option(help="completions or chat.")] = "completions",
     dataset: Annotated[
         str,
@@ -349,7 +340,14 @@ def serve(
     warmup: Annotated[
         int, typer.Option(min=0, help="Requests sent and discarded before measuring.")
     ] = 0,
-    timeout: Annotated[float, typer.Option(help="Seconds one request may take.")] = 600.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            parser=flags.seconds("--timeout"),
+            metavar="DURATION",
+            help=f"How long one request may take ({flags.DURATION_FORMS}; default 10m).",
+        ),
+    ] = 600.0,
     temperature: Annotated[
         float, typer.Option(min=0, help="Sampling temperature (0: greedy).")
     ] = 0.0,
@@ -357,17 +355,8 @@ def serve(
         bool,
         typer.Option("--ignore-eos/--no-ignore-eos", help="Generate exactly --output-len."),
     ] = True,
-    api_key_env: Annotated[
-        str | None,
-        typer.Option(help="NAME of the variable holding the API key (default $OPENAI_API_KEY)."),
-    ] = None,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Directory for serve.json and serve.csv.")
-    ] = DEFAULT_OUT,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the result document on stdout.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    *,
+    flags: flags.Flags,
 ) -> None:
     """Latency and throughput of OpenAI-compatible servers under load (vllm bench serve's
     figures: TTFT, TPOT, ITL, E2E, throughput, goodput), with the servers' /metrics.
@@ -376,10 +365,11 @@ def serve(
     concurrency, or at a request rate with Poisson/gamma arrivals, over every endpoint."""
     from hpcinfer.bench.serve_bench import BenchError, run_serve_bench
 
+    registry, out = flags["endpoints"], flags["out"]
     options = build_options(
-        url=url,
-        endpoints=endpoints,
-        model=model,
+        url=flags["url"],
+        endpoints=None if registry is None else Path(registry),
+        model=flags["model"],
         api=api,
         dataset=dataset,
         input_len=input_len,
@@ -398,11 +388,12 @@ def serve(
         timeout=timeout,
         temperature=temperature,
         ignore_eos=ignore_eos,
-        api_key_env=api_key_env,
-        out=out,
+        api_key_env=flags["api_key_env"],
+        out=DEFAULT_OUT if out is None else Path(out),
         cwd=Path.cwd(),
     )
-    reporter = ConsoleReporter(tables=not json_out, quiet=quiet)
+    json_out = flags.json_out
+    reporter = ConsoleReporter(tables=not json_out, quiet=flags.quiet)
     outcome = run_serve_bench(options, Path.cwd(), reporter)
     if json_out:
         print(json.dumps(outcome.document, indent=1))

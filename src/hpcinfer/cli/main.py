@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from hpcinfer.cli.flags import spec_fields
+from hpcinfer.cli import flags
 from hpcinfer.errors import HpcinferError, SpecError
 from hpcinfer.exitcodes import ExitCode
 
@@ -54,140 +54,14 @@ RUN_EPILOG = (
 
 
 @app.command(epilog=RUN_EPILOG)
+@flags.takes(*flags.RUN, "hostfile")
 def run(
-    args: Annotated[
-        list[str] | None,
-        typer.Argument(help="SPEC.yaml first (optional), then input files, directories or globs."),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Model directory or HF id in HF_HOME (default: built-in tiny model); with "
-            "--engine openai the served model name (default: what the server lists)."
-        ),
-    ] = None,
-    engine: Annotated[
-        str | None,
-        typer.Option(
-            help="vllm (offline engines, default); openai (dispatch to running servers: "
-            "--endpoints or --url); vllm-server (start servers, dispatch, stop them)."
-        ),
-    ] = None,
-    endpoints: Annotated[
-        str | None,
-        typer.Option(help="Endpoints registry from `hpcinfer serve` (engine openai)."),
-    ] = None,
-    url: Annotated[
-        list[str] | None,
-        typer.Option(help="OpenAI-compatible server base URL (repeatable; engine openai)."),
-    ] = None,
-    servers: Annotated[
-        int | None, typer.Option(help="Servers per node (engine vllm-server).")
-    ] = None,
-    out: Annotated[
-        str | None, typer.Option("--out", "-o", help="Output directory (resumable).")
-    ] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto, float16, bfloat16 or float32.")] = None,
-    max_model_len: Annotated[int | None, typer.Option(help="Context length.")] = None,
-    tp: Annotated[
-        int | None, typer.Option("--tp", help="Tensor-parallel devices per worker.")
-    ] = None,
-    memory_share: Annotated[
-        float | None,
-        typer.Option(help="vLLM gpu_memory_utilization (CPU: RAM share for KV cache)."),
-    ] = None,
-    kv_cache_bytes: Annotated[
-        int | None, typer.Option(help="Exact KV-cache size in bytes.")
-    ] = None,
-    max_num_seqs: Annotated[
-        int | None, typer.Option(help="Requests one engine runs at once.")
-    ] = None,
-    trust_remote_code: Annotated[
-        bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code")
-    ] = None,
-    enforce_eager: Annotated[
-        bool | None, typer.Option("--enforce-eager/--no-enforce-eager")
-    ] = None,
-    temperature: Annotated[float | None, typer.Option()] = None,
-    top_p: Annotated[float | None, typer.Option()] = None,
-    top_k: Annotated[int | None, typer.Option()] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option(help="Tokens to generate per record (default 256).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
-    ignore_eos: Annotated[bool | None, typer.Option("--ignore-eos/--no-ignore-eos")] = None,
-    input_format: Annotated[
-        str | None, typer.Option("--format", help="auto, text, jsonl, csv or tsv.")
-    ] = None,
-    prompt_field: Annotated[
-        str | None,
-        typer.Option(
-            "--prompt-column", "--prompt-field", help="JSONL key / CSV column with the prompt."
-        ),
-    ] = None,
-    id_field: Annotated[
-        str | None, typer.Option("--id-field", help="JSONL key / CSV column with the record id.")
-    ] = None,
-    template: Annotated[
-        str | None,
-        typer.Option(help="Jinja2 prompt template over the record's fields, or @file.j2."),
-    ] = None,
-    max_tokens_field: Annotated[
-        str | None, typer.Option(help="JSONL key / CSV column with a record's own max_tokens.")
-    ] = None,
-    export: Annotated[
-        list[str] | None,
-        typer.Option(help="jsonl, text (simple_test.py-style .out files), parquet; repeatable."),
-    ] = None,
-    include_prompt: Annotated[
-        bool | None, typer.Option("--include-prompt/--no-include-prompt")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Worker processes (default: one per device group).")
-    ] = None,
-    profile: Annotated[
-        str | None, typer.Option(help="Hardware profile name or YAML (default: detect).")
-    ] = None,
-    placement: Annotated[str | None, typer.Option(help="compact or scatter.")] = None,
-    unit_size: Annotated[
-        int | None, typer.Option(help="Records per work unit (commit grain).")
-    ] = None,
-    max_inflight: Annotated[
-        int | None, typer.Option(help="Most records queued in one engine.")
-    ] = None,
-    time_limit: Annotated[
-        str | None, typer.Option(help="Stop taking new work after e.g. 90s, 45m, 2h.")
-    ] = None,
-    launcher: Annotated[
-        str | None,
-        typer.Option(
-            help="local (default), or one rank per worker: mpi (mpiexec), srun, ssh. Started "
-            "by hpcinfer, or joined when you started the ranks yourself."
-        ),
-    ] = None,
-    schedule: Annotated[
-        str | None,
-        typer.Option(help="dynamic (default) or static: input file i to worker/rank i only."),
-    ] = None,
-    local_dir: Annotated[
-        str | None,
-        typer.Option(help="Node-local dir (e.g. /dev/shm/hpcinfer) to commit units to first."),
-    ] = None,
-    hostfile: Annotated[
-        Path | None,
-        typer.Option(help="Hosts for --launcher mpi/ssh outside PBS/Slurm (one per line)."),
-    ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Any spec field: --set sampling.top_k=20.")
-    ] = None,
+    args: flags.SPEC_AND_INPUTS = None,
     restart: Annotated[
         bool, typer.Option(help="Discard results of a different spec in --out.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
-    ] = False,
+    *,
+    flags: flags.Flags,
 ) -> None:
     """Run batch inference over prompt files; rerun the same command to resume.
 
@@ -203,15 +77,15 @@ def run(
     from hpcinfer.core.stop import StopSignal, signals_feed
     from hpcinfer.run.job import RunOptions, run_job
 
-    fields = spec_fields(locals())
     spec_file, inputs = split_spec_and_inputs(args or [])
-    spec = load_job_spec(spec_file, inputs, fields, set_ or [])
+    spec = load_job_spec(spec_file, inputs, flags.spec_fields(), flags.sets)
+    quiet, json_out = flags.quiet, flags.json_out
     stop_request = StopSignal()
     options = RunOptions(restart=restart, quiet=quiet or json_out, stop=stop_request)
     ctx = None
     # A one-shot fleet runs its dispatcher here and starts one serve rank per node itself.
     if spec.workers.launcher != "local" and spec.engine.kind != "vllm-server":
-        ctx = _rank_context(spec, hostfile)
+        ctx = _rank_context(spec, flags["hostfile"])
         if ctx.info.rank != 0:
             from hpcinfer.run.agent import serve_rank
 
@@ -271,6 +145,7 @@ def _print_summary(summary: Any) -> None:
 
 
 @app.command()
+@flags.takes(*flags.OUTPUT_MODE)
 def plan(
     profile: Annotated[
         str | None, typer.Option(help="Hardware profile name or YAML (default: detect).")
@@ -280,7 +155,8 @@ def plan(
     ] = None,
     tp: Annotated[int, typer.Option("--tp", help="Devices per worker (tensor parallel).")] = 1,
     placement: Annotated[str, typer.Option(help="compact or scatter.")] = "compact",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    *,
+    flags: flags.Flags,
 ) -> None:
     """Show which devices each worker gets, with its binding environment, and idle devices."""
     from rich.table import Table
@@ -292,7 +168,7 @@ def plan(
     hw = resolve_profile(profile)
     result = plan_placement(hw, workers=workers, tp=tp, mode=placement)  # type: ignore[arg-type]
     rows = result.table_rows()
-    if json_out:
+    if flags.json_out:
         print(json.dumps({"profile": hw.name, "rows": rows, "warnings": result.warnings}, indent=1))
         return
     table = Table(title=f"{hw.name}: {hw.devices_per_node} devices, TP={tp}, {placement}")
@@ -301,11 +177,12 @@ def plan(
     for row in rows:
         table.add_row(*row.values())
     Console().print(table)
-    for warning in result.warnings:
+    for warning in [] if flags.quiet else result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 @app.command()
+@flags.takes(*flags.OUTPUT_MODE)
 def spec(
     schema: Annotated[
         bool, typer.Option("--schema", help="Print the JSON Schema of the job spec.")
@@ -313,14 +190,19 @@ def spec(
     check: Annotated[
         Path | None, typer.Option(help="Validate a spec file and print it with defaults.")
     ] = None,
+    *,
+    flags: flags.Flags,
 ) -> None:
-    """Print the job spec's JSON Schema, or validate a spec file."""
+    """Print the job spec's JSON Schema, or validate a spec file (always JSON; with --quiet
+    --check prints nothing: the exit code says whether the file is valid)."""
     from hpcinfer.spec import JobSpec, build_spec, load_spec_file, spec_json_schema
 
     if schema:
         print(json.dumps(spec_json_schema(), indent=1))
     elif check is not None:
         validated = build_spec(load_spec_file(check), str(check))
+        if flags.quiet:
+            return
         print(json.dumps(validated.model_dump(mode="json"), indent=1))
     else:
         print(json.dumps(JobSpec().model_dump(mode="json"), indent=1))

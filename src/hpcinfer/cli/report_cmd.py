@@ -6,13 +6,17 @@ it imports only when drawing) loads when the command runs, so `hpcinfer --help` 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from hpcinfer.cli import flags
+
 REPORT_EPILOG = (
-    "Example: `hpcinfer report bench-out --out sweep.html`, where bench-out is the --out "
+    "Example: `hpcinfer report bench-out -o pages` writes pages/report.html, where bench-out "
+    "is the --out "
     "directory of `hpcinfer bench serve|offline|fom`; open the page in any browser (it needs "
     "no network). A section per file found (serve.json, offline.json, fom.json). Exit codes: 0 "
     "written (the path is printed); 2 DIR missing, no result file in it, or a file that is not "
@@ -20,6 +24,7 @@ REPORT_EPILOG = (
 )
 
 
+@flags.takes("out", *flags.OUTPUT_MODE)
 def report(
     directory: Annotated[
         Path,
@@ -27,15 +32,25 @@ def report(
             metavar="DIR", help="A benchmark's --out directory (holds serve/offline/fom.json)."
         ),
     ],
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="HTML file to write (default: DIR/report.html)."),
-    ] = None,
+    *,
+    flags: flags.Flags,
 ) -> None:
-    """Render benchmark results as one HTML page: readings, tables and plots."""
-    from hpcinfer.report import write_report
+    """Render benchmark results as one HTML page: readings, tables and plots.
 
-    print(write_report(directory, out))
+    The page goes to OUT/report.html (-o OUT; default: DIR/report.html)."""
+    from hpcinfer.report import write_report
+    from hpcinfer.report.html import DEFAULT_NAME
+
+    out = flags["out"]
+    # -o is a directory, as everywhere; an .html name is the page itself (the old spelling).
+    target = (
+        None if out is None else Path(out) if out.endswith(".html") else Path(out) / DEFAULT_NAME
+    )
+    page = write_report(directory, target)
+    if flags.json_out:
+        print(json.dumps({"report": str(page)}))
+    elif not flags.quiet:
+        print(page)
 
 
 def register(app: typer.Typer) -> None:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hpcinfer.cli import flags
 from hpcinfer.errors import SpecError
 
 SERVE_EPILOG = (
@@ -27,30 +28,15 @@ SERVE_EPILOG = (
 ENDPOINTS_EPILOG = (
     "Exit codes: 0 every endpoint up; 1 an endpoint is down (or, with --wait, failed or not "
     "up in time); 2 the registry is missing or unreadable. In a job script: "
-    "`hpcinfer serve & hpcinfer endpoints endpoints.json --wait 900 && hpcinfer run ...`."
+    "`hpcinfer serve & hpcinfer endpoints --endpoints endpoints.json --wait 15m && hpcinfer "
+    "run ...`. --quiet prints nothing: the exit code says it."
 )
-
-# CLI flag -> dotted spec field. Flags left unset do not override the spec file.
-_SERVE_FLAGS = {
-    "model": "model",
-    "servers": "serve.servers",
-    "tp": "engine.tensor_parallel_size",
-    "profile": "workers.profile",
-    "host": "serve.host",
-    "port": "serve.port",
-    "registry": "serve.registry",
-    "api_key_env": "serve.api_key_env",
-    "ready_timeout": "serve.ready_timeout_s",
-    "time_limit": "time_limit",
-    "launcher": "workers.launcher",
-    "log_dir": "serve.log_dir",
-}
 
 
 def build_serve_spec(
-    spec_file: str | None, overrides: dict[str, Any], sets: list[str], cwd: Path
+    spec_file: str | None, fields: dict[str, Any], sets: list[str], cwd: Path
 ) -> Any:
-    """Spec file (paths in it relative to it, as for `run`) + flags + --set, validated."""
+    """Spec file (paths in it relative to it, as for `run`) + flags' fields + --set, validated."""
     from hpcinfer.core.spec_loading import is_spec_file, load_job_spec
 
     if spec_file is not None and not is_spec_file(spec_file):
@@ -58,76 +44,27 @@ def build_serve_spec(
             f"`hpcinfer serve` takes a spec file (.yaml/.yml), not {spec_file!r}; the model "
             "goes in --model"
         )
-    fields = {_SERVE_FLAGS[name]: value for name, value in overrides.items()}
     return load_job_spec(spec_file, (), fields, sets, cwd)
 
 
-def serve(
-    spec_file: Annotated[
-        str | None, typer.Argument(metavar="SPEC.yaml", help="Job spec (optional).")
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(help="Model directory or HF id in HF_HOME (default: built-in tiny model)."),
-    ] = None,
-    servers: Annotated[
-        int | None,
-        typer.Option(help="Servers per node (default: one per GPU or tile; one on CPU)."),
-    ] = None,
-    tp: Annotated[
-        int | None, typer.Option("--tp", help="Tensor-parallel devices per server.")
-    ] = None,
-    profile: Annotated[
-        str | None, typer.Option(help="Hardware profile name or YAML (default: detect).")
-    ] = None,
-    host: Annotated[
-        str | None,
-        typer.Option(help="Address to bind (default 127.0.0.1; 0.0.0.0 for other nodes)."),
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option(help="First port (default 8000); server i gets port + i.")
-    ] = None,
-    registry: Annotated[
-        str | None, typer.Option(help="Endpoints registry to write (default endpoints.json).")
-    ] = None,
-    api_key_env: Annotated[
-        str | None,
-        typer.Option(help="Require an API key: the NAME of the environment variable holding it."),
-    ] = None,
-    ready_timeout: Annotated[
-        float | None, typer.Option(help="Seconds a server may take to become ready (900).")
-    ] = None,
-    time_limit: Annotated[
-        str | None,
-        typer.Option(help="Stop the servers after e.g. 45m, 2h (default: the job's walltime)."),
-    ] = None,
-    launcher: Annotated[
-        str | None,
-        typer.Option(help="local (default), or one serve rank per node: mpi, srun, ssh."),
-    ] = None,
-    log_dir: Annotated[
-        str | None, typer.Option(help="Server logs (default: serve-logs/ beside the registry).")
-    ] = None,
-    hostfile: Annotated[
-        Path | None,
-        typer.Option(help="Hosts for --launcher mpi/ssh outside PBS/Slurm (one per line)."),
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Any spec field: --set engine.max_model_len=4096."),
-    ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the endpoints as JSON on stdout once ready.")
-    ] = False,
-) -> None:
+SERVE_FLAGS = (*flags.ENGINE, *flags.SERVER, "registry", *flags.COMMON)
+_REGISTRY_ALIAS = flags.Flag(
+    Annotated[str | None, typer.Option("--registry", hidden=True, help="Old name of --endpoints.")]
+)
+
+
+@flags.takes(*SERVE_FLAGS, fields=flags.SERVER_FIELDS, table={"registry": _REGISTRY_ALIAS})
+def serve(spec_file: flags.SPEC_ONLY = None, *, flags: flags.Flags) -> None:
     """Start vLLM OpenAI-compatible servers and keep an endpoints registry of them.
 
     Servers run until SIGTERM, Ctrl-C or the time limit; their states (starting, ready,
     unhealthy, dead, failed, stopped) are written to the registry as they change."""
     from hpcinfer.serve.node import ServeOptions, serve_node
 
-    overrides = {k: v for k, v in locals().items() if k in _SERVE_FLAGS}
-    spec = build_serve_spec(spec_file, overrides, set_ or [], Path.cwd())
+    fields = flags.spec_fields()
+    if flags["registry"] is not None and flags["endpoints"] is None:
+        fields["serve.registry"] = flags["registry"]
+    spec = build_serve_spec(spec_file, fields, flags.sets, Path.cwd())
     rank = None
     if spec.workers.launcher != "local":
         from hpcinfer.run.ranks import current_rank
@@ -138,14 +75,16 @@ def serve(
                 raise SpecError("--launcher starts ranks from the `hpcinfer serve ...` line only")
             from hpcinfer.serve.launch import launch_serve_ranks
 
-            code = launch_serve_ranks(spec, spec.workers.launcher, sys.argv[1:], hostfile)
+            code = launch_serve_ranks(spec, spec.workers.launcher, sys.argv[1:], flags["hostfile"])
             raise typer.Exit(code)
     from hpcinfer.core.stop import signals_feed
 
     def announce(document: Any) -> None:
         print(json.dumps(document.model_dump()), flush=True)
 
-    options = ServeOptions(cwd=Path.cwd(), on_ready=announce if json_out else None)
+    options = ServeOptions(
+        cwd=Path.cwd(), on_ready=announce if flags.json_out else None, quiet=flags.quiet
+    )
     with signals_feed(options.stop):
         serve_node(spec, options, rank)
     raise typer.Exit(0)
@@ -161,39 +100,49 @@ def _client_key(api_key_env: str | None) -> str | None:
     return value
 
 
+@flags.takes("endpoints", "url", "api_key_env", *flags.OUTPUT_MODE)
 def endpoints(
     registry: Annotated[
         str | None,
-        typer.Argument(metavar="REGISTRY", help="endpoints.json (default, unless --url is given)."),
-    ] = None,
-    url: Annotated[
-        list[str] | None, typer.Option("--url", help="Check this server too (repeatable).")
+        typer.Argument(metavar="REGISTRY", hidden=True, help="Old spelling of --endpoints."),
     ] = None,
     wait: Annotated[
         float | None,
-        typer.Option(help="Wait up to SECONDS until every endpoint is ready and up."),
+        typer.Option(
+            parser=flags.seconds("--wait"),
+            metavar="DURATION",
+            help=f"Wait up to this long ({flags.DURATION_FORMS}) until every endpoint is "
+            "ready and up.",
+        ),
     ] = None,
     expect: Annotated[
         int | None,
         typer.Option(help="With --wait: also wait until at least this many are listed."),
     ] = None,
-    api_key_env: Annotated[
-        str | None,
-        typer.Option(help="Variable holding the API key (default: $OPENAI_API_KEY if set)."),
-    ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds per check request.")] = 5.0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            parser=flags.seconds("--timeout"),
+            metavar="DURATION",
+            help="How long one check request may take (default 5s).",
+        ),
+    ] = 5.0,
+    *,
+    flags: flags.Flags,
 ) -> None:
     """List the registry's endpoints and check each now (GET /health, /v1/models)."""
     from hpcinfer.serve.checks import check_all, summary_line, targets, wait_until_up
 
-    urls = url or []
+    urls, json_out, quiet = flags["url"] or [], flags.json_out, flags.quiet
+    if registry is not None and flags["endpoints"] is not None:
+        raise SpecError("give the registry once: --endpoints FILE")
+    registry = flags["endpoints"] or registry
     path = Path(registry) if registry else (None if urls else Path("endpoints.json"))
-    key = _client_key(api_key_env)
+    key = _client_key(flags["api_key_env"])
     if wait is not None:
 
         def progress(problem: str) -> None:
-            if not json_out:
+            if not (json_out or quiet):
                 print(f"waiting: {problem}", file=sys.stderr, flush=True)
 
         statuses = wait_until_up(
@@ -209,7 +158,7 @@ def endpoints(
             "down": sum(1 for s in statuses if not s.up),
         }
         print(json.dumps(document, indent=1))
-    else:
+    elif not quiet:
         _print_table(statuses, path)
         print(summary_line(statuses) + ("" if statuses else ": the registry lists no endpoint"))
     raise typer.Exit(0 if statuses and all(s.up for s in statuses) else 1)

@@ -40,6 +40,8 @@ class ServeOptions:
     """Set it (from any thread; the CLI does from SIGTERM/SIGINT) to stop the servers."""
     on_ready: Callable[[ServingDocument], None] | None = None
     """Called once, when every server is ready or failed (`hpcinfer serve --json` prints it)."""
+    quiet: bool = False
+    """No event lines or endpoints table on stderr (failures still raise)."""
 
 
 class ServingDocument(BaseModel):
@@ -71,7 +73,7 @@ def serve_node(spec: JobSpec, options: ServeOptions, rank: RankInfo | None = Non
     multi = rank is not None and rank.world_size > 1
     node = short_hostname(socket.gethostname())
     write_to = part_path(registry, node, rank.rank) if multi and rank else registry
-    printer = EventPrinter()
+    printer = EventPrinter(quiet=options.quiet)
     fleet = plan_fleet(spec, options.cwd, registry, rank, write_to=write_to, on_event=printer)
     merger = None
     if multi and rank is not None and rank.rank == 0:
@@ -159,7 +161,8 @@ class _NodeLoop:
         title = f"endpoints (registry {self.registry})"
         if self.multi and self.rank is not None:
             title = f"endpoints of rank {self.rank.rank} (merged by rank 0 into {self.registry})"
-        wide_console(stderr=True).print(endpoints_table(endpoints, title))
+        if not self.options.quiet:
+            wide_console(stderr=True).print(endpoints_table(endpoints, title))
         if self.options.on_ready is not None:
             self.options.on_ready(
                 ServingDocument(

@@ -47,14 +47,17 @@ def event_line(event: FleetEvent) -> str:
 class EventPrinter:
     """An `on_event` sink printing lines to stderr; a lock keeps watcher threads' lines whole."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False) -> None:
         self._stream = stream
+        self._quiet = quiet
         self._lock = threading.Lock()
 
     def __call__(self, event: FleetEvent) -> None:
         self.print(event_line(event))
 
     def print(self, line: str) -> None:
+        if self._quiet:
+            return
         stream = self._stream or sys.stderr
         with self._lock:
             stream.write(line + "\n")
