@@ -1,0 +1,247 @@
+"""One CLI convention: every command that runs work takes the shared flags the same way.
+
+A table of commands x shared flags (spec file, inputs, -o, --model, --quiet, --json and
+durations such as 1.5h / 01:30:00): each is accepted and means the same thing. Each command is
+called in process up to its one library entry point, which is replaced by a stand-in that
+records what it was given (the JobSpec, the settings) and stops there: no engine starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcinfer.cli.main import app
+
+
+class Reached(Exception):
+    """Raised by the stand-in entry point, carrying what the command passed it."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__("reached the library entry point")
+        self.given = args
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: tuple[str, ...]
+    entry: str  # module:function the command calls (replaced by the stand-in)
+    spec: Callable[[tuple[Any, ...]], Any] | None = None  # the JobSpec it built
+    out: Callable[[tuple[Any, ...], Path], Path] | None = None  # its output directory
+    model: Callable[[tuple[Any, ...]], Any] | None = None
+
+
+def _spec0(given: tuple[Any, ...]) -> Any:
+    return given[0]
+
+
+def _settings_spec(given: tuple[Any, ...]) -> Any:
+    return given[0].spec
+
+
+def _spec_out(given: tuple[Any, ...], cwd: Path) -> Path:
+    return cwd / given[0].output.dir
+
+
+COMMANDS = {
+    "run": Command(("run",), "hpcinfer.run.job:run_job", _spec0, _spec_out),
+    "submit": Command(
+        ("submit", "--scheduler", "slurm"), "hpcinfer.submit.prepare:prepare_job", _spec0, _spec_out
+    ),
+    "serve": Command(("serve",), "hpcinfer.serve.node:serve_node", _spec0),
+    "bench offline": Command(
+        ("bench", "offline"),
+        "hpcinfer.bench.offline:run_offline",
+        _settings_spec,
+        lambda given, cwd: given[0].out_dir,
+    ),
+    "bench fom": Command(
+        ("bench", "fom"),
+        "hpcinfer.bench.fom_bench:run_fom",
+        _settings_spec,
+        lambda given, cwd: given[0].out_dir,
+    ),
+    "bench serve": Command(
+        ("bench", "serve", "--url", "http://127.0.0.1:9"),
+        "hpcinfer.bench.serve_bench:run_serve_bench",
+        out=lambda given, cwd: given[0].out_dir,
+        model=lambda given: given[0].model,
+    ),
+    "report": Command(
+        ("report", "results"),
+        "hpcinfer.report:write_report",
+        out=lambda given, cwd: cwd / given[1].parent,
+    ),
+}
+WITH_SPEC = [name for name, c in COMMANDS.items() if c.spec is not None]
+WITH_INPUTS = ["run", "submit"]
+WITH_OUT = [name for name, c in COMMANDS.items() if c.out is not None]
+WITH_MODEL = [name for name, c in COMMANDS.items() if c.spec is not None or c.model]
+EVERY = [
+    ("run",), ("submit",), ("status", "1"), ("cancel", "1"), ("serve",), ("endpoints",),
+    ("bench", "offline"), ("bench", "fom"), ("bench", "serve"), ("report", "x"), ("plan",),
+    ("spec",), ("stage", "m", "--to", "/tmp"),
+]  # fmt: skip
+
+
+@pytest.fixture()
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_text("hello\n")
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "job.yaml").write_text(
+        "model: ./weights\nengine:\n  dtype: float16\ninputs:\n  paths: [p.txt]\n"
+        "workers:\n  profile: polaris\n"
+    )
+    return tmp_path
+
+
+def call(name: str, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Any, ...]:
+    """Run `hpcinfer <name> <args>` in process up to its library call; what it passed."""
+    command = COMMANDS[name]
+    module, function = command.entry.split(":")
+
+    def reached(*given: Any, **keywords: Any) -> Any:
+        raise Reached(*given, *keywords.values())
+
+    monkeypatch.setattr(f"{module}.{function}", reached)
+    with pytest.raises(Reached) as info:
+        app([*command.argv, *args], standalone_mode=False)
+    return info.value.given
+
+
+@pytest.mark.parametrize("name", WITH_SPEC)
+def test_a_spec_file_is_read_with_paths_from_its_folder(
+    name: str, cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = COMMANDS[name].spec
+    assert spec is not None
+    built = spec(call(name, monkeypatch, "jobs/job.yaml"))
+    assert built.model == str((cwd / "jobs" / "weights").resolve())
+    assert built.engine.dtype == "float16"
+
+
+@pytest.mark.parametrize("name", WITH_INPUTS)
+def test_inputs_follow_the_spec_file_and_replace_its_own(
+    name: str, cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = COMMANDS[name].spec
+    assert spec is not None
+    built = spec(call(name, monkeypatch, "jobs/job.yaml", "prompts.txt", "more/"))
+    assert built.inputs.paths == ["prompts.txt", "more/"]
+    assert built.engine.dtype == "float16"
+
+
+@pytest.mark.parametrize("name", WITH_OUT)
+@pytest.mark.parametrize("spelling", ["-o", "--out"])
+def test_out_is_the_output_directory(
+    name: str, spelling: str, cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = COMMANDS[name].out
+    assert out is not None
+    given = (
+        call(name, monkeypatch, "prompts.txt", spelling, "results-dir")
+        if (name in WITH_INPUTS)
+        else call(name, monkeypatch, spelling, "results-dir")
+    )
+    assert out(given, cwd) == cwd / "results-dir"
+
+
+@pytest.mark.parametrize("name", WITH_MODEL)
+def test_model_names_the_model(name: str, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    command = COMMANDS[name]
+    given = (
+        call(name, monkeypatch, "prompts.txt", "--model", "org/m")
+        if (name in WITH_INPUTS)
+        else call(name, monkeypatch, "--model", "org/m")
+    )
+    chosen = command.spec(given).model if command.spec else command.model(given)  # type: ignore[misc]
+    assert chosen == "org/m"
+
+
+@pytest.mark.parametrize("text", ["1.5h", "01:30:00", "90m", "5400s", "0-01:30:00"])
+@pytest.mark.parametrize("name", ["run", "submit", "serve"])
+def test_time_limit_takes_every_duration_form(
+    name: str, text: str, cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = COMMANDS[name].spec
+    assert spec is not None
+    extra = ("prompts.txt",) if name in WITH_INPUTS else ()
+    built = spec(call(name, monkeypatch, *extra, "--time-limit", text))
+    assert built.time_limit_seconds() == 5400
+
+
+@pytest.mark.parametrize("text", ["1.5h", "01:30:00", "0-01:30:00"])
+def test_every_other_time_flag_takes_the_same_forms(
+    text: str, cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = call("submit", monkeypatch, "prompts.txt", "--walltime", text)[0].job
+    assert job.walltime_seconds() == 5400
+    serve = call("serve", monkeypatch, "--ready-timeout", text)[0].serve
+    assert serve.ready_timeout_s == 5400
+    assert call("bench serve", monkeypatch, "--timeout", text)[0].timeout_s == 5400
+
+
+@pytest.mark.parametrize("name", ["run", "submit", "serve"])
+def test_a_bad_duration_is_refused_naming_the_flag_and_the_forms(
+    name: str, cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    extra = ("prompts.txt",) if name in WITH_INPUTS else ()
+    with pytest.raises(Exception) as info:  # click's usage error: exit code 2
+        app([*COMMANDS[name].argv, *extra, "--time-limit", "soon"], standalone_mode=False)
+    assert getattr(info.value, "exit_code", None) == 2
+    assert "--time-limit 'soon' is not a duration" in str(info.value)
+    assert "1.5h" in str(info.value)
+
+
+@pytest.mark.parametrize("argv", EVERY, ids=" ".join)
+@pytest.mark.parametrize("flag", ["--quiet", "-q", "--json"])
+def test_every_command_takes_quiet_and_json(argv: tuple[str, ...], flag: str, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as info:
+        app([*argv, flag, "--help"])
+    assert info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--quiet" in help_text and "--json" in help_text
+
+
+def test_the_registry_is_endpoints_everywhere(capsys: Any) -> None:
+    for argv in (("run",), ("submit",), ("serve",), ("endpoints",), ("bench", "serve")):
+        with pytest.raises(SystemExit):
+            app([*argv, "--help"])
+        help_text = capsys.readouterr().out
+        assert "--endpoints" in help_text and "--registry" not in help_text, argv
+        assert "--api-key-env" in help_text, argv
+
+
+def test_serve_takes_the_engine_flags_run_takes(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = ["--dtype", "bfloat16", "--max-model-len", "4096", "--max-num-seqs", "8",
+              "--memory-share", "0.5", "--enforce-eager", "--trust-remote-code",
+              "--tp", "2"]  # fmt: skip
+    ran = call("run", monkeypatch, "prompts.txt", *engine)[0].engine
+    served = call("serve", monkeypatch, *engine)[0].engine
+    assert ran == served
+    assert (served.dtype, served.max_model_len, served.tensor_parallel_size) == (
+        "bfloat16",
+        4096,
+        2,
+    )
+
+
+def test_serve_writes_the_registry_endpoints_names_and_keeps_the_old_spelling(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = call("serve", monkeypatch, "--endpoints", "fleet.json", "--api-key-env", "K")[0]
+    assert built.serve.registry == "fleet.json" and built.serve.api_key_env == "K"
+    assert call("serve", monkeypatch, "--registry", "old.json")[0].serve.registry == "old.json"
+    ran = call("run", monkeypatch, "prompts.txt", "--endpoints", "fleet.json", "--api-key-env", "K")
+    assert ran[0].client.registry == "fleet.json" and ran[0].client.api_key_env == "K"
+
+
+def test_quiet_and_json_reach_the_run(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert call("run", monkeypatch, "prompts.txt", "--quiet")[1].quiet
+    assert call("run", monkeypatch, "prompts.txt", "--json")[1].quiet  # JSON alone on stdout
+    assert not call("run", monkeypatch, "prompts.txt")[1].quiet
