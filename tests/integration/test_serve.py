@@ -117,12 +117,14 @@ def test_two_mpi_ranks_merge_one_registry_and_stop_on_sigterm(
 ) -> None:
     (tmp_path / "two.yaml").write_text(TWO_CORES)
     port = free_base_port(2)
-    args = ["serve", "--launcher", "mpi", "--servers", "1", "--registry", "endpoints.json"]
+    args = ["serve", "--launcher", "mpi", "--servers", "1", "--endpoints", "endpoints.json"]
     args += ["--port", str(port), "--profile", "two.yaml"]
     mpi = started([_mpiexec(), "-n", "2", *hpcinfer_cmd(*args)], tmp_path, env)
 
     waited = run_cli(
-        ["endpoints", "endpoints.json", "--wait", READY_WAIT_S, "--expect", "2"], tmp_path, env
+        ["endpoints", "--endpoints", "endpoints.json", "--wait", READY_WAIT_S, "--expect", "2"],
+        tmp_path,
+        env,
     )
     if mpi.poll() is not None:
         pytest.fail("mpiexec ended early:\n" + mpi.communicate()[1][-4000:])
