@@ -104,6 +104,11 @@ class InputSpec(_Model):
     max_tokens_field: str | None = Field(
         None, description="JSONL key / CSV column giving a record its own max_tokens."
     )
+    sampling_fields: bool = Field(
+        True,
+        description="Read a record's own sampling settings (temperature, top_p, n, seed, "
+        "json_schema, ...) from JSONL keys / columns of those names; false: they are data.",
+    )
 
 
 def _default_exports() -> list[ExportFormat]:

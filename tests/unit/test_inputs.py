@@ -419,3 +419,24 @@ def test_template_from_option_errors(tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.j2", "{% if %}")
     with pytest.raises(InputError, match=r"bad\.j2.*does not compile"):
         PromptTemplate.from_option(f"@{bad}")
+
+
+def test_jsonl_keys_named_like_sampling_fields_set_the_records_sampling(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.jsonl", '{"prompt": "a", "temperature": 0.2, "n": 2}\n')
+    (record,) = read_records([path])
+    assert record.sampling == {"temperature": 0.2, "n": 2}
+
+
+def test_the_max_tokens_field_is_not_read_as_a_sampling_setting(tmp_path: Path) -> None:
+    """`--max-tokens-field n`: the key `n` is each record's budget, not samples per prompt."""
+    path = write(tmp_path / "p.jsonl", '{"prompt": "a", "n": 7, "seed": 3}\n')
+    (record,) = read_records([path], max_tokens_field="n")
+    assert record.error is None
+    assert record.sampling == {"seed": 3}
+
+
+def test_sampling_fields_off_leaves_such_keys_as_data(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.jsonl", '{"prompt": "a", "n": "many", "seed": 3}\n')
+    (record,) = read_records([path], sampling_fields=False)
+    assert record.error is None and not record.sampling
+    assert record.fields["n"] == "many"

@@ -130,7 +130,9 @@ def jsonl_requests(
 
     if output_len is not None and output_len < 1:
         raise ValueError(f"the output length must be 1 token or more, not {output_len}")
-    records = read_records([path], cwd=cwd, fmt="jsonl", prompt_field=prompt_field)
+    records = read_records(
+        [path], cwd=cwd, fmt="jsonl", prompt_field=prompt_field, max_tokens_field=max_tokens_field
+    )
     requests: list[BenchRequest] = []
     errors: list[str] = []
     for record in apply_max_tokens_field(records, max_tokens_field):

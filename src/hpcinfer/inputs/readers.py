@@ -47,6 +47,14 @@ class _Options:
     prompt_field: str | None
     template: PromptTemplate | None
     id_field: str
+    sampling_fields: bool = True
+    data_keys: frozenset[str] = frozenset()
+    """Keys that are never sampling settings (the prompt, id and max-tokens fields)."""
+
+    def take_sampling(self, record: Record) -> Record:
+        if not self.sampling_fields:
+            return record
+        return take_sampling(record, skip=self.data_keys)
 
 
 def detect_format(path: Path, fmt: str | None = None) -> str:
@@ -69,13 +77,16 @@ def read_records(
     prompt_field: str | None = None,
     template: PromptTemplate | None = None,
     id_field: str = "id",
+    sampling_fields: bool = True,
+    max_tokens_field: str | None = None,
 ) -> Iterator[Record]:
     """Every record of every file, in file order then line order.
 
     Whole-file problems (unknown format, missing file, a CSV/TSV header without the prompt
     column) raise InputError here, before the first record is yielded.
     """
-    options = _Options(prompt_field=prompt_field, template=template, id_field=id_field)
+    data_keys = frozenset(k for k in (prompt_field, id_field, max_tokens_field) if k)
+    options = _Options(prompt_field, template, id_field, sampling_fields, data_keys)
     plan = [(path, detect_format(path, fmt), display_name(path, cwd)) for path in files]
     for path, kind, source in plan:
         if path.is_dir() and kind != "hf-dataset":
@@ -102,7 +113,7 @@ def _iter_records(plan: list[tuple[Path, str, str]], options: _Options) -> Itera
             yield from _read_jsonl(path, source, options, batch_only=kind == "batch")
         elif kind in COLUMNAR:
             for row_no, row in read_rows(path, kind, source):
-                yield take_sampling(_object_record(row, source, row_no, options))
+                yield options.take_sampling(_object_record(row, source, row_no, options))
         else:
             yield from _read_table(path, source, _DELIMITERS[kind], options)
 
@@ -159,7 +170,7 @@ def _jsonl_record(
         if problem is None:
             return record
         return replace(record, error=f"OpenAI Batch request: {problem}")
-    return take_sampling(_object_record(obj, source, line_no, options))
+    return options.take_sampling(_object_record(obj, source, line_no, options))
 
 
 def _checked_messages(value: Any) -> list[Message]:
@@ -260,7 +271,7 @@ def _read_table(path: Path, source: str, delimiter: str, options: _Options) -> I
                 )
                 continue
             record = _table_record(dict(zip(header, row, strict=True)), source, start, options)
-            yield take_sampling(record)
+            yield options.take_sampling(record)
 
 
 def _table_header(

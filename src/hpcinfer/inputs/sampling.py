@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -231,11 +231,14 @@ def apply_sampling(record: Record, values: Mapping[str, Any], prefix: str = "") 
     return replace(record, sampling=sampling, max_tokens=max_tokens)
 
 
-def take_sampling(record: Record) -> Record:
-    """Apply the sampling fields found among a record's own fields (JSONL keys, columns)."""
-    if record.error is not None or not any(name in record.fields for name in SAMPLING_FIELDS):
+def take_sampling(record: Record, skip: Collection[str] = ()) -> Record:
+    """Apply the sampling fields found among a record's own fields (JSONL keys, columns),
+    except the keys in `skip`: a key the job already reads as the prompt, id or max-tokens
+    field (`--max-tokens-field n`) means that, not a sampling setting."""
+    keys = [name for name in SAMPLING_FIELDS if name in record.fields and name not in skip]
+    if record.error is not None or not keys:
         return record
-    values = dict(record.fields)
+    values = {key: value for key, value in record.fields.items() if key not in skip}
     if record.messages is not None:
         values["messages"] = record.messages
     return apply_sampling(record, values)

@@ -179,6 +179,8 @@ def _units(spec: JobSpec, inputs: _Inputs, cwd: Path) -> Iterator[WorkUnit]:
         prompt_field=spec.inputs.prompt_field,
         template=inputs.template,
         id_field=spec.inputs.id_field,
+        sampling_fields=spec.inputs.sampling_fields,
+        max_tokens_field=spec.inputs.max_tokens_field,
     )
     records = apply_max_tokens_field(records, spec.inputs.max_tokens_field)
     return cut_units(mark_duplicates(records), spec.workers.unit_size)
