@@ -75,6 +75,7 @@ def run(
     """
     from hpcinfer.core.spec_loading import load_job_spec, split_spec_and_inputs
     from hpcinfer.core.stop import StopSignal, signals_feed
+    from hpcinfer.engines.kinds import kind_of
     from hpcinfer.run.job import RunOptions, run_job
 
     spec_file, inputs = split_spec_and_inputs(args or [])
@@ -84,7 +85,7 @@ def run(
     options = RunOptions(restart=restart, quiet=quiet or json_out, stop=stop_request)
     ctx = None
     # A one-shot fleet runs its dispatcher here and starts one serve rank per node itself.
-    if spec.workers.launcher != "local" and spec.engine.kind != "vllm-server":
+    if spec.workers.launcher != "local" and not kind_of(spec).runs_once:
         ctx = _rank_context(spec, flags["hostfile"])
         if ctx.info.rank != 0:
             from hpcinfer.run.agent import serve_rank

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcinfer.engines.kinds import kind_of
 from hpcinfer.engines.openai_engine import ClientSetup, Target
 from hpcinfer.errors import SpecError
 from hpcinfer.serve.registry import LIVE_STATES, RegistryError, read_registry, usable
@@ -68,7 +69,6 @@ def client_setup(spec: JobSpec, cwd: Path, targets: list[Target]) -> ClientSetup
         targets=tuple(targets),
         client=spec.client,
         sampling=spec.sampling,
-        # engine openai: --model names the served model; a one-shot fleet serves its own
-        model=spec.model if spec.engine.kind == "openai" else None,
+        model=kind_of(spec).served_model(spec),
         registry=str(path) if path else None,
     )

@@ -25,10 +25,10 @@ from hpcinfer.cluster.placement import Placement
 from hpcinfer.core.models import resolve_model
 from hpcinfer.core.time_limits import effective_time_limit
 from hpcinfer.core.tiny_model import TINY_MODEL_NAME
-from hpcinfer.engines.factory import ENGINE_KIND_ENV
+from hpcinfer.engines.kinds import ENGINE_KIND_ENV, kind_of
 from hpcinfer.engines.openai_engine import Target
 from hpcinfer.engines.targets import client_setup, resolve_targets
-from hpcinfer.engines.vllm_offline import EngineSetup, engine_env
+from hpcinfer.engines.vllm_offline import EngineSetup
 from hpcinfer.errors import EngineError, SpecError
 from hpcinfer.exitcodes import ExitCode
 from hpcinfer.inputs import PromptTemplate, display_name, expand_inputs, read_records
@@ -81,7 +81,7 @@ def max_inflight(spec: JobSpec, endpoints: int = 0) -> int:
 
 def dispatching(spec: JobSpec) -> bool:
     """Workers are HTTP dispatchers to servers, not engines of their own."""
-    return spec.engine.kind != "vllm"
+    return kind_of(spec).needs_servers
 
 
 def dispatcher_placement(profile: HardwareProfile, count: int) -> PlacementPlan:
@@ -135,7 +135,7 @@ def _make_plan(spec: JobSpec, inputs: _Inputs, cwd: Path, store: OutputStore) ->
 def _placement(spec: JobSpec, profile: HardwareProfile, units_left: int | None) -> PlacementPlan:
     """One worker per device group, or fewer (with more devices each on CPU) when the job
     has fewer units than that and the user did not fix the count."""
-    if dispatching(spec):
+    if not kind_of(spec).needs_devices:
         return dispatcher_placement(profile, spec.workers.count or 1)
     tp, mode = spec.engine.tensor_parallel_size, spec.workers.placement
     placement = plan_placement(profile, workers=spec.workers.count, tp=tp, mode=mode)
@@ -148,7 +148,7 @@ def rank_placement(spec: JobSpec, profile: HardwareProfile, ctx: RankContext) ->
     """A rank's workers: with several ranks on the node, the one device group of its local
     rank (simple_test.py's compact tile mapping, gpu_tile_compact.sh);
     alone on its node, one worker per group."""
-    if ctx.info.local_size == 1 or dispatching(spec):
+    if ctx.info.local_size == 1 or not kind_of(spec).needs_devices:
         return _placement(spec, profile, None)
     tp, mode = spec.engine.tensor_parallel_size, spec.workers.placement
     node = plan_placement(profile, workers=ctx.info.local_size, tp=tp, mode=mode)
@@ -188,7 +188,7 @@ def _units(spec: JobSpec, inputs: _Inputs, cwd: Path) -> Iterator[WorkUnit]:
 
 def run_job(spec: JobSpec, options: RunOptions, ctx: RankContext | None = None) -> RunSummary:
     """The whole job, or, as rank 0 of a launch, the job over every rank's workers."""
-    if spec.engine.kind == "vllm-server" and not spec.client.registry:
+    if kind_of(spec).starts_fleet(spec):
         from hpcinfer.run.fleet_job import run_with_fleet
 
         return run_with_fleet(spec, options, lambda job: run_job(job, options, ctx))
@@ -450,9 +450,8 @@ def _engine_setup(
 def engine_vars_for(
     spec: JobSpec, profile: HardwareProfile, workers_on_node: int
 ) -> dict[str, str]:
-    if dispatching(spec):
-        return {ENGINE_KIND_ENV: "openai"}
-    return engine_env(_engine_setup(spec, profile, "", "", workers_on_node))
+    setup = _engine_setup(spec, profile, "", "", workers_on_node)
+    return {ENGINE_KIND_ENV: spec.engine.kind} | kind_of(spec).worker_env(setup)
 
 
 def _admitter(

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from hpcinfer.engines.base import Engine
-from hpcinfer.engines.factory import ENGINE_KIND_ENV, start_engine
+from hpcinfer.engines.factory import start_engine
+from hpcinfer.engines.kinds import ENGINE_KIND_ENV, engine_kind, engine_kind_names
 from hpcinfer.engines.vllm_offline import EngineSetup
 from hpcinfer.outputs.buffer import UnitMover
 from hpcinfer.outputs.store import OutputStore
@@ -228,12 +229,11 @@ def _in_record_order(state: _UnitState) -> list[tuple[Record, Result]]:
 
 
 def _preload_engine() -> None:
-    """Import vLLM (about 10 s) while the coordinator still plans the job, not after; a
-    dispatcher worker (engine openai) never needs it."""
-    if os.environ.get(ENGINE_KIND_ENV) == "openai":
-        return
-    with contextlib.suppress(Exception):
-        import vllm  # noqa: F401
+    """Do the kind's slow imports (vLLM: about 10 s) while the coordinator still plans the
+    job, not after; a dispatcher worker needs none."""
+    name = os.environ.get(ENGINE_KIND_ENV, "")
+    if name in engine_kind_names():
+        engine_kind(name).preload()
 
 
 def _exit_now(code: int) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import jinja2
 
 from hpcinfer.cluster import HardwareProfile, plan_placement
+from hpcinfer.engines.kinds import kind_of
 from hpcinfer.errors import SpecError
 from hpcinfer.launch import LaunchRequest
 from hpcinfer.spec import JobSpec
@@ -80,7 +81,7 @@ def launch_argv(
     one-shot server fleet (engine vllm-server) runs once and starts one serve rank per node
     itself, so its line is the bare command."""
     command = [*hpcinfer, "run", str(spec_path), "--launcher", scheduler.run_launcher]
-    if spec.engine.kind == "vllm-server":
+    if kind_of(spec).runs_once:
         if spec.job.nodes > 1:
             from hpcinfer.serve.plan import check_reachable
 
