@@ -193,3 +193,44 @@ def test_a_library_user_gets_the_command_lines_path_rules(
     assert spec.engine.dtype == "float16"
     with pytest.raises(SpecError, match=r"give the job spec as a \.yaml or \.yml file"):
         load_job_spec("prompts.txt")
+
+
+# -- the default output directory -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["prompts.txt"], "hpcinfer-out/prompts"),
+        (["data/genes.tsv", "more.tsv"], "hpcinfer-out/genes"),
+        (["prompts/"], "hpcinfer-out/prompts"),
+        (["prompts/*.jsonl"], "hpcinfer-out/prompts"),
+        (["*.txt"], "hpcinfer-out/job"),
+        (["jobs/llama.yaml"], "hpcinfer-out/llama"),
+        (["jobs/llama.yaml", "q.jsonl"], "hpcinfer-out/llama-q"),
+    ],
+)
+def test_without_an_output_dir_a_job_gets_one_named_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], expected: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "jobs" / "llama.yaml", "sampling:\n  max_tokens: 5\n")
+    assert build(args, tmp_path).output.dir == expected
+
+
+def test_two_different_jobs_get_different_default_dirs_and_a_rerun_the_same(
+    tmp_path: Path,
+) -> None:
+    first, second = build(["a.txt"], tmp_path), build(["b.txt"], tmp_path)
+    assert first.output.dir != second.output.dir
+    assert build(["a.txt"], tmp_path).output.dir == first.output.dir
+
+
+def test_an_output_dir_given_anywhere_wins_over_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "job.yaml", "output:\n  dir: mine\n")
+    assert build(["job.yaml", "a.txt"], tmp_path).output.dir == "mine"
+    assert build(["a.txt"], tmp_path, {"out": "flag"}).output.dir == "flag"
+    assert build(["a.txt"], tmp_path, sets=["output.dir=set"]).output.dir == "set"

@@ -171,8 +171,9 @@ FLAGS: dict[str, Flag] = {
             "--out",
             "-o",
             help="Output directory, created if missing (run and submit resume from what it "
-            "holds; bench writes its JSON and CSV there, default bench-out; report writes "
-            "report.html there).",
+            "holds; default hpcinfer-out/NAME, NAME the spec file's and/or first input's "
+            "stem, so rerunning a command finds its directory; bench writes its JSON and "
+            "CSV there, default bench-out; report writes report.html there).",
         ),
         "output.dir",
     ),

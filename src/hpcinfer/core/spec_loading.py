@@ -10,13 +10,19 @@ naming the file (or "command-line options") and the field.
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from hpcinfer.errors import SpecError
 from hpcinfer.spec import JobSpec, build_spec, load_spec_file, parse_set_option, set_dotted
+
+DEFAULT_OUT_ROOT = "hpcinfer-out"
+"""Jobs without an output directory of their own get one inside this folder, named after
+them (`default_output_dir`), so two different jobs never share one by default."""
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 """A positional argument with one of these suffixes is the spec file, not an input."""
@@ -67,7 +73,33 @@ def load_job_spec(
     for item in sets:
         key, value = parse_set_option(item)
         set_dotted(data, key, value)
+    output = data.get("output")
+    if (spec_file is not None or inputs) and not (isinstance(output, dict) and "dir" in output):
+        set_dotted(data, "output.dir", default_output_dir(spec_file, inputs))
     return build_spec(data, source)
+
+
+def default_output_dir(spec_file: str | Path | None, inputs: Sequence[str]) -> str:
+    """`hpcinfer-out/NAME`, NAME from the spec file's stem and/or the first input's: the
+    same command finds the same directory again (so it resumes), a different job another.
+    `hpcinfer run job.yaml` -> hpcinfer-out/job; `run prompts.txt` -> hpcinfer-out/prompts;
+    `run job.yaml data/*.jsonl` -> hpcinfer-out/job-data."""
+    names = [Path(spec_file).stem] if spec_file is not None else []
+    if inputs:
+        names.append(_input_name(inputs[0]))
+    name = "-".join(n for n in names if n) or "job"
+    return f"{DEFAULT_OUT_ROOT}/{name}"
+
+
+def _input_name(path: str) -> str:
+    """An input's name without its suffix; for a glob, the last folder before the pattern."""
+    parts = [p for p in Path(path).expanduser().parts if p not in ("/", ".", "..")]
+    plain = list(itertools.takewhile(lambda p: not any(c in p for c in "*?["), parts))
+    if not plain:
+        return ""
+    last = plain[-1]
+    name = last if len(plain) < len(parts) else Path(last).stem or last
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
 
 
 def rebase_spec_paths(data: dict[str, Any], spec_dir: Path) -> None:
