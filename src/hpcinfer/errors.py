@@ -42,6 +42,12 @@ class EngineError(HpcinferError):
     exit_code = 1
 
 
+class LaunchError(HpcinferError):
+    """The ranks could not be started where asked (e.g. ssh cannot reach a host)."""
+
+    exit_code = 1
+
+
 class ModelBuildError(HpcinferError):
     """The built-in tiny model could not be built."""
 

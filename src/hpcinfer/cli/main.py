@@ -49,7 +49,8 @@ def _root(
 RUN_EPILOG = (
     "Exit codes: 0 all records ok; 3 finished, some records are error rows; "
     "4 incomplete (signal or --time-limit): rerun the same command to resume; "
-    "1 the run failed (see the worker log named); 2 bad spec, flags or input paths."
+    "1 the run failed (see the worker log or unreachable host named); "
+    "2 bad spec, flags or input paths."
 )
 
 

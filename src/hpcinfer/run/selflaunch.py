@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hpcinfer.cluster.allocation import read_allocation
 from hpcinfer.errors import HardwareError
+from hpcinfer.launch.outcome import wait_for_ranks
 from hpcinfer.launch.rank_commands import launch_commands
 from hpcinfer.spec import JobSpec
 
@@ -32,9 +33,8 @@ def self_launch(spec: JobSpec, launcher: str, argv: list[str], hostfile: Path | 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         procs = [subprocess.Popen(command) for command in commands]
-        codes = [proc.wait() for proc in procs]
+        return wait_for_ranks(procs, commands, launcher)
     except FileNotFoundError as exc:
         raise HardwareError(f"cannot start the launcher: {exc}") from None
     finally:
         signal.signal(signal.SIGINT, previous)
-    return codes[0] if codes[0] != 0 or all(c == 0 for c in codes) else max(codes)

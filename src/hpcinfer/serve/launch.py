@@ -18,6 +18,7 @@ from types import FrameType
 
 from hpcinfer.cluster.allocation import read_allocation
 from hpcinfer.errors import HardwareError
+from hpcinfer.launch.outcome import wait_for_ranks
 from hpcinfer.launch.rank_commands import launch_commands
 from hpcinfer.serve.plan import check_reachable
 from hpcinfer.serve.server_argv import api_key
@@ -51,8 +52,7 @@ def launch_serve_ranks(spec: JobSpec, launcher: str, argv: list[str], hostfile: 
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        codes = [proc.wait() for proc in procs]
+        return wait_for_ranks(procs, commands, launcher)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return codes[0] if codes[0] != 0 or all(c == 0 for c in codes) else max(codes)
