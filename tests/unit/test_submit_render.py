@@ -241,8 +241,8 @@ def test_scheduler_choice_order() -> None:
     polaris = prepare({"workers": {"profile": "polaris"}})
     assert polaris.files.scheduler == "pbs"  # the profile's scheduler
     job_spec = spec({"workers": {"profile": "polaris"}, "job": {"scheduler": "slurm"}})
-    assert choose_scheduler(None, job_spec, polaris.profile, no_programs) == "slurm"
-    assert choose_scheduler("pbs", job_spec, polaris.profile, no_programs) == "pbs"
+    assert choose_scheduler(None, job_spec, polaris.profile, no_programs).name == "slurm"
+    assert choose_scheduler("pbs", job_spec, polaris.profile, no_programs).name == "pbs"
     arc = prepare({"workers": {"profile": "arc-a770"}}, "slurm")
     with pytest.raises(SchedulerError, match="neither sbatch"):
         choose_scheduler(None, arc.spec.model_copy(update={"job": spec({}).job}), arc.profile,
@@ -280,3 +280,44 @@ def test_stage_to_without_a_model_is_refused() -> None:
     data.pop("model", None)
     with pytest.raises(SpecError, match="stage_to"):
         prepare(data, "slurm")
+
+
+def test_the_scheduler_choice_says_why() -> None:
+    plain = spec({"workers": {"profile": "arc-a770"}})
+    profile = prepare({"workers": {"profile": "polaris"}}).profile
+    on_path = choose_scheduler(None, plain, profile.model_copy(update={"job_env": None}),
+                               lambda p: "/usr/bin/sbatch" if p == "sbatch" else None)  # fmt: skip
+    assert on_path.describe() == "Slurm, because sbatch is on PATH"
+    assert "hardware profile polaris" in choose_scheduler(None, plain, profile).reason
+    by_flag = choose_scheduler("pbs", plain, profile)
+    assert by_flag.describe() == "PBS, because --scheduler pbs was given"
+    in_spec = spec({"job": {"scheduler": "slurm"}})
+    assert choose_scheduler(None, in_spec, profile).reason == "the spec's job.scheduler says so"
+
+
+def test_a_pbs_only_option_under_slurm_is_refused_saying_why_slurm() -> None:
+    with pytest.raises(SpecError) as caught:
+        prepare({"workers": {"profile": "polaris"}, "job": {"filesystems": ["flare"]}}, "slurm")
+    message = str(caught.value)
+    assert "--scheduler pbs" in message
+    assert "the job is for Slurm, because --scheduler slurm was given" in message
+
+
+@pytest.mark.parametrize(
+    ("line", "scheduler", "owner"),
+    [("-l walltime=1:00:00", "slurm", "pbs"), ("-lselect=2", "slurm", "pbs"),
+     ("--mail-type=END", "pbs", "slurm")],
+)  # fmt: skip
+def test_extra_directives_of_the_other_scheduler_are_refused_naming_it(
+    line: str, scheduler: str, owner: str
+) -> None:
+    data = {"workers": {"profile": "polaris"}, "job": {"extra_directives": [line]}}
+    with pytest.raises(SpecError, match=f"--scheduler {owner}"):
+        prepare(data, scheduler)
+
+
+def test_extra_directives_of_the_chosen_scheduler_are_written() -> None:
+    data = {"workers": {"profile": "polaris"}, "job": {"extra_directives": ["-l debug=true"]}}
+    assert "#PBS -l debug=true" in prepare(data, "pbs").script
+    data = {"workers": {"profile": "polaris"}, "job": {"extra_directives": ["--mail-type=END"]}}
+    assert "#SBATCH --mail-type=END" in prepare(data, "slurm").script

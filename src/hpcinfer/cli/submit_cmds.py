@@ -76,6 +76,8 @@ def submit(
     spec = load_job_spec(spec_file, inputs, flags.spec_fields(), flags.sets, cwd)
     prepared = prepare_job(spec, cwd, _scheduler_option(scheduler))
     note = None if flags.quiet else err.print
+    if note:
+        note(f"scheduler: {escape(prepared.scheduler.describe())}")
     if spec.workers.profile is None and note:
         note(
             f"note: no workers.profile in the spec; ranks per node sized for this machine "

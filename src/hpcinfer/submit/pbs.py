@@ -127,6 +127,7 @@ class PbsScheduler(BatchScheduler):
 
     name = "pbs"
     title = "PBS"
+    own_directive_prefixes = ("-l",)  # resources; sbatch has no -l
     program = "qsub"
     cancel_program = "qdel"
     script_name = "job.pbs"

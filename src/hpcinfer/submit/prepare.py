@@ -17,6 +17,7 @@ from typing import Any, cast
 import yaml
 
 from hpcinfer.cluster import HardwareProfile, resolve_profile
+from hpcinfer.errors import SpecError
 from hpcinfer.outputs.atomic import write_text_atomic
 from hpcinfer.spec import JobSpec, build_spec
 from hpcinfer.submit.options import Scheduler
@@ -33,6 +34,7 @@ class PreparedJob:
     spec_text: str
     script: str
     profile: HardwareProfile
+    scheduler: SchedulerChoice
 
     def write(self) -> None:
         """Both files, atomically: a resubmission never reads half of a new script."""
@@ -75,15 +77,35 @@ def absolute_spec(spec: JobSpec, cwd: Path) -> JobSpec:
     return build_spec(data, "the resolved spec")
 
 
+@dataclass(frozen=True)
+class SchedulerChoice:
+    """The scheduler a job is written for, and why that one (said to the user)."""
+
+    name: str
+    reason: str
+
+    def describe(self) -> str:
+        """'Slurm, because sbatch is on PATH': what `submit` notes and refusals repeat."""
+        return f"{scheduler_class(self.name).title}, because {self.reason}"
+
+
 def choose_scheduler(
     flag: str | None,
     spec: JobSpec,
     profile: HardwareProfile,
     which: Callable[[str], str | None] = shutil.which,
-) -> str:
+) -> SchedulerChoice:
     """--scheduler, else job.scheduler, else the profile's, else the one on PATH."""
     site = profile.job_env.scheduler if profile.job_env else None
-    return scheduler_class(flag or spec.job.scheduler or site or detect_scheduler(which)).name
+    if flag:
+        return SchedulerChoice(scheduler_class(flag).name, f"--scheduler {flag} was given")
+    if spec.job.scheduler:
+        return SchedulerChoice(spec.job.scheduler, "the spec's job.scheduler says so")
+    if site:
+        name = scheduler_class(site).name
+        return SchedulerChoice(name, f"the hardware profile {profile.name} uses it")
+    name = detect_scheduler(which)
+    return SchedulerChoice(name, f"{scheduler_class(name).program} is on PATH")
 
 
 def spec_yaml(spec: JobSpec) -> str:
@@ -103,8 +125,11 @@ def prepare_job(
     """Resolve paths, choose the scheduler and render both files (nothing is written)."""
     resolved = absolute_spec(spec, cwd)
     profile = resolve_profile(resolved.workers.profile)
-    chosen = choose_scheduler(scheduler, resolved, profile, which)
-    resolved.job.scheduler = cast(Scheduler, chosen)  # a registered name
-    files = JobFiles.for_spec(resolved, chosen)
-    script = render_job_script(resolved, chosen, profile, files, cwd, hpcinfer)
-    return PreparedJob(files, resolved, spec_yaml(resolved), script, profile)
+    choice = choose_scheduler(scheduler, resolved, profile, which)
+    resolved.job.scheduler = cast(Scheduler, choice.name)  # a registered name
+    files = JobFiles.for_spec(resolved, choice.name)
+    try:
+        script = render_job_script(resolved, choice.name, profile, files, cwd, hpcinfer)
+    except SpecError as exc:
+        raise SpecError(f"{exc}; the job is for {choice.describe()}") from None
+    return PreparedJob(files, resolved, spec_yaml(resolved), script, profile, choice)

@@ -133,6 +133,22 @@ def _templates() -> jinja2.Environment:
     )
 
 
+def refuse_foreign_directives(lines: list[str], scheduler: BatchScheduler) -> None:
+    """An extra directive spelled as only another scheduler spells it ('-l walltime=1:00:00'
+    under Slurm, '--mail-type=END' under PBS) is refused naming that scheduler, instead of
+    being written where the chosen one would reject or misread it."""
+    for line in lines:
+        for name in scheduler_names():
+            other = scheduler_class(name)
+            if other.name == scheduler.name or not line.startswith(other.own_directive_prefixes):
+                continue
+            raise SpecError(
+                f"job.extra_directives {line!r} is a {other.title} option, not a "
+                f"{scheduler.title} one: rewrite it for {scheduler.title}, or submit with "
+                f"--scheduler {other.name}"
+            )
+
+
 def render_job_script(
     spec: JobSpec,
     scheduler_name: str,
@@ -157,6 +173,7 @@ def render_job_script(
         log_dir=files.job_dir,
         other_schedulers=tuple(name for name in scheduler_names() if name != scheduler.name),
     )
+    refuse_foreign_directives(spec.job.extra_directives, scheduler)
     directives = scheduler.directives(request)
     command = ["hpcinfer"] if env.activates else list(hpcinfer or default_hpcinfer())
     staging, run_options = stage_lines(spec, scheduler, command)

@@ -105,6 +105,9 @@ class BatchScheduler(ABC):
     run_launcher: ClassVar[str]  # `hpcinfer run --launcher` inside a job of this scheduler
     # Whether a node's GPUs must be asked for (Slurm) or come with the node (PBS chunks).
     requests_gpus: ClassVar[bool] = False
+    # Directive spellings only this scheduler takes ("-l" for PBS, "--" for Slurm): an
+    # extra directive written so is refused under another scheduler, naming this one.
+    own_directive_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, runner: CommandRunner = run_command) -> None:
         self.runner = runner

@@ -91,6 +91,7 @@ class SlurmScheduler(BatchScheduler):
 
     name = "slurm"
     title = "Slurm"
+    own_directive_prefixes = ("--",)  # long options; qsub has none
     program = "sbatch"
     cancel_program = "scancel"
     script_name = "job.slurm"
