@@ -48,8 +48,8 @@ from unittest import mock
 
 from hpcinfer.records import Record
 from hpcinfer.run import schedule
-from hpcinfer.run.job import ENGINE_DEFAULT_MAX_NUM_SEQS
 from hpcinfer.run.plan import WorkUnit
+from hpcinfer.run.policy import ENGINE_DEFAULT_MAX_NUM_SEQS
 from hpcinfer.run.schedule import Scheduler, static_owners
 from hpcinfer.run.worker import progress_interval_s
 from hpcinfer.spec import WorkersSpec

@@ -13,12 +13,8 @@ import socket
 
 from hpcinfer.cluster import resolve_profile
 from hpcinfer.outputs.store import OutputStore
-from hpcinfer.run.job import (
-    RunOptions,
-    engine_vars_for,
-    output_dir,
-    rank_placement,
-)
+from hpcinfer.run.options import RunOptions, output_dir
+from hpcinfer.run.policy import engine_vars_for, rank_placement
 from hpcinfer.run.ranks import RankContext, make_rendezvous
 from hpcinfer.run.spawn import spawn_remote_worker
 from hpcinfer.spec import JobSpec
