@@ -21,7 +21,7 @@ from hpcinfer.engines.kinds import (
 from hpcinfer.engines.vllm_offline import EngineSetup
 from hpcinfer.errors import SpecError
 from hpcinfer.records import Record, Result
-from hpcinfer.run.job import _engine_setup, _placement, engine_vars_for, max_inflight
+from hpcinfer.run.policy import engine_setup, engine_vars_for, job_placement, max_inflight
 from hpcinfer.spec import EngineSpec, JobSpec, build_spec
 
 
@@ -83,7 +83,7 @@ def test_the_generic_job_path_plans_sets_up_and_starts_a_registered_kind(
     echo_spec: JobSpec,
 ) -> None:
     profile = resolve_profile("cpu")
-    placement = _placement(echo_spec, profile, None)
+    placement = job_placement(echo_spec, profile, None)
     assert len(placement.placements) == 3
     assert all(not p.group.devices and not p.env for p in placement.placements)  # unbound
     assert engine_vars_for(echo_spec, profile, 3) == {ENGINE_KIND_ENV: "echo", "ECHO_MODEL": "-"}
@@ -91,6 +91,6 @@ def test_the_generic_job_path_plans_sets_up_and_starts_a_registered_kind(
     assert max_inflight(echo_spec, endpoints=5) == max_inflight(
         echo_spec.model_copy(update={"engine": EngineSpec()}), endpoints=5
     )
-    setup = _engine_setup(echo_spec, profile, "/m", "m", 3)
+    setup = engine_setup(echo_spec, profile, "/m", "m", 3)
     engine = start_engine(setup)
     assert isinstance(engine, EchoEngine) and engine.model_name == "m"
