@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from hpcinfer.cli import flags
+from hpcinfer.core.terminal import unclipped, wide_console
 from hpcinfer.errors import HpcinferError, SpecError
 from hpcinfer.exitcodes import ExitCode
 
@@ -24,8 +24,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help: wrapped to the terminal (or 80 columns), never cut; rich's option panels cut
+    # option names and values with an ellipsis in a narrow terminal or a pipe.
+    rich_markup_mode=None,
 )
-err = Console(stderr=True)
+err = wide_console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -141,7 +144,7 @@ def _print_summary(summary: Any) -> None:
             + (f"on {','.join(w.devices)}" if w.devices else "dispatched"),
         )
     table.add_row("results", f"{summary.out_dir}/results.jsonl")
-    err.print(table)
+    err.print(unclipped(table))
     if summary.message:
         err.print(summary.message)
 
@@ -178,7 +181,7 @@ def plan(
         table.add_column(column)
     for row in rows:
         table.add_row(*row.values())
-    Console().print(table)
+    wide_console().print(unclipped(table))
     for warning in [] if flags.quiet else result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
 
@@ -225,8 +228,13 @@ _register_commands()
 
 def main() -> None:
     """Console entry point: errors hpcinfer raises on purpose print without a traceback."""
+    from typer.main import get_command
+
+    from hpcinfer.cli.metavars import clean_metavars
+
     try:
-        code = app(standalone_mode=False)  # returns the code of a typer.Exit in this mode
+        # as app() runs it, with clean metavars in --help; returns a typer.Exit's code
+        code = clean_metavars(get_command(app))(standalone_mode=False)
     except HpcinferError as exc:
         err.print("[bold red]error:[/bold red]", escape(str(exc)), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

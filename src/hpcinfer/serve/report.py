@@ -11,12 +11,14 @@ import threading
 from collections.abc import Sequence
 from typing import TextIO
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from hpcinfer.core.terminal import unclipped, wide_console
 from hpcinfer.serve.fleet import FleetEvent
 from hpcinfer.serve.registry import DEAD, FAILED, READY, STARTING, STOPPED, UNHEALTHY, Endpoint
+
+__all__ = ["EventPrinter", "endpoints_table", "event_line", "wide_console"]
 
 
 def event_line(event: FleetEvent) -> str:
@@ -64,12 +66,6 @@ class EventPrinter:
             stream.flush()
 
 
-def wide_console(stderr: bool = False) -> Console:
-    """A terminal's own width; 160 columns into a pipe or file (rich's 80 cuts URLs)."""
-    console = Console(stderr=stderr)
-    return console if console.is_terminal else Console(stderr=stderr, width=160)
-
-
 def endpoints_table(endpoints: Sequence[Endpoint], title: str = "endpoints") -> Table:
     table = Table(title=title)
     for column in ("url", "model", "node", "devices", "state", "pid"):
@@ -88,4 +84,4 @@ def endpoints_table(endpoints: Sequence[Endpoint], title: str = "endpoints") -> 
                 )
             )
         )
-    return table
+    return unclipped(table)
