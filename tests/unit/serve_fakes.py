@@ -17,7 +17,8 @@ from tests.harness import free_port
 
 # A server process: `python fake_server.py PORT MODEL SICK_FILE`. /health answers 503 while
 # SICK_FILE exists; /v1/models wants `Bearer $VLLM_API_KEY` when that variable is set;
-# FAKE_DELAY seconds pass before it listens.
+# FAKE_DELAY seconds pass before it listens, and it waits for the file FAKE_GATE (when set)
+# to exist: a test opens the gate when it wants the server up, instead of racing a delay.
 FAKE_SERVER = r"""
 import json, os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +27,8 @@ port, model, sick = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 key = os.environ.get("VLLM_API_KEY")
 print("fake server starting on", port, flush=True)
 time.sleep(float(os.environ.get("FAKE_DELAY", "0")))
+while os.environ.get("FAKE_GATE") and not os.path.exists(os.environ["FAKE_GATE"]):
+    time.sleep(0.05)
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -159,7 +159,8 @@ def test_context_manager_stops_every_server_and_marks_it_stopped(
 def test_some_ready_some_failed_and_first_ready_returns_early(
     tmp_path: Path, fleets: Callable[..., Fleet]
 ) -> None:
-    slow_env = dict(os.environ, FAKE_DELAY="3")
+    gate = tmp_path / "slow-may-listen"  # the slow server listens only once this exists
+    slow_env = dict(os.environ, FAKE_GATE=str(gate))
     fast, _ = fake_launch(tmp_path, 0, env=dict(os.environ))
     slow, _ = fake_launch(tmp_path, 1, env=slow_env)
     broken, _ = fake_launch(tmp_path, 2, argv=["sh", "-c", "exit 1"])
@@ -168,6 +169,7 @@ def test_some_ready_some_failed_and_first_ready_returns_early(
     fleet.start()
     first = fleet.wait_ready(return_when="first")
     assert [e.url for e in first] == [fast.url]
+    gate.touch()
     everyone = fleet.wait_ready()
     assert [e.url for e in everyone] == [fast.url, slow.url]
     assert states(registry) == ["ready", "ready", "failed"]
