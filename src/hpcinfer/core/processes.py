@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from hpcinfer.cluster.binding import BindingEnv, apply_env
 from hpcinfer.launch.rank_env import RANK_ENV
@@ -124,34 +125,39 @@ def _child_setup(
     return setup
 
 
+class ProcessOptions(TypedDict, total=False):
+    """How a child is set up, beyond its argv, environment and log (see `start_process`)."""
+
+    fresh_log: bool
+    cores: Iterable[int] | None
+    cwd: Path | None
+    stdin: int
+    pass_fds: Sequence[int]
+    death_signal: int
+
+
 def start_process(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str],
-    log: Path,
-    fresh_log: bool = False,
-    cores: Iterable[int] | None = None,
-    cwd: Path | None = None,
-    stdin: int = subprocess.DEVNULL,
-    pass_fds: Sequence[int] = (),
-    death_signal: int = signal.SIGTERM,
+    argv: Sequence[str], *, env: Mapping[str, str], log: Path, **options: Unpack[ProcessOptions]
 ) -> subprocess.Popen[bytes]:
     """Start `argv` as a set-up child (see the module docstring), stdout and stderr to `log`
-    (appended to, or truncated with `fresh_log`). `death_signal` is what the child gets when
-    this thread dies: SIGTERM for a server, SIGKILL for a child that ignores SIGTERM."""
+    (appended to, or truncated with `fresh_log`), on `cores`, in `cwd`, with `stdin` and the
+    `pass_fds` it inherits. `death_signal` is what the child gets when this thread dies:
+    SIGTERM (the default) for a server, SIGKILL for a child that ignores SIGTERM."""
+    cores = options.get("cores")
+    death_signal = int(options.get("death_signal", signal.SIGTERM))
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb" if fresh_log else "ab") as handle:
+    with log.open("wb" if options.get("fresh_log", False) else "ab") as handle:
         return subprocess.Popen(
             list(argv),
             env=dict(env),
-            cwd=cwd,
-            stdin=stdin,
+            cwd=options.get("cwd"),
+            stdin=options.get("stdin", subprocess.DEVNULL),
             stdout=handle,
             stderr=subprocess.STDOUT,
-            pass_fds=tuple(pass_fds),
+            pass_fds=tuple(options.get("pass_fds", ())),
             start_new_session=True,
             preexec_fn=_child_setup(
-                os.getpid(), frozenset(cores) if cores else None, int(death_signal)
+                os.getpid(), frozenset(cores) if cores else None, death_signal
             ),
         )
 
@@ -242,31 +248,10 @@ class Child:
 
 
 def spawn(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str],
-    log: Path,
-    fresh_log: bool = False,
-    cores: Iterable[int] | None = None,
-    cwd: Path | None = None,
-    stdin: int = subprocess.DEVNULL,
-    pass_fds: Sequence[int] = (),
-    death_signal: int = signal.SIGTERM,
+    argv: Sequence[str], *, env: Mapping[str, str], log: Path, **options: Unpack[ProcessOptions]
 ) -> Child:
-    """`start_process`, as a Child."""
-    return Child(
-        start_process(
-            argv,
-            env=env,
-            log=log,
-            fresh_log=fresh_log,
-            cores=cores,
-            cwd=cwd,
-            stdin=stdin,
-            pass_fds=pass_fds,
-            death_signal=death_signal,
-        )
-    )
+    """`start_process`, as a Child (with its group's guard)."""
+    return Child(start_process(argv, env=env, log=log, **options))
 
 
 def stop_all(
