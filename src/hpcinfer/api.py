@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from hpcinfer.bench.documents import FomDocument, OfflineDocument, ServeDocument
     from hpcinfer.bench.offline import BenchSettings
     from hpcinfer.bench.serve_bench import ServeBenchOptions
+    from hpcinfer.core.endpoints_registry import Endpoint
     from hpcinfer.core.stop import StopSignal
     from hpcinfer.run.summary import RunSummary
     from hpcinfer.serve.fleet import Fleet
-    from hpcinfer.serve.registry import Endpoint
     from hpcinfer.spec import JobSpec
 
 

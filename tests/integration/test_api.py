@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 import pytest
 
 import hpcinfer
+from hpcinfer.core.endpoints_registry import read_registry
 from hpcinfer.serve.ports import port_in_use
-from hpcinfer.serve.registry import read_registry
 from tests.harness import free_port
 from tests.processes import assert_no_orphans
 

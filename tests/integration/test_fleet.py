@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from hpcinfer.serve.registry import read_registry
+from hpcinfer.core.endpoints_registry import read_registry
 from tests.conftest import hpcinfer_cmd, read_rows, run_cli, start_cli, wait_for_units
 from tests.harness import wait_for
 from tests.processes import assert_no_orphans, marked

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
+from hpcinfer.core.endpoints_registry import read_registry
 from hpcinfer.serve.ports import port_in_use
-from hpcinfer.serve.registry import read_registry
 from tests.conftest import hpcinfer_cmd, require, run_cli, start_cli
 from tests.processes import assert_no_orphans, marked
 

@@ -30,8 +30,8 @@ from hpcinfer.bench.serve_bench import (
 )
 from hpcinfer.cli import main as cli_main
 from hpcinfer.cli.bench_serve_cmd import build_options
+from hpcinfer.core.endpoints_registry import Endpoint, RegistryError, write_registry
 from hpcinfer.errors import InputError, SpecError
-from hpcinfer.serve.registry import Endpoint, RegistryError, write_registry
 from hpcinfer.testing.stub_server import StubServer
 
 runner = CliRunner()

@@ -20,6 +20,10 @@ PACKAGE = "hpcinfer"
 CORE_MUST_NOT_IMPORT = ("run", "serve", "bench", "submit", "stage", "report", "cli", "engines")
 # serve and bench are peers of run: what they share with it lives in core.
 PEERS_OF_RUN = ("serve", "bench")
+# The adapters and data (engines, cluster, launch, inputs, outputs) stand below every command
+# package: a dispatcher engine reads the endpoints registry from core, not from serve.
+ADAPTERS = ("engines", "cluster", "launch", "inputs", "outputs")
+COMMANDS = ("run", "serve", "bench", "submit", "stage", "report", "cli", "api")
 
 
 def _module_name(path: Path) -> str:
@@ -189,6 +193,11 @@ def test_serve_and_bench_import_nothing_from_run() -> None:
 def test_core_imports_no_layer_above_it() -> None:
     found = _violations(("core",), CORE_MUST_NOT_IMPORT)
     assert not found, "core imports a layer above it:\n" + "\n".join(found)
+
+
+def test_adapters_import_no_command_package() -> None:
+    found = _violations(ADAPTERS, COMMANDS)
+    assert not found, "an adapter imports a command package above it:\n" + "\n".join(found)
 
 
 def test_a_cycle_is_found_and_named() -> None:

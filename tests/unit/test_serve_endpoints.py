@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from hpcinfer.core.endpoints_registry import Endpoint, write_registry
 from hpcinfer.serve.checks import wait_until_up
 from hpcinfer.serve.errors import ServeError
-from hpcinfer.serve.registry import Endpoint, write_registry
 from tests.harness import call_main, free_port
 from tests.unit.serve_fakes import http_server
 

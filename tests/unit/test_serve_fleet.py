@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from hpcinfer.core.endpoints_registry import read_registry
 from hpcinfer.errors import SpecError
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.fleet import Fleet, FleetEvent, ServerLaunch
-from hpcinfer.serve.registry import read_registry
 from hpcinfer.serve.report import event_line
 from tests.harness import wait_for
 from tests.unit.serve_fakes import fake_launch

@@ -15,6 +15,13 @@ import pytest
 
 from hpcinfer.cli.serve_cmds import build_serve_spec
 from hpcinfer.cluster.allocation import Allocation
+from hpcinfer.core.endpoints_registry import (
+    Endpoint,
+    part_path,
+    parts_dir,
+    read_registry,
+    write_registry,
+)
 from hpcinfer.core.stop import signals_feed
 from hpcinfer.errors import SpecError
 from hpcinfer.launch.rank_commands import launch_commands
@@ -24,7 +31,6 @@ from hpcinfer.serve.fleet import Fleet, ServerLaunch
 from hpcinfer.serve.launch import one_rank_per_node
 from hpcinfer.serve.node import ServeOptions, ServingDocument, serve_node
 from hpcinfer.serve.parts import PartsMerger
-from hpcinfer.serve.registry import Endpoint, part_path, parts_dir, read_registry, write_registry
 from hpcinfer.spec import JobSpec
 from tests.harness import wait_for
 from tests.unit.serve_fakes import fake_launch

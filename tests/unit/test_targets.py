@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from hpcinfer.core.endpoints_registry import Endpoint, RegistryError, write_registry
 from hpcinfer.engines.targets import resolve_targets
 from hpcinfer.errors import SpecError
-from hpcinfer.serve.registry import Endpoint, RegistryError, write_registry
 from hpcinfer.spec import build_spec
 
 

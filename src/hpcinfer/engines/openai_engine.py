@@ -351,7 +351,7 @@ class OpenAIEngine:
         if mtime is None or mtime == self._registry_mtime or not self._setup.registry:
             return
         self._registry_mtime = mtime
-        from hpcinfer.serve.registry import RegistryError, read_registry, usable
+        from hpcinfer.core.endpoints_registry import RegistryError, read_registry, usable
 
         try:
             entries = read_registry(Path(self._setup.registry))

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcinfer.core.endpoints_registry import LIVE_STATES, RegistryError, read_registry, usable
 from hpcinfer.engines.kinds import kind_of
 from hpcinfer.engines.openai_engine import ClientSetup, Target
 from hpcinfer.errors import SpecError
-from hpcinfer.serve.registry import LIVE_STATES, RegistryError, read_registry, usable
 from hpcinfer.spec import JobSpec
 
 

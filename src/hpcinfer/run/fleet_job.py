@@ -118,7 +118,7 @@ def _serve_ranks(spec: JobSpec, options: RunOptions, registry: Path) -> Iterator
 def _wait_first_ready(
     serve: ServerProcess, registry: Path, timeout_s: float, stop: StopSignal | None
 ) -> None:
-    from hpcinfer.serve.registry import READY, RegistryError, read_registry
+    from hpcinfer.core.endpoints_registry import READY, RegistryError, read_registry
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcinfer.core.server_probe import CHECK_TIMEOUT_S, Check, check_servers
-from hpcinfer.serve.errors import ServeError
-from hpcinfer.serve.registry import (
+from hpcinfer.core.endpoints_registry import (
     DEAD,
     FAILED,
     READY,
@@ -26,6 +24,8 @@ from hpcinfer.serve.registry import (
     RegistryError,
     read_registry,
 )
+from hpcinfer.core.server_probe import CHECK_TIMEOUT_S, Check, check_servers
+from hpcinfer.serve.errors import ServeError
 
 WAIT_POLL_S = 2.0
 

@@ -30,13 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from hpcinfer.errors import SpecError
-from hpcinfer.logtail import log_tail
-from hpcinfer.serve.errors import ServeError
-from hpcinfer.serve.monitor import INTERVAL_S, watch_health
-from hpcinfer.serve.process import ServerProcess, stop_all
-from hpcinfer.serve.readiness import await_ready
-from hpcinfer.serve.registry import (
+from hpcinfer.core.endpoints_registry import (
     DEAD,
     FAILED,
     LIVE_STATES,
@@ -48,6 +42,12 @@ from hpcinfer.serve.registry import (
     now_iso,
     write_registry,
 )
+from hpcinfer.errors import SpecError
+from hpcinfer.logtail import log_tail
+from hpcinfer.serve.errors import ServeError
+from hpcinfer.serve.monitor import INTERVAL_S, watch_health
+from hpcinfer.serve.process import ServerProcess, stop_all
+from hpcinfer.serve.readiness import await_ready
 
 STOP_GRACE_S = 30.0
 FAILED_SERVER_GRACE_S = 10.0

@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from hpcinfer.core.endpoints_registry import DEAD, READY, UNHEALTHY
 from hpcinfer.core.server_probe import check_health
 from hpcinfer.serve.readiness import Watched
-from hpcinfer.serve.registry import DEAD, READY, UNHEALTHY
 
 INTERVAL_S = 1.0
 HEALTH_TIMEOUT_S = 5.0

@@ -20,13 +20,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from hpcinfer.cluster.allocation import RankInfo, remaining_walltime_s, short_hostname
+from hpcinfer.core.endpoints_registry import DEAD, FAILED, READY, STOPPED, Endpoint, part_path
 from hpcinfer.core.stop import StopSignal
 from hpcinfer.core.time_limits import effective_time_limit
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.fleet import Fleet
 from hpcinfer.serve.parts import PartsMerger
 from hpcinfer.serve.plan import plan_fleet
-from hpcinfer.serve.registry import DEAD, FAILED, READY, STOPPED, Endpoint, part_path
 from hpcinfer.serve.report import EventPrinter, endpoints_table, wide_console
 from hpcinfer.spec import JobSpec
 

@@ -15,7 +15,13 @@ import shutil
 import time
 from pathlib import Path
 
-from hpcinfer.serve.registry import LIVE_STATES, Endpoint, merge_parts, parts_dir, read_parts
+from hpcinfer.core.endpoints_registry import (
+    LIVE_STATES,
+    Endpoint,
+    merge_parts,
+    parts_dir,
+    read_parts,
+)
 
 FINAL_WAIT_S = 45.0
 

@@ -14,9 +14,17 @@ from typing import TextIO
 from rich.table import Table
 from rich.text import Text
 
+from hpcinfer.core.endpoints_registry import (
+    DEAD,
+    FAILED,
+    READY,
+    STARTING,
+    STOPPED,
+    UNHEALTHY,
+    Endpoint,
+)
 from hpcinfer.core.terminal import unclipped, wide_console
 from hpcinfer.serve.fleet import FleetEvent
-from hpcinfer.serve.registry import DEAD, FAILED, READY, STARTING, STOPPED, UNHEALTHY, Endpoint
 
 __all__ = ["EventPrinter", "endpoints_table", "event_line", "wide_console"]
 
