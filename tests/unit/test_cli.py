@@ -309,3 +309,12 @@ def test_version_flag_prints_the_version(main_cli: InProcessCLI) -> None:
     ran = main_cli("--version")
     assert ran.code == 0
     assert ran.out.strip() == f"hpcinfer {hpcinfer.__version__}"
+
+
+def test_run_save_spec_writes_the_job_and_runs_nothing(hpcinfer: Main) -> None:
+    code, output = hpcinfer("run", "p.txt", "--max-tokens", "7", "--save-spec", "job.yaml")
+    assert code == 0, output
+    assert "hpcinfer run job.yaml" in output
+    saved = (hpcinfer.cwd / "job.yaml").read_text()
+    assert "max_tokens: 7" in saved and "p.txt" in saved
+    assert not (hpcinfer.cwd / "hpcinfer-out").exists(), "nothing ran"

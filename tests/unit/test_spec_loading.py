@@ -234,3 +234,42 @@ def test_an_output_dir_given_anywhere_wins_over_the_default(
     assert build(["job.yaml", "a.txt"], tmp_path).output.dir == "mine"
     assert build(["a.txt"], tmp_path, {"out": "flag"}).output.dir == "flag"
     assert build(["a.txt"], tmp_path, sets=["output.dir=set"]).output.dir == "set"
+
+
+# -- --save-spec: a command line saved as a spec file ------------------------------------------
+
+
+def test_a_saved_spec_loads_back_to_the_same_job_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpcinfer.core.spec_loading import save_job_spec
+    from hpcinfer.submit.prepare import absolute_spec
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "data" / "a.tsv", "q\nx\n")
+    write(tmp_path / "tpl" / "t.j2", "Q: {{ q }}")
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    given = build(
+        ["data/a.tsv"],
+        tmp_path,
+        {"template": "@tpl/t.j2", "max_tokens": 5, "model": "models/m", "api_key_env": "KEY"},
+        sets=["engine.extra.enable_prefix_caching=true"],
+    )
+    saved = save_job_spec(given, "jobs/job.yaml", tmp_path)
+    text = saved.read_text()
+    assert "temperature" not in text, "only the fields the command line set"
+    assert "../data/a.tsv" in text and "'@../tpl/t.j2'" in text and "../models/m" in text
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    loaded = load_job_spec(saved, cwd=elsewhere)  # an absolute spec path, another directory
+    assert absolute_spec(loaded, elsewhere) == absolute_spec(given, tmp_path)
+    assert absolute_spec(build(["jobs/job.yaml"], tmp_path), tmp_path) == absolute_spec(
+        given, tmp_path
+    )
+
+
+def test_save_spec_needs_a_yaml_name(tmp_path: Path) -> None:
+    from hpcinfer.core.spec_loading import save_job_spec
+
+    with pytest.raises(SpecError, match=r"\.yaml or \.yml"):
+        save_job_spec(build(["a.txt"], tmp_path), "job.json", tmp_path)

@@ -64,6 +64,15 @@ def run(
     restart: Annotated[
         bool, typer.Option(help="Discard results of a different spec in --out.")
     ] = False,
+    save_spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-spec",
+            metavar="FILE.yaml",
+            help="Write this command line's job as a spec file and exit (runs nothing): "
+            "`hpcinfer run FILE.yaml` and `hpcinfer submit FILE.yaml` then do what it does.",
+        ),
+    ] = None,
     *,
     flags: flags.Flags,
 ) -> None:
@@ -85,6 +94,14 @@ def run(
     spec_file, inputs = split_spec_and_inputs(args or [])
     spec = load_job_spec(spec_file, inputs, flags.spec_fields(), flags.sets)
     quiet, json_out = flags.quiet, flags.json_out
+    if save_spec is not None:
+        from hpcinfer.core.spec_loading import save_job_spec
+
+        written = save_job_spec(spec, save_spec)
+        if not quiet:
+            err.print(f"saved the job as {escape(str(written))}; run it with: hpcinfer run "
+                      f"{escape(str(save_spec))}", highlight=False)  # fmt: skip
+        raise typer.Exit(0)
     stop_request = StopSignal()
     options = RunOptions(restart=restart, quiet=quiet or json_out, stop=stop_request)
     ctx = None

@@ -127,3 +127,53 @@ def rebase_spec_paths(data: dict[str, Any], spec_dir: Path) -> None:
     section = data.get("output")
     if isinstance(section, dict) and "dir" in section:
         section["dir"] = rebase(section["dir"])
+
+
+SAVED_SPEC_HEADER = (
+    "# Written by `hpcinfer run --save-spec`: the command line's job, non-default fields only;\n"
+    "# paths are relative to this file. Run it with `hpcinfer run FILE`, submit it with\n"
+    "# `hpcinfer submit FILE`.\n"
+)
+
+
+def save_job_spec(spec: JobSpec, path: str | Path, cwd: Path | None = None) -> Path:
+    """Write `spec` as a spec file at `path` (relative to `cwd`) that loads back to the same
+    job: its non-default fields, with every path written relative to the file, as
+    `load_job_spec` reads them. Holds no secret: API keys are named by variable only."""
+    import yaml
+
+    here = Path.cwd() if cwd is None else cwd
+    target = here / path
+    if not is_spec_file(target):
+        raise SpecError(f"--save-spec {path}: give the spec file a .yaml or .yml name")
+    data: dict[str, Any] = spec.model_dump(mode="json", exclude_defaults=True)
+    relative_spec_paths(data, target.resolve().parent, here)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = SAVED_SPEC_HEADER + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    target.write_text(text, encoding="utf-8")
+    return target
+
+
+def relative_spec_paths(data: dict[str, Any], spec_dir: Path, cwd: Path) -> None:
+    """The inverse of `rebase_spec_paths`: paths read from `cwd` rewritten relative to
+    `spec_dir`, where a spec file's paths are read from (globs stay globs)."""
+
+    def relative(value: Any) -> Any:
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            return value
+        return os.path.relpath(os.path.normpath(cwd.resolve() / value), spec_dir)
+
+    model = data.get("model")
+    if isinstance(model, str) and (model.startswith(("./", "../")) or (cwd / model).exists()):
+        moved = relative(model)
+        data["model"] = moved if moved.startswith(("/", "../")) else "./" + moved
+    section = data.get("inputs")
+    if isinstance(section, dict):
+        if isinstance(section.get("paths"), list):
+            section["paths"] = [relative(p) for p in section["paths"]]
+        template = section.get("template")
+        if isinstance(template, str) and template.startswith("@"):
+            section["template"] = "@" + relative(template[1:])
+    section = data.get("output")
+    if isinstance(section, dict) and "dir" in section:
+        section["dir"] = relative(section["dir"])
