@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import urllib.request
+from typing import Any
 
 import pytest
 
-from hpcinfer.core.openai_wire import StreamError
+from hpcinfer.core.openai_wire import PATHS, Api, StreamError
 from hpcinfer.engines.openai_api import RequestRejected, StreamResult, api_for, record_body
-from hpcinfer.records import Record
+from hpcinfer.records import Record, Result
 from hpcinfer.spec import SamplingSpec
+from hpcinfer.testing.stub_server import StubServer
 
 
 def _record(**kw: object) -> Record:
@@ -110,7 +113,76 @@ def test_record_sampling_fields_reach_the_server_body() -> None:
     assert body["temperature"] == 0.0 and body["seed"] == 3 and body["max_tokens"] == 7
     assert body["structured_outputs"] == {"json": {"type": "object"}}
     assert body["model"] == "sql"  # the adapter's served name
-    for fields in ({"n": 2}, {"logprobs": 0}):
-        asking = Record("r", "in.jsonl", 1, prompt="p", sampling=fields)
-        with pytest.raises(RequestRejected, match="offline engine only; run this input with"):
-            record_body(asking, "completions", "base", SamplingSpec())
+
+
+@pytest.mark.parametrize(
+    ("api", "top", "fields"),
+    [
+        ("completions", 3, {"n": 2, "logprobs": 3}),
+        ("completions", 0, {"n": 2, "logprobs": 0}),
+        # chat lists the sampled token among its top_logprobs: one more keeps the best `top`
+        ("chat", 3, {"n": 2, "logprobs": True, "top_logprobs": 4}),
+        ("chat", 0, {"n": 2, "logprobs": True, "top_logprobs": 0}),
+        ("chat", 20, {"n": 2, "logprobs": True, "top_logprobs": 20}),  # vLLM's max_logprobs
+    ],
+)
+def test_n_and_logprobs_as_each_api_asks(api: Api, top: int, fields: dict[str, object]) -> None:
+    record = Record("r", "in.jsonl", 1, prompt="p", sampling={"n": 2, "logprobs": top})
+    body = record_body(record, api, "m", SamplingSpec())
+    assert {key: body.get(key) for key in fields} == fields
+
+
+def _expected(tokens: int, sample: int, top: int, sampled_odd: float) -> list[dict[str, Any]]:
+    """What the stub's made-up log-probabilities (`testing.stub_samples`) read as."""
+    rows = []
+    for i in range(tokens):
+        token = f" tok{i}" if sample == 0 else f" s{sample}tok{i}"
+        if i % 2 == 0:  # the sampled token is the best one
+            ranked = [(token, -0.5)] + [(f" alt{r}", -0.5 * r) for r in range(2, top + 1)]
+            chosen = -0.5
+        else:  # just outside the best `top`
+            ranked = [(f" alt{r}", -0.5 * r) for r in range(1, top + 1)]
+            chosen = sampled_odd
+        best = [{"token": t, "logprob": lp} for t, lp in ranked[:top]]
+        rows.append({"token": token, "logprob": chosen, "top_logprobs": best})
+    return rows
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+@pytest.mark.parametrize("top", [0, 2])
+def test_samples_and_logprobs_from_a_vllm_format_stream(api: Api, top: int) -> None:
+    """n=2 with log-probabilities through the stub (vLLM's format): the offline row shape."""
+    record = Record("r", "in.jsonl", 1, prompt="a b", max_tokens=3,
+                    sampling={"n": 2, "logprobs": top})  # fmt: skip
+    body = record_body(record, api, "tiny", SamplingSpec())
+    with StubServer() as stub:
+        request = urllib.request.Request(
+            stub.url + PATHS[api], json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+    state = StreamResult.for_record(record)
+    for start in range(0, len(raw), 37):  # reads that end anywhere
+        state.feed(raw[start : start + 37])
+    state.finish()
+    result = Result(id="r", text=state.text, output_tokens=state.output_tokens)
+    state.fill(result)
+    assert result.texts == [" tok0 tok1 tok2", " s1tok0 s1tok1 s1tok2"]
+    assert result.text == result.texts[0] and result.output_tokens == 6
+    assert result.finish_reasons == ["length", "length"]
+    asked = top + 1 if api == "chat" and top else top  # the rank just outside what was asked
+    odd = -0.5 * (asked + 1)
+    assert result.logprobs == [_expected(3, 0, top, odd), _expected(3, 1, top, odd)]
+
+
+def test_every_sample_must_finish_and_indexes_must_fit() -> None:
+    state = StreamResult(samples=2)
+    state.feed(_data({"choices": [{"index": 0, "text": "a", "finish_reason": "stop"}]}))
+    state.feed(_data({"choices": [{"index": 1, "text": "b"}]}) + b"data: [DONE]\n")
+    with pytest.raises(StreamError, match=r"without a finish_reason for sample\(s\) \[1\]"):
+        state.finish()
+    with pytest.raises(StreamError, match="choice index 2 in an answer of 2 sample"):
+        StreamResult(samples=2).feed(_data({"choices": [{"index": 2, "text": "c"}]}))
+    malformed = {"choices": [{"index": 0, "text": "a", "logprobs": {"tokens": ["a"]}}]}
+    with pytest.raises(StreamError, match="malformed logprobs"):
+        StreamResult(top_logprobs=1).feed(_data(malformed))

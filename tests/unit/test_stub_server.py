@@ -396,3 +396,57 @@ def test_a_held_stub_answers_nothing_until_released() -> None:
         server.release()
         assert [a.result(timeout=10)[0] for a in asks] == [200, 200, 200]
         assert server.stats()["ok"] == 3
+
+
+def test_n_samples_and_logprobs_in_vllm_order(stub: StubServer) -> None:
+    """vLLM 0.32: one choice per event tagged with its index, the chat role chunk of every
+    sample first; the sampled token listed first, then ranks 1..N, cut at N + 1 entries
+    (completions `logprobs`) or N (chat `top_logprobs`)."""
+    body = completion("a b", 2) | {"n": 2, "logprobs": 1}
+    chunks = [json.loads(p) for p in events(post(stub, "/v1/completions", body)[1])[:-1]]
+    assert [(c["choices"][0]["index"], c["choices"][0]["text"]) for c in chunks[:-1]] == [
+        (0, " tok0"), (1, " s1tok0"), (0, " tok1"), (1, " s1tok1"),
+    ]  # fmt: skip
+    first, second = (chunks[i]["choices"][0]["logprobs"] for i in (1, 3))
+    assert first == {"text_offset": [0], "token_logprobs": [-0.5], "tokens": [" s1tok0"],
+                     "top_logprobs": [{" s1tok0": -0.5}]}  # fmt: skip
+    assert second["text_offset"] == [7] and second["top_logprobs"] == [
+        {" s1tok1": -1.0, " alt1": -0.5}  # sampled (rank 2) first, then rank 1
+    ]
+    assert chunks[-1]["usage"]["completion_tokens"] == 4
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "n": 2, "logprobs": True, "top_logprobs": 1, "stream": True}  # fmt: skip
+    chunks = [json.loads(p) for p in events(post(stub, "/v1/chat/completions", chat)[1])[:-1]]
+    assert [c["choices"][0]["delta"].get("role") for c in chunks[:2]] == ["assistant"] * 2
+    odd = chunks[4]["choices"][0]["logprobs"]["content"][0]
+    assert (odd["token"], odd["logprob"], odd["bytes"]) == (" tok1", -1.0, list(b" tok1"))
+    assert odd["top_logprobs"] == [{"token": " tok1", "logprob": -1.0, "bytes": list(b" tok1")}]
+    whole = json.loads(post(stub, "/v1/completions", completion("x", 2, stream=False)
+                            | {"n": 3, "logprobs": 0})[1])  # fmt: skip
+    assert [c["text"] for c in whole["choices"]] == [" tok0 tok1", " s1tok0 s1tok1",
+                                                     " s2tok0 s2tok1"]  # fmt: skip
+    assert whole["choices"][2]["logprobs"]["tokens"] == [" s2tok0", " s2tok1"]
+    assert whole["usage"]["completion_tokens"] == 6
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "message"),
+    [
+        ("/v1/completions", {"n": 0}, "'n' must be an integer >= 1"),
+        ("/v1/completions", {"logprobs": 21}, "greater than max allowed: 20"),
+        ("/v1/chat/completions", {"top_logprobs": 2}, "`logprobs` must be set to true"),
+        ("/v1/completions", {"structured_outputs": {"json": {}, "regex": "a"}}, "one kind"),
+        ("/v1/completions", {"structured_outputs": {"json_schema": {}}}, "unknown field"),
+    ],
+)
+def test_sampling_fields_vllm_refuses_are_400(
+    stub: StubServer, path: str, extra: dict[str, Any], message: str
+) -> None:
+    body = {"model": "tiny", "max_tokens": 2, **extra}
+    body |= (
+        {"prompt": "x"}
+        if path == "/v1/completions"
+        else {"messages": [{"role": "user", "content": "x"}]}
+    )
+    status, raw = post(stub, path, body)
+    assert status == 400 and message in json.loads(raw)["error"]["message"]

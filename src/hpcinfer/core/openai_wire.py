@@ -184,6 +184,71 @@ def first_choice(event: dict[str, Any]) -> dict[str, Any] | None:
     return choice
 
 
+def event_choices(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every choice of an event (vLLM sends one per event, each with its `index` among the
+    request's n samples); [] for a usage-only event. StreamError when malformed."""
+    choices = event.get("choices")
+    if not isinstance(choices, list):
+        return []
+    for choice in choices:
+        if not isinstance(choice, dict) or not isinstance(choice.get("index", 0), int):
+            raise StreamError("malformed choice", f"malformed choice: {_snippet(repr(event))}")
+    return choices
+
+
+def request_logprobs(api: Api, top: int, most: int) -> dict[str, Any]:
+    """The request fields asking for each token's log-probability and its `top` best
+    alternatives (at most `most`, the server's `max_logprobs`).
+
+    vLLM lists the sampled token first and then the best alternatives, cutting that list at
+    `logprobs + 1` entries (completions) or at `top_logprobs` (chat): a sampled token outside
+    the best `top` would push the last one out of a chat answer, so chat asks for one more;
+    `token_logprobs` keeps the best `top` of either."""
+    if api == "completions":
+        return {"logprobs": top}
+    return {"logprobs": True, "top_logprobs": min(top + 1, most) if top else 0}
+
+
+def token_logprobs(choice: dict[str, Any], top: int) -> list[dict[str, Any]]:
+    """The tokens of one stream choice as {token, logprob, top_logprobs: [{token, logprob}]},
+    the best `top` alternatives first, from a completion's parallel lists or a chat delta's
+    `content`; positions without a log-probability are left out. StreamError when malformed."""
+    logprobs = choice.get("logprobs")
+    if logprobs is None:
+        return []
+    try:
+        if "content" in logprobs:  # chat
+            return [
+                _token(item["token"], item["logprob"], [
+                    (alt["token"], alt["logprob"]) for alt in item.get("top_logprobs") or []
+                ], top)
+                for item in logprobs["content"] or []
+                if item.get("logprob") is not None
+            ]  # fmt: skip
+        tokens, chosen = logprobs["tokens"], logprobs["token_logprobs"]
+        alternatives = logprobs.get("top_logprobs") or [None] * len(tokens)
+        return [
+            _token(token, logprob, list((alts or {}).items()), top)
+            for token, logprob, alts in zip(tokens, chosen, alternatives, strict=True)
+            if logprob is not None
+        ]
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise StreamError(
+            "malformed logprobs", f"malformed logprobs: {_snippet(repr(logprobs))}"
+        ) from None
+
+
+def _token(
+    token: Any, logprob: Any, alternatives: list[tuple[Any, Any]], top: int
+) -> dict[str, Any]:
+    best = sorted(alternatives, key=lambda alt: -float(alt[1]))[:top]
+    return {
+        "token": str(token),
+        "logprob": float(logprob),
+        "top_logprobs": [{"token": str(t), "logprob": float(lp)} for t, lp in best],
+    }
+
+
 def choice_text(choice: dict[str, Any]) -> str:
     """The text a choice carries: a completion's `text` or a chat delta's `content`."""
     piece = choice.get("text")

@@ -2,12 +2,13 @@
 
 The format itself (bodies, SSE parsing, error texts) is `core.openai_wire`, shared with the
 serving benchmark; here a Record and the job's SamplingSpec become a request, and a stream's
-events become the text, finish reason and token counts of one Result.
+events become the texts, finish reasons, log-probabilities and token counts of one Result,
+in the offline engine's row shape (`engines.record_params.fill_samples`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hpcinfer.core.openai_wire import (
@@ -15,11 +16,14 @@ from hpcinfer.core.openai_wire import (
     SseParser,
     StreamError,
     choice_text,
-    first_choice,
+    event_choices,
     request_body,
+    request_logprobs,
+    token_logprobs,
     usage_counts,
 )
-from hpcinfer.records import Record
+from hpcinfer.inputs.sampling import MAX_LOGPROBS
+from hpcinfer.records import Record, Result
 from hpcinfer.spec import SamplingSpec
 
 
@@ -49,28 +53,25 @@ def record_body(record: Record, api: Api, model: str, sampling: SamplingSpec) ->
         top_k=sampling.top_k,
         ignore_eos=sampling.ignore_eos,
         min_tokens=sampling.min_tokens,
-        extra=record_extra(record),
+        extra=record_extra(record, api),
     )
 
 
 _PLAIN_FIELDS = (
-    "temperature", "top_p", "top_k", "seed", "stop", "min_tokens",
+    "temperature", "top_p", "top_k", "seed", "stop", "min_tokens", "n",
     "presence_penalty", "frequency_penalty", "repetition_penalty",
 )  # fmt: skip
 _STRUCTURED = {"json_schema": "json", "regex": "regex", "choice": "choice"}
 
 
-def record_extra(record: Record) -> dict[str, Any]:
+def record_extra(record: Record, api: Api) -> dict[str, Any]:
     """A record's own sampling fields as vLLM's OpenAI server takes them: structured output
-    as `structured_outputs`, a LoRA adapter as the model name, `chat_template`. n > 1 and
-    logprobs are refused (this engine keeps one streamed text per request)."""
+    as `structured_outputs`, log-probabilities as the API asks for them, a LoRA adapter as
+    the model name, `chat_template`."""
     fields = record.sampling
-    if fields.get("n", 1) > 1 or "logprobs" in fields:
-        raise RequestRejected(
-            "n > 1 and logprobs are answered by the offline engine only; run this input with "
-            "--engine vllm, or drop n/logprobs from the record"
-        )
     extra = {name: fields[name] for name in _PLAIN_FIELDS if name in fields}
+    if "logprobs" in fields:
+        extra.update(request_logprobs(api, fields["logprobs"], MAX_LOGPROBS))
     for ours, theirs in _STRUCTURED.items():
         if ours in fields:
             extra["structured_outputs"] = {theirs: fields[ours]}
@@ -83,15 +84,37 @@ def record_extra(record: Record) -> dict[str, Any]:
 
 @dataclass
 class StreamResult:
-    """What one stream said, accumulated read by read."""
+    """What one stream said, accumulated read by read: each of the request's `samples`
+    choices by its index, with each token's log-probability and `top_logprobs` best
+    alternatives when asked (None: not asked)."""
 
-    text: str = ""
-    finish_reason: str | None = None
+    samples: int = 1
+    top_logprobs: int | None = None
+    texts: list[str] = field(default_factory=list)
+    finish_reasons: list[str | None] = field(default_factory=list)
+    logprobs: list[list[dict[str, Any]]] = field(default_factory=list)
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     chunks: int = 0
     first_token: bool = False
     parser: SseParser | None = None
+
+    def __post_init__(self) -> None:
+        self.texts = [""] * self.samples
+        self.finish_reasons = [None] * self.samples
+        self.logprobs = [[] for _ in range(self.samples)]
+
+    @classmethod
+    def for_record(cls, record: Record) -> StreamResult:
+        return cls(record.sampling.get("n", 1), record.sampling.get("logprobs"))
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.finish_reasons[0]
 
     def feed(self, data: bytes) -> bool:
         """Take one read of the stream; True when it carried the first token.
@@ -102,12 +125,24 @@ class StreamResult:
         return self._take(self.parser.feed(data))
 
     def finish(self) -> None:
-        """The stream ended: keep it only when it was whole ([DONE] and a finish_reason)."""
+        """The stream ended: keep it only when it was whole ([DONE] and a finish_reason for
+        every sample)."""
         parser = self.parser or SseParser()
         self._take(parser.finish())
         parser.check_done(self.chunks)
-        if self.finish_reason is None:
-            raise StreamError("stream finished without a finish_reason")
+        missing = [i for i, reason in enumerate(self.finish_reasons) if reason is None]
+        if missing:
+            which = "" if self.samples == 1 else f" for sample(s) {missing}"
+            raise StreamError("stream finished without a finish_reason" + which)
+
+    def fill(self, result: Result) -> None:
+        """Every sample (n > 1) and the log-probabilities (when asked) into `result`, as the
+        offline engine fills its rows."""
+        if self.samples > 1:
+            result.texts = list(self.texts)
+            result.finish_reasons = list(self.finish_reasons)
+        if self.top_logprobs is not None:
+            result.logprobs = [list(tokens) for tokens in self.logprobs]
 
     def _take(self, events: list[dict[str, Any]]) -> bool:
         first = False
@@ -115,15 +150,21 @@ class StreamResult:
             usage = usage_counts(event)
             if usage is not None:
                 self.prompt_tokens, self.output_tokens = usage
-            choice = first_choice(event)
-            if choice is None:
-                continue
-            piece = choice_text(choice)
-            if piece:
-                first = first or not self.first_token
-                self.first_token = True
-                self.text += piece
-                self.chunks += 1
-            if choice.get("finish_reason"):
-                self.finish_reason = str(choice["finish_reason"])
+            for choice in event_choices(event):
+                index = choice.get("index", 0)
+                if not 0 <= index < self.samples:
+                    raise StreamError(
+                        "choice index out of range",
+                        f"choice index {index} in an answer of {self.samples} sample(s)",
+                    )
+                piece = choice_text(choice)
+                if piece:
+                    first = first or not self.first_token
+                    self.first_token = True
+                    self.texts[index] += piece
+                    self.chunks += 1
+                if self.top_logprobs is not None:
+                    self.logprobs[index] += token_logprobs(choice, self.top_logprobs)
+                if choice.get("finish_reason"):
+                    self.finish_reasons[index] = str(choice["finish_reason"])
         return first

@@ -242,7 +242,7 @@ class OpenAIEngine:
     async def _request(self, record: Record, state: EndpointState, started: float) -> Result:
         api = api_for(record, self._spec.api)
         body = record_body(record, api, state.model, self._setup.sampling)
-        stream = StreamResult()
+        stream = StreamResult.for_record(record)
         ttft: float | None = None
         async with self._session.post(
             state.url + PATHS[api], json=body, timeout=self._timeout
@@ -261,7 +261,7 @@ class OpenAIEngine:
                 if stream.feed(data) and ttft is None:
                     ttft = time.monotonic() - started
         stream.finish()
-        return Result(
+        result = Result(
             id=record.id,
             text=stream.text,
             finish_reason=stream.finish_reason,
@@ -271,6 +271,8 @@ class OpenAIEngine:
             ttft_s=round(ttft, 6) if ttft is not None else None,
             endpoint=state.url,
         )
+        stream.fill(result)
+        return result
 
     def _retry(self, job: _Job, url: str, detail: str) -> None:
         job.errors.append(detail)

@@ -7,8 +7,9 @@ being the bottleneck. A real vLLM server gives neither: its outputs are not cont
 its faults are not reproducible. This one answers in vLLM's exact wire format (checked
 against vLLM 0.32's `/v1/completions` and `/v1/chat/completions`), generates exactly the
 request's `max_tokens` (" tok0 tok1 ..."), counts a prompt's tokens as its
-whitespace-separated words (a prompt of token ids, as vLLM accepts, as its length), and fails
-on purpose when told to.
+whitespace-separated words (a prompt of token ids, as vLLM accepts, as its length), answers
+`n` samples and log-probabilities as vLLM does (`testing.stub_samples`), checks
+`structured_outputs` as vLLM does (one constraint), and fails on purpose when told to.
 
 Its timing is exact, so a benchmark's figures can be checked against it: token k of a request
 goes out at arrival + ttft + k * itl, on absolute deadlines from the request's arrival (never
@@ -76,6 +77,8 @@ from typing import Any, TypeGuard
 from aiohttp import web
 
 from hpcinfer.bench.pacer import Pacer
+from hpcinfer.testing import stub_samples
+from hpcinfer.testing.stub_samples import Sampling
 
 MODES = ("http500", "malformed", "truncate", "hang", "drop")
 HTTP500, MALFORMED, TRUNCATE, HANG, DROP = MODES
@@ -244,6 +247,11 @@ class _Request:
     max_tokens: int
     stream: bool
     include_usage: bool
+    sampling: Sampling = field(default_factory=Sampling)
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.max_tokens * self.sampling.n
 
 
 def _error_body(message: str, kind: str, code: int) -> dict[str, Any]:
@@ -297,6 +305,10 @@ def _parse_request(api: str, body: Any, default_max_tokens: int) -> _Request:
         max_tokens = body.get("max_completion_tokens", default_max_tokens)
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise _BadRequest(f"'max_tokens' must be an integer >= 1, got {max_tokens!r}")
+    try:
+        sampling = stub_samples.parse_sampling(api == _CHAT, body)
+    except ValueError as exc:
+        raise _BadRequest(str(exc)) from None
     options = body.get("stream_options") or {}
     return _Request(
         api=api,
@@ -305,6 +317,7 @@ def _parse_request(api: str, body: Any, default_max_tokens: int) -> _Request:
         max_tokens=max_tokens,
         stream=bool(body.get("stream", False)),
         include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
+        sampling=sampling,
     )
 
 
@@ -365,23 +378,14 @@ class _Encoder:
         usage = json.dumps(self.usage(prompt, completion), separators=(",", ":"))
         return f'data: {self.head}[],"usage":{usage}}}\n\n'.encode()
 
-    def full_body(self, prompt: int, completion: int) -> bytes:
-        text = "".join(self.token(i) for i in range(completion))
-        choice: dict[str, Any] = {"index": 0}
-        if self.api == _COMPLETIONS:
-            choice |= {"text": text, "logprobs": None}
-            obj = "text_completion"
-        else:
-            choice |= {"message": {"role": "assistant", "content": text}, "logprobs": None}
-            obj = "chat.completion"
-        choice |= {"finish_reason": "length", "stop_reason": None}
+    def full_body(self, prompt: int, max_tokens: int, sampling: Sampling) -> bytes:
         body = {
             "id": self.id,
-            "object": obj,
+            "object": "text_completion" if self.api == _COMPLETIONS else "chat.completion",
             "created": self.created,
             "model": self.model,
-            "choices": [choice],
-            "usage": self.usage(prompt, completion),
+            "choices": stub_samples.whole_choices(max_tokens, sampling),
+            "usage": self.usage(prompt, max_tokens * sampling.n),
         }
         return json.dumps(body, separators=(",", ":")).encode()
 
@@ -563,7 +567,7 @@ class _Stub:
         if mode is None:
             self.stats.ok += 1
             self.stats.prompt_tokens += req.prompt_tokens
-            self.stats.completion_tokens += req.max_tokens
+            self.stats.completion_tokens += req.completion_tokens
         return resp
 
     async def _whole(
@@ -579,7 +583,7 @@ class _Stub:
             await self.pacer.sleep_until(arrival + delay)
         if fault is not None and fault.mode == MALFORMED:
             return web.Response(body=b"{not json", content_type="application/json")
-        body = enc.full_body(req.prompt_tokens, req.max_tokens)
+        body = enc.full_body(req.prompt_tokens, req.max_tokens, req.sampling)
         if fault is not None and fault.mode == TRUNCATE:
             resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
             resp.content_length = len(body)
@@ -641,12 +645,22 @@ class _Stub:
         ttft, itl = self.config.ttft_s, self.config.itl_s
         last = req.max_tokens - 1
         events: list[tuple[float, bytes]] = []
-        if req.api == _CHAT:
-            events.append((ttft, enc.role_event()))
-        events += [(ttft + i * itl, enc.token_event(i, i == last)) for i in range(last + 1)]
+        sampling = req.sampling
+        if sampling.plain:
+            if req.api == _CHAT:
+                events.append((ttft, enc.role_event()))
+            events += [(ttft + i * itl, enc.token_event(i, i == last)) for i in range(last + 1)]
+        else:  # each step answers every sample, one event each (vLLM's order)
+            if req.api == _CHAT:
+                events += [(ttft, stub_samples.role_event(enc.head, j)) for j in range(sampling.n)]
+            events += [
+                (ttft + i * itl, stub_samples.token_event(enc.head, i, j, i == last, sampling))
+                for i in range(last + 1)
+                for j in range(sampling.n)
+            ]
         end = ttft + last * itl
         if req.include_usage:
-            events.append((end, enc.usage_event(req.prompt_tokens, req.max_tokens)))
+            events.append((end, enc.usage_event(req.prompt_tokens, req.completion_tokens)))
         events.append((end, _DONE_EVENT))
         return events
 
