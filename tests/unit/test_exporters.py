@@ -223,3 +223,28 @@ def test_parquet_requested_without_pyarrow_fails_before_the_run(
     with pytest.raises(SpecError, match="pyarrow"):
         exporters.check_exports(OutputSpec(exports=["parquet"]))
     exporters.check_exports(OutputSpec(exports=["jsonl", "text"]))  # fine without pyarrow
+
+
+def test_parquet_keeps_every_sample_and_the_logprobs_typed(store: OutputStore) -> None:
+    import importlib.util
+
+    from tests.conftest import require
+
+    require("pyarrow", importlib.util.find_spec("pyarrow") is not None, "pip install pyarrow")
+    import pyarrow.parquet as pq
+
+    tokens = [
+        [{"token": " a", "logprob": -0.1, "top_logprobs": [{"token": " a", "logprob": -0.1}]}],
+        [{"token": " b", "logprob": -2.5, "top_logprobs": []}],
+    ]
+    record = Record(id="r", source="in.jsonl", line=1, prompt="p")
+    result = Result(id="r", text=" a", finish_reason="stop", texts=[" a", " b"],
+                    finish_reasons=["stop", "length"], logprobs=tokens)  # fmt: skip
+    store.commit("u0", [make_row(record, result, worker=0, model="m"), ok_row("a.in", 2, "q", "Q")])
+    export_all(store, ["u0"], OutputSpec(exports=["jsonl", "parquet"]), store.root)
+    table = pq.read_table(store.root / "results.parquet")
+    many, one = table.to_pylist()
+    assert many["texts"] == [" a", " b"] and many["finish_reasons"] == ["stop", "length"]
+    assert many["logprobs"] == tokens
+    assert one["texts"] is None and one["finish_reasons"] is None and one["logprobs"] is None
+    assert str(table.schema.field("logprobs").type).startswith("list<element: list<element: struct")

@@ -122,18 +122,26 @@ _PARQUET_BATCH = 10_000
 
 
 def write_parquet(path: Path, jsonl: Path, include_prompt: bool) -> None:
-    """results.jsonl as Parquet with a fixed schema (nested values as JSON text), streamed in
-    batches so millions of rows need little memory; written atomically."""
+    """results.jsonl as Parquet with a fixed schema (input fields and messages as JSON text;
+    every sample and the log-probabilities as typed lists, null where a record did not ask
+    for them), streamed in batches so millions of rows need little memory; written
+    atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    alternative = pa.struct([("token", pa.string()), ("logprob", pa.float64())])
+    token = pa.struct(
+        [("token", pa.string()), ("logprob", pa.float64()),
+         ("top_logprobs", pa.list_(alternative))]
+    )  # fmt: skip
     columns = [
         ("id", pa.string()), ("source", pa.string()), ("line", pa.int64()),
         ("status", pa.string()), ("error", pa.string()), ("text", pa.string()),
         ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()),
         ("output_tokens", pa.int64()), ("latency_s", pa.float64()), ("ttft_s", pa.float64()),
         ("endpoint", pa.string()), ("worker", pa.int64()), ("model", pa.string()),
-        ("fields", pa.string()),
+        ("fields", pa.string()), ("texts", pa.list_(pa.string())),
+        ("finish_reasons", pa.list_(pa.string())), ("logprobs", pa.list_(pa.list_(token))),
     ]  # fmt: skip
     if include_prompt:
         columns += [("prompt", pa.string()), ("messages", pa.string())]
