@@ -34,16 +34,24 @@ def run(
     *,
     cwd: Path | None = None,
     restart: bool = False,
+    retry_errors: bool = False,
     stop: StopSignal | None = None,
     progress: bool = False,
 ) -> RunSummary:
     """Run the job (resuming what an earlier run of the same spec committed) and return its
     summary, the content of `run.json`'s `summary`. `stop.drain()` from another thread ends
     it early (status "incomplete"; committed work is kept). `progress` draws the progress
-    line on stderr. Raises HpcinferError subclasses (SpecError, InputError, EngineError...)."""
+    line on stderr. `retry_errors` reruns only the error rows already in the output directory.
+    Raises HpcinferError subclasses (SpecError, InputError, EngineError...)."""
     from hpcinfer.run.job import RunOptions, run_job
 
-    options = RunOptions(restart=restart, quiet=not progress, cwd=cwd or Path.cwd(), stop=stop)
+    options = RunOptions(
+        restart=restart,
+        retry_errors=retry_errors,
+        quiet=not progress,
+        cwd=cwd or Path.cwd(),
+        stop=stop,
+    )
     return run_job(spec, options)
 
 

@@ -314,6 +314,16 @@ FLAGS: dict[str, Flag] = {
         ),
         "job.resubmit",
     ),
+    # -- run and submit ------------------------------------------------------------------
+    "retry_errors": Flag(
+        _opt(
+            bool,
+            "--retry-errors",
+            help="Rerun only the error rows in --out (and units never run), keeping its ok "
+            "rows; the spec may differ (a fixed template), the records must not.",
+        ),
+        default=False,
+    ),
     # -- every command -------------------------------------------------------------------
     "set_": Flag(
         _opt(
@@ -347,7 +357,7 @@ SERVER = ("servers", "host", "port", "endpoints", "api_key_env", "ready_timeout"
 JOB = ("nodes", "walltime", "account", "queue", "resubmit")
 OUTPUT_MODE = ("quiet", "json_out")
 COMMON = ("set_", *OUTPUT_MODE)
-RUN = (*ENGINE, *CLIENT, *SAMPLING, *INPUTS, *OUTPUT, *WORKERS, *COMMON)
+RUN = (*ENGINE, *CLIENT, *SAMPLING, *INPUTS, *OUTPUT, *WORKERS, "retry_errors", *COMMON)
 """`run`'s flags; `submit` takes the same (plus JOB), so a job script runs what `run` would."""
 
 SERVER_FIELDS = {"endpoints": "serve.registry", "api_key_env": "serve.api_key_env"}

@@ -103,7 +103,12 @@ def run(
                       f"{escape(str(save_spec))}", highlight=False)  # fmt: skip
         raise typer.Exit(0)
     stop_request = StopSignal()
-    options = RunOptions(restart=restart, quiet=quiet or json_out, stop=stop_request)
+    options = RunOptions(
+        restart=restart,
+        retry_errors=bool(flags["retry_errors"]),
+        quiet=quiet or json_out,
+        stop=stop_request,
+    )
     ctx = None
     # A one-shot fleet runs its dispatcher here and starts one serve rank per node itself.
     if spec.workers.launcher != "local" and not kind_of(spec).runs_once:

@@ -74,7 +74,8 @@ def submit(
     cwd = Path.cwd()
     spec_file, inputs = split_spec_and_inputs(args or [])
     spec = load_job_spec(spec_file, inputs, flags.spec_fields(), flags.sets, cwd)
-    prepared = prepare_job(spec, cwd, _scheduler_option(scheduler))
+    run_flags = ("--retry-errors",) if flags["retry_errors"] else ()
+    prepared = prepare_job(spec, cwd, _scheduler_option(scheduler), run_flags=run_flags)
     note = None if flags.quiet else err.print
     if note:
         note(f"scheduler: {escape(prepared.scheduler.describe())}")

@@ -30,6 +30,11 @@ MANIFEST = "manifest.json"
 UNITS_DIR = "units"
 LOGS_DIR = "logs"
 LOCK_FILE = ".lock"
+EARLIER_SPECS = "earlier_specs"
+"""Manifest key: identities of the specs that made kept rows before a --retry-errors."""
+RECORD_KEYS = ("input_files", "unit_size")
+RECORD_INPUT_KEYS = ("paths", "format", "id_field")
+"""Identity fields that decide which records there are and how they are cut into units."""
 _EXPORT_FILES = ("results.jsonl", "results.parquet", "run.json")
 _EXPORT_DIRS = ("text",)
 
@@ -74,30 +79,51 @@ class OutputStore:
         handle.flush()
         self._lock_handle = handle
 
-    def prepare(self, fingerprint: str, identity: dict[str, Any], *, restart: bool) -> bool:
+    def prepare(
+        self,
+        fingerprint: str,
+        identity: dict[str, Any],
+        *,
+        restart: bool,
+        retry_errors: bool = False,
+    ) -> bool:
         """Claim the directory for a spec; return True when this resumes an earlier run.
 
         A directory holding another spec's results is refused (mixing them would corrupt the
         results) unless `restart`, which deletes the earlier results first. A directory with no
         committed unit holds no results, so it takes any spec: a run that failed before its
         first commit (a bad model path, a typo) must not lock the directory for the fixed rerun.
+        `retry_errors` (rerun the error rows, keep the ok rows) takes another spec as long as
+        the records and their units are the same (a fixed template, new sampling); the earlier
+        spec is listed in the manifest's `earlier_specs`, since the kept rows were made by it.
         """
         if restart or self._holds_no_results_for(fingerprint):
             self.clear()
         manifest = self.read_manifest()
-        if manifest is not None and manifest.get("fingerprint") != fingerprint and not restart:
-            raise ResumeConflictError(
-                f"{self.root} holds results of a different spec "
-                f"({_describe_change(manifest.get('identity', {}), identity)}); "
-                "rerun with --restart to discard them, or choose another --out"
-            )
+        earlier: list[Any] = list((manifest or {}).get(EARLIER_SPECS) or [])
+        changed = manifest is not None and manifest.get("fingerprint") != fingerprint
+        if changed and not restart:
+            old = (manifest or {}).get("identity", {})
+            if not retry_errors:
+                raise ResumeConflictError(
+                    f"{self.root} holds results of a different spec "
+                    f"({_describe_change(old, identity)}); rerun with --restart to discard "
+                    "them, --retry-errors to rerun only its error rows with this spec, or "
+                    "choose another --out"
+                )
+            _check_same_records(self.root, old, identity)
+            earlier.append(old)
         self.root.mkdir(parents=True, exist_ok=True)
         self.units_dir.mkdir(exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
         self.remove_cut_commits()
         self._claim = {"fingerprint": fingerprint, "identity": identity}
+        if earlier:
+            self._claim[EARLIER_SPECS] = earlier
         if manifest is None:  # a resume keeps the plan it recorded (same fingerprint)
-            self.write_manifest({"fingerprint": fingerprint, "identity": identity, "units": None})
+            self.write_manifest(self._claim | {"units": None})
+        elif changed:  # --retry-errors with a new spec: the same plan, the new spec's claim
+            self.write_manifest(self._claim | {"units": manifest.get("units")})
         return manifest is not None
 
     def _holds_no_results_for(self, fingerprint: str) -> bool:
@@ -191,6 +217,19 @@ class OutputStore:
 
     def log_path(self, worker: int) -> Path:
         return self.logs_dir / f"worker-{worker}.log"
+
+
+def _check_same_records(root: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """--retry-errors keeps rows by unit and position: refuse when the records may differ."""
+    moved = [k for k in RECORD_KEYS if old.get(k) != new.get(k)]
+    old_in, new_in = old.get("inputs") or {}, new.get("inputs") or {}
+    moved += [f"inputs.{k}" for k in RECORD_INPUT_KEYS if old_in.get(k) != new_in.get(k)]
+    if moved:
+        raise ResumeConflictError(
+            f"{root}: --retry-errors reruns error rows of the same records, but "
+            f"{', '.join(moved)} changed ({_describe_change(old, new)}); rerun with --restart "
+            "to start afresh, or choose another --out"
+        )
 
 
 def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ starting workers in run.spawn, the work itself in run.coordinator.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,13 +25,20 @@ from hpcinfer.core.tiny_model import TINY_MODEL_NAME
 from hpcinfer.engines.kinds import kind_of
 from hpcinfer.engines.openai_engine import Target
 from hpcinfer.engines.targets import resolve_targets
-from hpcinfer.errors import EngineError
+from hpcinfer.errors import EngineError, SpecError
 from hpcinfer.exitcodes import ExitCode
 from hpcinfer.logtail import log_tail
 from hpcinfer.outputs.exporters import check_exports, export_all
 from hpcinfer.outputs.store import OutputStore
 from hpcinfer.run.coordinator import Coordinator, CoordinatorResult, WorkerHandle
-from hpcinfer.run.job_inputs import JobInputs, JobPlan, is_small, job_units, make_plan, open_inputs
+from hpcinfer.run.job_inputs import (
+    JobInputs,
+    JobPlan,
+    is_small,
+    make_plan,
+    open_inputs,
+    pending_units,
+)
 from hpcinfer.run.joins import Joined, JoinListener
 from hpcinfer.run.options import RunOptions, output_dir
 from hpcinfer.run.plan import file_digests
@@ -43,6 +51,7 @@ from hpcinfer.run.policy import (
     max_inflight,
     rank_placement,
 )
+from hpcinfer.run.preflight import check_model_present, served_model, workers_notes
 from hpcinfer.run.progress import ProgressView
 from hpcinfer.run.ranks import JOIN_WAIT_S, RankContext, coordinator_hosts, make_rendezvous
 from hpcinfer.run.runinfo import write_run_json
@@ -57,6 +66,7 @@ REAP_GRACE_S = 60.0
 
 def run_job(spec: JobSpec, options: RunOptions, ctx: RankContext | None = None) -> RunSummary:
     """The whole job, or, as rank 0 of a launch, the job over every rank's workers."""
+    check_model_present(spec, options.cwd)
     if kind_of(spec).starts_fleet(spec):
         from hpcinfer.run.fleet_job import run_with_fleet
 
@@ -86,6 +96,7 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
     started = time.monotonic()
     job = _prepare(spec, options)
     workers = _start_workers(spec, job, cluster)
+    spec = workers.spec
     try:
         outcome = _coordinate(spec, options, job, workers, cluster)
     except BaseException:
@@ -117,12 +128,21 @@ def _prepare(spec: JobSpec, options: RunOptions) -> _Prepared:
     out_dir = output_dir(spec, cwd)
     store = OutputStore(out_dir)
     identity = spec.identity() | {"input_files": file_digests(inputs.files, inputs.names)}
+    retry = options.retry_errors
+    if retry and options.restart:
+        raise SpecError("--retry-errors keeps the ok rows, --restart discards them: choose one")
     store.lock()
-    resumed = store.prepare(digest_identity(identity), identity, restart=options.restart)
+    resumed = store.prepare(
+        digest_identity(identity), identity, restart=options.restart, retry_errors=retry
+    )
     profile = resolve_profile(spec.workers.profile)
     # Small inputs are planned first (milliseconds), so a small job starts only the workers
-    # it can use, each with more devices; large ones are planned while the workers start.
-    plan = make_plan(spec, inputs, cwd, store) if is_small(inputs) else None
+    # it can use, each with more devices; large ones are planned while the workers start
+    # (a retry reads its error rows first: it may have to start workers for a finished job).
+    plan = make_plan(spec, inputs, cwd, store, retry) if is_small(inputs) or retry else None
+    if plan is not None and plan.retry is not None and not options.quiet:
+        never_run = plan.todo_records - plan.retry.records
+        print(plan.retry.describe(plan.total_records, never_run), file=sys.stderr)
     units_left = plan.todo_units if plan else (store.units_left() if resumed else None)
     return _Prepared(cwd, inputs, out_dir, store, resumed, profile, plan, units_left)
 
@@ -137,12 +157,16 @@ class _Workers:
     total_workers: int
     targets: list[Target]
     n_endpoints: int
+    spec: JobSpec
+    """The job's spec with the model its servers serve (--engine openai without --model)."""
 
 
 def _start_workers(spec: JobSpec, job: _Prepared, cluster: _Cluster | None) -> _Workers:
     # A finished job reruns without its servers (a one-shot fleet is not even started).
     found = resolve_targets(spec, job.cwd) if dispatching(spec) and job.units_left != 0 else None
     targets, n_endpoints = (found.endpoints, found.expected) if found else ([], 0)
+    if found:  # the servers' model, checked (after the identity: a default is no change)
+        spec = spec.model_copy(update={"model": served_model(spec, targets)})
     if cluster is None:
         placement = job_placement(spec, job.profile, job.units_left)
     else:
@@ -158,7 +182,7 @@ def _start_workers(spec: JobSpec, job: _Prepared, cluster: _Cluster | None) -> _
         spawn_worker(placement.placements[i], engine_vars, job.store.log_path(i), index=i)
         for i in range(n_spawn)
     ]
-    return _Workers(placement, spawned, node_workers, total_workers, targets, n_endpoints)
+    return _Workers(placement, spawned, node_workers, total_workers, targets, n_endpoints, spec)
 
 
 def _model(spec: JobSpec, cwd: Path, todo_units: int) -> tuple[str, str]:
@@ -189,7 +213,7 @@ def _coordinate(
     workers: _Workers,
     cluster: _Cluster | None,
 ) -> _Coordinated:
-    plan = job.plan or make_plan(spec, job.inputs, job.cwd, job.store)
+    plan = job.plan or make_plan(spec, job.inputs, job.cwd, job.store)  # (retry: planned)
     model_path, model_name = _model(spec, job.cwd, plan.todo_units)
     for surplus in workers.spawned[plan.todo_units :]:
         _send_config(surplus, None)
@@ -198,12 +222,13 @@ def _coordinate(
     for handle in handles:
         configure(handle, workers.node_workers if cluster else len(handles))
     view = ProgressView(
-        total=plan.total_records, done=sum(s.size for s in plan.done), quiet=options.quiet
+        total=plan.total_records, done=plan.total_records - plan.todo_records, quiet=options.quiet
     )
-    for warning in workers.placement.warnings:
+    notes = workers_notes(spec, workers.placement, plan.todo_units) if cluster is None else []
+    for warning in [*workers.placement.warnings, *notes]:
         view.warn(warning)
     time_limit, limit_source = _time_limit(spec, view)
-    pending = (u for u in job_units(spec, job.inputs, job.cwd) if not job.store.is_committed(u.id))
+    pending = pending_units(spec, job.inputs, job.cwd, job.store, plan)
     owners = static_owners(job.inputs.names, max(workers.total_workers, 1))
     coordinator = Coordinator(
         handles,

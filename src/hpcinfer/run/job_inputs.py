@@ -13,6 +13,7 @@ from hpcinfer.inputs.options import apply_max_tokens_field
 from hpcinfer.inputs.template_check import check_template
 from hpcinfer.outputs.store import OutputStore, unit_file_name
 from hpcinfer.run.plan import UnitSummary, WorkUnit, cut_units, mark_duplicates, summarize
+from hpcinfer.run.retry import RetryPlan, plan_retry, retry_unit
 from hpcinfer.spec import JobSpec
 
 
@@ -34,10 +35,12 @@ class JobPlan:
 
     summaries: list[UnitSummary]
     done: list[UnitSummary]
+    retry: RetryPlan | None = None  # --retry-errors: committed units rerun for their errors
 
     @property
     def todo_units(self) -> int:
-        return len(self.summaries) - len(self.done)
+        retried = len(self.retry.failed) if self.retry else 0
+        return len(self.summaries) - len(self.done) + retried
 
     @property
     def total_records(self) -> int:
@@ -45,7 +48,8 @@ class JobPlan:
 
     @property
     def todo_records(self) -> int:
-        return self.total_records - sum(s.size for s in self.done)
+        retried = self.retry.records if self.retry else 0
+        return self.total_records - sum(s.size for s in self.done) + retried
 
 
 def is_small(inputs: JobInputs) -> bool:
@@ -53,12 +57,29 @@ def is_small(inputs: JobInputs) -> bool:
     return sum(f.stat().st_size for f in inputs.files) <= PLAN_FIRST_BYTES
 
 
-def make_plan(spec: JobSpec, inputs: JobInputs, cwd: Path, store: OutputStore) -> JobPlan:
-    """Pass 1: every unit's id and size, without holding prompts; recorded in the manifest."""
+def make_plan(
+    spec: JobSpec, inputs: JobInputs, cwd: Path, store: OutputStore, retry_errors: bool = False
+) -> JobPlan:
+    """Pass 1: every unit's id and size, without holding prompts; recorded in the manifest.
+    With `retry_errors`, the committed units are read for their error rows."""
     summaries = [summarize(u) for u in job_units(spec, inputs, cwd)]
     store.record_plan((s.id, s.size) for s in summaries)
     committed = store.committed()
-    return JobPlan(summaries, [s for s in summaries if unit_file_name(s.id) in committed])
+    done = [s for s in summaries if unit_file_name(s.id) in committed]
+    return JobPlan(summaries, done, plan_retry(store, done) if retry_errors else None)
+
+
+def pending_units(
+    spec: JobSpec, inputs: JobInputs, cwd: Path, store: OutputStore, plan: JobPlan
+) -> Iterator[WorkUnit]:
+    """Pass 2, lazily: the units not committed, and (--retry-errors) the committed units
+    with error rows, narrowed to those records and carrying the rows they keep."""
+    failed = plan.retry.failed if plan.retry else {}
+    for unit in job_units(spec, inputs, cwd):
+        if not store.is_committed(unit.id):
+            yield unit
+        elif unit.id in failed:
+            yield retry_unit(unit, store.read_unit(unit.id), str(store.root))
 
 
 def open_inputs(spec: JobSpec, cwd: Path) -> JobInputs:

@@ -18,6 +18,8 @@ class RunOptions:
     """How this invocation behaves; none of it changes what the rows contain."""
 
     restart: bool = False
+    retry_errors: bool = False
+    """Rerun the error rows of the output directory (and units never run), keep the ok rows."""
     quiet: bool = False
     cwd: Path = field(default_factory=Path.cwd)
     stop: StopSignal | None = None

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from hpcinfer.inputs.columnar import input_files
 from hpcinfer.records import Record
@@ -22,6 +23,9 @@ class WorkUnit:
     id: str
     index: int
     records: tuple[Record, ...]
+    kept: tuple[dict[str, Any] | None, ...] = ()
+    """A retried unit (`--retry-errors`): its committed rows, None where a record of
+    `records` runs again; the worker commits them merged (`run.retry.merge_rows`)."""
 
     @property
     def size(self) -> int:

@@ -35,6 +35,7 @@ from hpcinfer.outputs.buffer import UnitMover
 from hpcinfer.outputs.store import OutputStore
 from hpcinfer.records import Record, Result
 from hpcinfer.run.plan import WorkUnit
+from hpcinfer.run.retry import merge_rows
 from hpcinfer.run.rows import make_row
 
 PROGRESS_INTERVAL_S = 0.5
@@ -205,6 +206,8 @@ class Worker:
             make_row(record, result, worker=self.config.worker, model=self.engine.model_name)
             for record, result in ordered
         ]
+        if state.unit.kept:  # --retry-errors: the unit's kept ok rows around the new ones
+            rows = merge_rows(state.unit.kept, rows)
         if self.mover is not None:
             self.mover.commit(state.unit.id, rows)  # reported committed once moved
             self._send_progress(force=True)

@@ -121,15 +121,17 @@ def prepare_job(
     scheduler: str | None = None,
     hpcinfer: list[str] | None = None,
     which: Callable[[str], str | None] = shutil.which,
+    run_flags: tuple[str, ...] = (),
 ) -> PreparedJob:
-    """Resolve paths, choose the scheduler and render both files (nothing is written)."""
+    """Resolve paths, choose the scheduler and render both files (nothing is written);
+    `run_flags` (e.g. --retry-errors) go on the script's `hpcinfer run` line."""
     resolved = absolute_spec(spec, cwd)
     profile = resolve_profile(resolved.workers.profile)
     choice = choose_scheduler(scheduler, resolved, profile, which)
     resolved.job.scheduler = cast(Scheduler, choice.name)  # a registered name
     files = JobFiles.for_spec(resolved, choice.name)
     try:
-        script = render_job_script(resolved, choice.name, profile, files, cwd, hpcinfer)
+        script = render_job_script(resolved, choice.name, profile, files, cwd, hpcinfer, run_flags)
     except SpecError as exc:
         raise SpecError(f"{exc}; the job is for {choice.describe()}") from None
     return PreparedJob(files, resolved, spec_yaml(resolved), script, profile, choice)

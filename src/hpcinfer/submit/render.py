@@ -156,6 +156,7 @@ def render_job_script(
     files: JobFiles,
     workdir: Path,
     hpcinfer: list[str] | None = None,
+    run_flags: tuple[str, ...] = (),
 ) -> str:
     """The whole script for ``spec`` (its paths already absolute), as text.
 
@@ -177,6 +178,7 @@ def render_job_script(
     directives = scheduler.directives(request)
     command = ["hpcinfer"] if env.activates else list(hpcinfer or default_hpcinfer())
     staging, run_options = stage_lines(spec, scheduler, command)
+    run_options = (*run_options, *run_flags)
     launch = "\n".join(
         [
             *staging,
