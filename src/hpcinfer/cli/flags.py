@@ -141,7 +141,13 @@ FLAGS: dict[str, Flag] = {
     ),
     # -- inputs --------------------------------------------------------------------------
     "input_format": Flag(
-        _opt(str | None, "--format", help="auto, text, jsonl, csv or tsv."), "inputs.format"
+        _opt(
+            str | None,
+            "--format",
+            help="auto (from the extension; OpenAI Batch lines and saved datasets are found "
+            "by their content), text, jsonl, batch, csv, tsv, parquet or hf-dataset.",
+        ),
+        "inputs.format",
     ),
     "prompt_field": Flag(
         _opt(
