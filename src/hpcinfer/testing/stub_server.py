@@ -190,6 +190,10 @@ class StubConfig:
     seed: int = 0
     default_max_tokens: int = 16
     accept_any_model: bool = False
+    capacity: int | None = None
+    """Requests answered at once (vLLM's --max-num-seqs); later ones wait for a slot and
+    their tokens count from when they get it, so a load above capacity queues. None: no
+    limit."""
 
     @staticmethod
     def faults_from(specs: Iterable[Fault | str]) -> tuple[Fault, ...]:
@@ -400,6 +404,8 @@ class _Stub:
         self.stopping = asyncio.Event()
         self.gate = asyncio.Event()  # cleared: requests are counted as running, then held
         self.gate.set()
+        self.slots = asyncio.Semaphore(config.capacity) if config.capacity else None
+        self.waiting = 0
         self.pacer = Pacer()
         self.arrivals: dict[Any, float] = {}  # connection handler -> its latest bytes' arrival
         self._auth = f"Bearer {config.api_key}" if config.api_key else None
@@ -439,7 +445,8 @@ class _Stub:
         labels = f'{{engine="0",model_name={json.dumps(self.config.model)}}}'
         rows = [
             ("num_requests_running", "gauge", "Requests being answered.", self.stats.running),
-            ("num_requests_waiting", "gauge", "Requests waiting (always 0 here).", 0),
+            ("num_requests_waiting", "gauge", "Requests waiting for a slot (--capacity).",
+             self.waiting),
             ("prompt_tokens_total", "counter", "Prompt tokens of answered requests.",
              self.stats.prompt_tokens),
             ("generation_tokens_total", "counter", "Tokens generated.",
@@ -536,12 +543,33 @@ class _Stub:
             if not self.gate.is_set():
                 await self.gate.wait()
                 arrival = time.monotonic()  # its tokens are timed from its release
-            return await self._answer(request, req, fault, n, arrival)
+            if self.slots is None:
+                return await self._answer(request, req, fault, n, arrival)
+            return await self._answer_in_slot(request, req, fault, n, arrival)
         except (ConnectionError, asyncio.CancelledError):
             stats.client_disconnects += 1
             raise
         finally:
             stats.running -= 1
+
+    async def _answer_in_slot(
+        self, request: web.Request, req: _Request, fault: Fault | None, n: int, arrival: float
+    ) -> web.StreamResponse:
+        """Answer once one of the `capacity` slots is free, timed from then when it waited."""
+        assert self.slots is not None
+        if self.slots.locked():
+            self.waiting += 1
+            try:
+                await self.slots.acquire()
+            finally:
+                self.waiting -= 1
+            arrival = time.monotonic()
+        else:
+            await self.slots.acquire()
+        try:
+            return await self._answer(request, req, fault, n, arrival)
+        finally:
+            self.slots.release()
 
     async def _answer(
         self, request: web.Request, req: _Request, fault: Fault | None, n: int, arrival: float
@@ -775,6 +803,7 @@ class StubServer:
         seed: int = 0,
         default_max_tokens: int = 16,
         accept_any_model: bool = False,
+        capacity: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         held: bool = False,
@@ -789,6 +818,7 @@ class StubServer:
             seed=seed,
             default_max_tokens=default_max_tokens,
             accept_any_model=accept_any_model,
+            capacity=capacity,
         )
         self.host = host
         self._requested_port = port
@@ -952,6 +982,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--accept-any-model", action="store_true", help="Answer whatever 'model' is asked for."
     )
     parser.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Answer at most N requests at once; the rest wait (a server that saturates).",
+    )
+    parser.add_argument(
         "--busy-poll",
         action="store_true",
         help="Poll instead of sleeping (uses a whole core): every deadline met to a few µs, "
@@ -976,6 +1013,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         default_max_tokens=args.default_max_tokens,
         accept_any_model=args.accept_any_model,
+        capacity=args.capacity,
     )
     serve_forever(
         config,
