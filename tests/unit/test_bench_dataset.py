@@ -124,7 +124,7 @@ def test_jsonl_prompts_messages_and_per_line_lengths(tmp_path: Path) -> None:
     assert errors == []
     assert requests == [
         BenchRequest(source="prompts.jsonl:1", output_len=16, prompt="one two"),
-        BenchRequest(source="prompts.jsonl:2", output_len=7, messages=messages),
+        BenchRequest(source="prompts.jsonl:2", output_len=7, messages=messages, api="chat"),
         BenchRequest(source="prompts.jsonl:4", output_len=5, prompt="three"),
     ]
 
@@ -161,3 +161,59 @@ def test_jsonl_without_any_output_length_asks_for_one(tmp_path: Path) -> None:
 def test_jsonl_missing_file_raises(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         jsonl_requests(tmp_path / "absent.jsonl", 8, cwd=tmp_path)
+
+
+# -- input files read as `hpcinfer run` reads them ---------------------------------------------
+
+
+def test_every_format_run_reads_gives_requests(tmp_path: Path) -> None:
+    from hpcinfer.bench.dataset import file_requests
+    from hpcinfer.inputs.template import PromptTemplate
+
+    text = _write_lines(tmp_path / "p.txt", ["first prompt", "", "second prompt"])
+    found = file_requests([text], 8, cwd=tmp_path)
+    assert [(r.source, r.prompt, r.api, r.output_len) for r in found.requests] == [
+        ("p.txt:1", "first prompt", None, 8),
+        ("p.txt:3", "second prompt", None, 8),
+    ]
+
+    rows = ["city,country", "Paris,France", '"Rome, Italy",', "Oslo,Norway,extra"]
+    table = _write_lines(tmp_path / "q.csv", rows)
+    template = PromptTemplate("Tell me about {{ city }}.")
+    found = file_requests([table], 8, template=template, cwd=tmp_path)
+    assert [r.prompt for r in found.requests] == [
+        "Tell me about Paris.",
+        "Tell me about Rome, Italy.",
+    ]
+    assert len(found.errors) == 1 and found.errors[0].startswith("q.csv:4: row has 3 columns")
+
+    tsv = _write_lines(tmp_path / "q.tsv", ["question\tid", "why?\ta", "\tb"])
+    found = file_requests([tsv], 4, prompt_field="question", cwd=tmp_path)
+    assert [r.prompt for r in found.requests] == ["why?"]
+    assert len(found.errors) == 1 and found.errors[0].startswith("q.tsv:3: ")
+
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    jsonl = _write_lines(
+        tmp_path / "c.jsonl", [json.dumps({"messages": chat}), json.dumps({"prompt": "p"})]
+    )
+    found = file_requests([jsonl], 4, cwd=tmp_path)
+    assert [(r.messages, r.prompt, r.api) for r in found.requests] == [
+        (chat, None, "chat"),
+        (None, "p", None),
+    ]
+
+
+def test_reading_stops_at_the_limit_and_small_inputs_are_cycled(tmp_path: Path) -> None:
+    from hpcinfer.bench.dataset import cycled, file_requests
+
+    path = _write_lines(tmp_path / "p.txt", [f"prompt {i}" for i in range(10)])
+    found = file_requests([path], 4, limit=3, cwd=tmp_path)
+    assert [r.prompt for r in found.requests] == ["prompt 0", "prompt 1", "prompt 2"]
+    assert found.stopped_early
+    three = found.requests
+    assert [r.prompt for r in cycled(three, 7)] == [
+        "prompt 0", "prompt 1", "prompt 2", "prompt 0", "prompt 1", "prompt 2", "prompt 0",
+    ]  # fmt: skip
+    assert cycled(three, 2) == three[:2]
+    with pytest.raises(ValueError, match="no requests"):
+        cycled([], 3)

@@ -115,7 +115,7 @@ def test_flags_become_options_with_sweeps_and_paths_from_the_working_directory(
         ({"range_ratio": 1.0}, r"--range-ratio 1: "),
         ({"timeout": 0.0}, r"--timeout 0: "),
         ({"api": "embeddings"}, r"--api 'embeddings': choose completions or chat"),
-        ({"api": "chat"}, r"--api chat needs text prompts.*--dataset FILE\.jsonl"),
+        ({"api": "chat"}, r"--api chat needs text prompts.*name input files"),
         ({"dataset": "missing.jsonl"}, r"--dataset 'missing.jsonl': no such file"),
         ({"tokenizer": Path("t"), "vocab_size": 100}, r"--tokenizer and --vocab-size"),
         ({"url": None}, r"needs servers: --url .* or --endpoints"),
@@ -318,7 +318,8 @@ def test_a_sweep_writes_serve_json_and_csv_after_every_point(
     assert all(row["completed"] == "12" for row in rows)
     assert float(rows[1]["p99_ttft_ms"]) == pytest.approx(runs[1]["metrics"]["p99_ttft_ms"])
     for name in ("ttft", "tpot", "itl", "e2el"):
-        assert {f"mean_{name}_ms", f"median_{name}_ms", f"p99_{name}_ms"} <= set(rows[0])
+        assert {f"mean_{name}_ms", f"p50_{name}_ms", f"p99_{name}_ms"} <= set(rows[0])
+        assert f"median_{name}_ms" not in rows[0]  # the same figure as p50, shown once
 
 
 def test_failures_are_counted_exit_3_and_nothing_ok_is_exit_1(tmp_path: Path) -> None:
@@ -391,7 +392,7 @@ def test_the_api_key_is_sent_and_never_written(
     assert outcome.document["config"]["api_key_env"] == "HPCINFER_BENCH_KEY"
 
 
-def test_bad_jsonl_lines_are_reported_and_counted_not_fatal(
+def test_bad_jsonl_lines_are_reported_and_counted_not_fatal_and_chat_goes_to_chat(
     stub: StubServer, tmp_path: Path
 ) -> None:
     data = tmp_path / "prompts.jsonl"
@@ -406,19 +407,103 @@ def test_bad_jsonl_lines_are_reported_and_counted_not_fatal(
     options = ServeBenchOptions(
         out_dir=tmp_path / "o", urls=(stub.url,), dataset=str(data), output_len=5
     )
+    before = stub.stats()["by_api"]
     outcome = run_serve_bench(options, tmp_path, recorder)
     assert outcome.outcome == "ok"
+    after = stub.stats()["by_api"]
+    assert {api: after[api] - before[api] for api in after} == {"completions": 2, "chat": 1}
     errors = outcome.document["config"]["dataset_errors"]
-    assert errors["count"] == 2
+    assert errors["count"] == 1
     assert errors["first"][0].startswith("prompts.jsonl:2: ")
-    assert errors["first"][1].startswith("prompts.jsonl:3: ") and "--api chat" in errors["first"][1]
     assert any(note.startswith("skipped prompts.jsonl:2") for note in recorder.notes)
     metrics = outcome.document["runs"][0]["metrics"]
-    assert metrics["completed"] == 2
-    assert metrics["total_output_tokens"] == 5 + 3  # a line's own max_tokens wins
+    assert metrics["completed"] == 3
+    assert metrics["total_output_tokens"] == 5 + 5 + 3  # a line's own max_tokens wins
 
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text("{broken\n", encoding="utf-8")
     bad_options = ServeBenchOptions(out_dir=tmp_path / "b", urls=(stub.url,), dataset=str(only_bad))
-    with pytest.raises(InputError, match=r"--dataset .*bad\.jsonl: no usable prompt: bad\.jsonl:1"):
+    with pytest.raises(InputError, match=r"bad\.jsonl: no usable prompt: bad\.jsonl:1"):
         run_serve_bench(bad_options, tmp_path)
+
+
+# -- inputs as `run` reads them, cycling, and the sweep to saturation ---------------------------
+
+
+def test_a_small_input_is_cycled_to_the_number_asked_and_says_so(
+    stub: StubServer, tmp_path: Path
+) -> None:
+    (tmp_path / "cities.csv").write_text("city\nParis\nRome\nOslo\n", encoding="utf-8")
+    options = build_options(
+        **flags(tmp_path, url=[stub.url], num_prompts=7, inputs=["cities.csv"],
+                template="Tell me about {{ city }}.")
+    )  # fmt: skip
+    recorder = Recorder(options.out_dir)
+    outcome = run_serve_bench(options, tmp_path, recorder)
+    assert outcome.outcome == "ok"
+    assert outcome.document["runs"][0]["metrics"]["completed"] == 7
+    workload = outcome.document["config"]["workload"]
+    assert workload.startswith("cities.csv: 7 requests from 3 prompts, cycled")
+    assert any("7 requests from 3 prompts, cycled" in note for note in recorder.notes)
+
+    # without --num-prompts each prompt goes once
+    once = build_options(
+        **flags(tmp_path, url=[stub.url], num_prompts=None, inputs=["cities.csv"],
+                template="Tell me about {{ city }}.", out=Path("once"))
+    )  # fmt: skip
+    assert run_serve_bench(once, tmp_path).document["runs"][0]["metrics"]["completed"] == 3
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sweep": 3, "request_rate": "2"}, r"--sweep chooses its own loads"),
+        ({"sweep": 3, "max_concurrency": "4"}, r"--sweep chooses its own loads"),
+        ({"template": "{{ x }}"}, r"--template, --prompt-field and --format read input files"),
+    ],
+)
+def test_sweep_and_input_flags_refuse_what_does_not_fit(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(SpecError, match=message):
+        build_options(**flags(tmp_path, **changes))
+
+
+def test_a_template_typo_is_refused_before_any_request(stub: StubServer, tmp_path: Path) -> None:
+    (tmp_path / "cities.csv").write_text("city\nParis\n", encoding="utf-8")
+    options = build_options(
+        **flags(tmp_path, url=[stub.url], inputs=["cities.csv"], template="{{ cty }}")
+    )
+    with pytest.raises(InputError, match=r"'cty'.*did you mean 'city'"):
+        run_serve_bench(options, tmp_path)
+    assert stub.stats()["requests"] == 0
+
+
+def test_a_sweep_to_saturation_records_its_plan_roles_and_knee(
+    stub: StubServer, tmp_path: Path
+) -> None:
+    from hpcinfer.bench.documents import validate_result
+    from hpcinfer.report.serve_section import serve_section
+
+    options = ServeBenchOptions(
+        out_dir=tmp_path / "out", urls=(stub.url,), vocab_size=50, input_len=4, output_len=3,
+        num_prompts=6, sweep=2,
+    )  # fmt: skip
+    recorder = Recorder(options.out_dir)
+    outcome = run_serve_bench(options, tmp_path, recorder)
+    assert outcome.outcome == "ok"
+    assert recorder.runs_on_disk == [1, 2, 3, 4]
+    document = outcome.document
+    runs = document["runs"]
+    assert [r["load"]["role"] for r in runs] == ["synchronous", "throughput", "rate", "rate"]
+    assert runs[0]["load"]["max_concurrency"] == 1 and runs[1]["load"]["mode"] == "all-at-once"
+    plan = document["sweep"]
+    assert plan["synchronous_rate"] == runs[0]["metrics"]["request_throughput"]
+    assert plan["rates"] == [r["load"]["rate"] for r in runs[2:]]
+    assert plan["arrivals"] == "Poisson arrivals"
+    knee = plan["knee"]
+    assert knee["criterion"].startswith("TTFT and TPOT p50 and p99 within 2x")
+    assert knee["label"] is None or knee["label"].endswith(" req/s")
+    validate_result(options.out_dir / "serve.json", document)
+    section = serve_section(options.out_dir / "serve.json", document)
+    assert any(("knee" in s or "Latency" in s) and "req/s" in s for s in section.reading[1:2])

@@ -70,16 +70,19 @@ class Schedule:
         if math.isinf(self.rate):
             text = f"{count}, all at once"
         else:
-            if self.burstiness == 1.0:
-                shape = "Poisson arrivals"
-            elif math.isinf(self.burstiness):
-                shape = "evenly spaced"
-            else:
-                shape = f"gamma arrivals (burstiness {self.burstiness:g})"
-            text = f"{count} at {self.rate:g} req/s, {shape}, seed {self.seed}"
+            text = f"{count} at {self.rate:g} req/s, {shape(self.burstiness)}, seed {self.seed}"
         if self.max_concurrency is not None:
             text += f", at most {self.max_concurrency} in flight"
         return text
+
+
+def shape(burstiness: float) -> str:
+    """How arrivals of this burstiness are called: 'Poisson arrivals', 'evenly spaced'."""
+    if burstiness == 1.0:
+        return "Poisson arrivals"
+    if math.isinf(burstiness):
+        return "evenly spaced"
+    return f"gamma arrivals (burstiness {burstiness:g})"
 
 
 def _check_count(n: int) -> None:

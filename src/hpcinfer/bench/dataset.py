@@ -1,4 +1,8 @@
-"""What a serving benchmark sends: random token-id prompts of exact lengths, or a JSONL file.
+"""What a serving benchmark sends: random token-id prompts of exact lengths, or input files.
+
+Input files are read as `hpcinfer run` reads them (`inputs.readers`: text, JSONL prompts or
+chat messages, CSV/TSV/Parquet with a prompt column or a template); a chat record goes to
+/v1/chat/completions, a prompt to the API chosen for the run.
 
 Random prompts are lists of token ids sent as such on `/v1/completions` (vLLM accepts a
 prompt of token ids), so the server sees exactly `input_len` tokens: text prompts change
@@ -15,7 +19,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from hpcinfer.inputs.template import PromptTemplate
 
 from hpcinfer.errors import InputError
 
@@ -33,6 +40,8 @@ class BenchRequest:
     """chat."""
     prompt_len: int | None = None
     """Exact input tokens when known (random token ids), else None."""
+    api: Literal["completions", "chat"] | None = None
+    """The API this request must go to (chat messages: chat); None: the run's choice."""
 
 
 def _length_range(length: int, range_ratio: float, minimum: int) -> tuple[int, int]:
@@ -111,19 +120,33 @@ def vocabulary(tokenizer_path: str) -> list[int]:
     return ids
 
 
-def jsonl_requests(
-    path: Path,
+@dataclass(frozen=True)
+class FileRequests:
+    """The usable requests of input files, the bad records (each `file:line: why`) and
+    whether reading stopped early, having found `limit` usable ones."""
+
+    requests: list[BenchRequest]
+    errors: list[str]
+    stopped_early: bool = False
+
+
+def file_requests(
+    paths: Sequence[Path],
     output_len: int | None,
     *,
-    max_tokens_field: str | None = "max_tokens",
+    fmt: str | None = None,
     prompt_field: str | None = None,
+    template: PromptTemplate | None = None,
+    max_tokens_field: str | None = "max_tokens",
+    limit: int | None = None,
     cwd: Path | None = None,
-) -> tuple[list[BenchRequest], list[str]]:
-    """Requests from a JSONL file of `{"prompt": ...}` or `{"messages": [...]}` objects.
+) -> FileRequests:
+    """Requests from input files, read as `hpcinfer run` reads them, at most `limit`.
 
-    A line's own `max_tokens_field` (default "max_tokens") sets its output length, else
-    `output_len`. Bad lines do not abort: each comes back as an error string naming
-    `file:line` and the fix, in the second list. A missing file raises InputError.
+    A record's own `max_tokens_field` (default "max_tokens") sets its output length, else
+    `output_len`. Chat records go to the chat API; prompts to the run's. Bad records do not
+    abort: each comes back as an error string naming `file:line` and the fix. Whole-file
+    problems (a missing file, a CSV without the prompt column) raise InputError.
     """
     from hpcinfer.inputs.options import apply_max_tokens_field
     from hpcinfer.inputs.readers import read_records
@@ -131,11 +154,18 @@ def jsonl_requests(
     if output_len is not None and output_len < 1:
         raise ValueError(f"the output length must be 1 token or more, not {output_len}")
     records = read_records(
-        [path], cwd=cwd, fmt="jsonl", prompt_field=prompt_field, max_tokens_field=max_tokens_field
+        paths,
+        cwd=cwd,
+        fmt=fmt,
+        prompt_field=prompt_field,
+        template=template,
+        max_tokens_field=max_tokens_field,
     )
     requests: list[BenchRequest] = []
     errors: list[str] = []
     for record in apply_max_tokens_field(records, max_tokens_field):
+        if limit is not None and len(requests) >= limit:
+            return FileRequests(requests, errors, stopped_early=True)
         where = record.where
         if record.error is not None:
             error = record.error
@@ -145,13 +175,46 @@ def jsonl_requests(
         if length is None:
             field_hint = f'a "{max_tokens_field}" field' if max_tokens_field else "a length field"
             errors.append(
-                f"{where}: no output length: give the line {field_hint} or set an output "
+                f"{where}: no output length: give the record {field_hint} or set an output "
                 "length for the whole file"
             )
             continue
         requests.append(
             BenchRequest(
-                source=where, output_len=length, prompt=record.prompt, messages=record.messages
+                source=where,
+                output_len=length,
+                prompt=record.prompt,
+                messages=record.messages,
+                api="chat" if record.messages is not None else None,
             )
         )
-    return requests, errors
+    return FileRequests(requests, errors)
+
+
+def jsonl_requests(
+    path: Path,
+    output_len: int | None,
+    *,
+    max_tokens_field: str | None = "max_tokens",
+    prompt_field: str | None = None,
+    cwd: Path | None = None,
+) -> tuple[list[BenchRequest], list[str]]:
+    """Requests from one JSONL file of `{"prompt": ...}` or `{"messages": [...]}` objects
+    (`file_requests` for one file read as JSONL, chat records to the chat API)."""
+    found = file_requests(
+        [path],
+        output_len,
+        fmt="jsonl",
+        prompt_field=prompt_field,
+        max_tokens_field=max_tokens_field,
+        cwd=cwd,
+    )
+    return found.requests, found.errors
+
+
+def cycled(requests: Sequence[BenchRequest], count: int) -> list[BenchRequest]:
+    """`count` requests: the given ones in order, again from the first as often as needed
+    (a small file still gives the number of requests asked for)."""
+    if not requests:
+        raise ValueError("no requests to cycle through")
+    return [requests[i % len(requests)] for i in range(count)]

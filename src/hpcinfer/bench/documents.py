@@ -40,6 +40,8 @@ class ServeLoad(_Open):
     max_concurrency: int | None = None
     requests: int | None = None
     description: str | None = None
+    role: str | None = None
+    """In a sweep to saturation: synchronous, throughput or rate (absent otherwise)."""
 
 
 class ServeRun(_Open):
@@ -52,9 +54,32 @@ class ServeRun(_Open):
     errors: dict[str, int] = Field(default_factory=dict)
 
 
+class ServeKnee(_Open):
+    """Where latency turned (bench.sweep.find_knee): the highest rate that kept the rule,
+    and the first rate that broke it with the figures over their limits."""
+
+    rate: Number = None
+    label: str | None = None
+    turned_at: dict[str, Any] | None = None
+    criterion: str | None = None
+    limits: dict[str, float] = Field(default_factory=dict)
+
+
+class ServeSweep(_Open):
+    """A sweep to saturation's plan (`--sweep N`) and its knee."""
+
+    profile: str = "sweep"
+    arrivals: str | None = None
+    synchronous_rate: Number = None
+    throughput_rate: Number = None
+    rates: list[float] = Field(default_factory=list)
+    knee: ServeKnee | None = None
+
+
 class ServeDocument(ResultEnvelope):
     kind: Literal["serve"] = "serve"
     runs: list[ServeRun]
+    sweep: ServeSweep | None = None
 
 
 class CaseFigures(_Open):

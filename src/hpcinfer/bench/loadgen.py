@@ -154,7 +154,7 @@ def request_body(request: BenchRequest, options: LoadOptions) -> dict[str, Any]:
     """The streaming JSON body of one request (checked: chat needs text or messages)."""
     try:
         return openai_wire.request_body(
-            options.api,
+            request.api or options.api,
             options.model,
             max_tokens=request.output_len,
             prompt=request.prompt,
@@ -177,14 +177,17 @@ def base_url(endpoint: str) -> str:
 
 
 class _Endpoint:
-    """One server: its pool of connections, the head of its requests, and counters."""
+    """One server: its pool of connections, the heads of its requests (one per API), and
+    counters."""
 
-    __slots__ = ("head", "outstanding", "pool", "root", "sent")
+    __slots__ = ("heads", "outstanding", "pool", "root", "sent")
 
-    def __init__(self, root: str, path: str, headers: dict[str, str]) -> None:
+    def __init__(self, root: str, headers: dict[str, str]) -> None:
         self.root = root
         self.pool = Pool(root)
-        self.head = request_head(self.pool.origin, path, headers)
+        self.heads = {
+            api: request_head(self.pool.origin, path, headers) for api, path in PATHS.items()
+        }
         self.outstanding = 0
         self.sent = 0
 
@@ -249,7 +252,8 @@ class _Exchange:
 
     def _send_on(self, connection: Connection) -> None:
         self.connection = connection
-        connection.send(post_bytes(self.endpoint.head, self.run.bodies[self.index]), self)
+        head = self.endpoint.heads[self.run.apis[self.index]]
+        connection.send(post_bytes(head, self.run.bodies[self.index]), self)
 
     # -- ResponseHandler
 
@@ -361,8 +365,7 @@ class _Run:
         }
         if options.api_key:
             headers["Authorization"] = f"Bearer {options.api_key}"
-        path = PATHS[options.api]
-        self.endpoints = [_Endpoint(base_url(e), path, headers) for e in endpoints]
+        self.endpoints = [_Endpoint(base_url(e), headers) for e in endpoints]
         self.requests = requests
         self.schedule = schedule
         self.options = options
@@ -372,6 +375,7 @@ class _Run:
         self.bodies = [
             json.dumps(request_body(r, options), separators=(",", ":")).encode() for r in requests
         ]
+        self.apis = [r.api or options.api for r in requests]
         self.limit = schedule.max_concurrency
         self.timings: list[RequestTiming | None] = [None] * self.n
         self.errors: dict[str, int] = {}

@@ -11,6 +11,9 @@ A benchmark run writes into its `--out DIR`:
       "requests": int, "description": str}, "metrics": <bench.metrics.summarize() dict>,
       "server_metrics": {"before": {...}, "after": {...}, "delta": {...}} | None,
       "errors": {"<message>": count}}]`, one entry per point of a sweep, in sweep order;
+      a sweep to saturation (`--sweep N`) adds `"role"` to each load and `"sweep":
+      {"profile", "arrivals", "synchronous_rate", "throughput_rate", "rates", "knee":
+      bench.sweep.find_knee()}`;
     - offline: `"result": {"latency_s": {"mean", "median", "std", "p50", ...}, "throughput",
       "prefill_tokens_per_s", "decode_tokens_per_s", "input_tokens", "output_tokens",
       "flops_per_s", "mfu", "iterations_s": [...]}`;

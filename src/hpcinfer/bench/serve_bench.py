@@ -12,6 +12,8 @@ Ctrl-C in a later point loses nothing measured before it.
 A sweep is the cross product of `--request-rate` and `--max-concurrency`, rates outer, in
 the order given: `--request-rate 1,4 --max-concurrency 8,16` runs 1/8, 1/16, 4/8, 4/16. A rate
 of inf is all at once; with a concurrency limit that is a closed loop (fixed concurrency).
+`--sweep N` instead sweeps to saturation (`bench.sweep`): one request at a time, all at
+once, then N rates in between, and names the knee.
 
 Latency counts from the scheduled send (see `bench.metrics`); in a closed loop a request is
 scheduled when it gets its slot, so the figures then match `vllm bench serve`'s.
@@ -26,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from hpcinfer.bench import arrivals, prometheus
+from hpcinfer.bench import arrivals, prometheus, sweep
 from hpcinfer.bench.metrics import DEFAULT_PERCENTILES, LATENCY_METRICS, percentile_key, summarize
 from hpcinfer.bench.results import result_document, write_result, write_table
 from hpcinfer.core.server_probe import ProbeError, check_servers, list_models
 from hpcinfer.errors import HpcinferError, InputError, SpecError
 
 CHECK_TIMEOUT_S = 10.0
+DEFAULT_RANDOM_PROMPTS = 1000
 _MAX_LINE_ERRORS_KEPT = 50
 
 
@@ -78,6 +81,10 @@ class LoadPoint:
         )
 
 
+SYNCHRONOUS_POINT = LoadPoint(math.inf, 1)
+THROUGHPUT_POINT = LoadPoint(math.inf, None)
+
+
 def sweep_points(rates: Sequence[float], concurrencies: Sequence[int | None]) -> list[LoadPoint]:
     """The cross product of rates and concurrency limits, rates outer, in the order given;
     an empty list stands for its default (all at once / no limit)."""
@@ -106,9 +113,19 @@ class ServeBenchOptions:
     model: str | None = None
     api: Literal["completions", "chat"] = "completions"
     dataset: str = "random"
+    """random, or an input file (read like `inputs`)."""
+    inputs: tuple[str, ...] = ()
+    """Input files, directories or globs, read as `hpcinfer run` reads them."""
+    input_format: str | None = None
+    prompt_field: str | None = None
+    template: str | None = None
+    """A prompt template (text, or @file.j2), as `run --template`."""
+    max_tokens_field: str = "max_tokens"
     input_len: int = 1024
     output_len: int = 128
-    num_prompts: int = 1000
+    num_prompts: int | None = None
+    """Requests per point (default: 1000 random prompts, or each input prompt once); a
+    smaller input is cycled through to reach it."""
     range_ratio: float = 0.0
     rates: tuple[float, ...] = (math.inf,)
     burstiness: float = 1.0
@@ -126,10 +143,20 @@ class ServeBenchOptions:
     api_key: str | None = field(default=None, repr=False, compare=False)
     command: tuple[str, ...] = ()
     """The command line the result file records (the CLI passes its argv)."""
+    sweep: int | None = None
+    """Sweep to saturation with this many rates between the synchronous and throughput
+    runs (`bench.sweep`) instead of the rates and concurrencies given."""
 
     @property
     def points(self) -> list[LoadPoint]:
+        if self.sweep is not None:
+            return [SYNCHRONOUS_POINT]
         return sweep_points(self.rates, self.concurrencies)
+
+    @property
+    def input_patterns(self) -> list[str]:
+        """The inputs to read (`--dataset FILE` is one more); empty for random prompts."""
+        return [*self.inputs, *([self.dataset] if self.dataset != "random" else [])]
 
     def config(self) -> dict[str, Any]:
         """The options as the result file records them (JSON-safe; the key is left out)."""
@@ -139,7 +166,12 @@ class ServeBenchOptions:
             "model": self.model,
             "api": self.api,
             "dataset": self.dataset,
-            "input_len": self.input_len if self.dataset == "random" else None,
+            "inputs": self.input_patterns,
+            "format": self.input_format,
+            "prompt_field": self.prompt_field,
+            "template": self.template,
+            "max_tokens_field": self.max_tokens_field,
+            "input_len": None if self.input_patterns else self.input_len,
             "output_len": self.output_len,
             "num_prompts": self.num_prompts,
             "range_ratio": self.range_ratio,
@@ -156,6 +188,7 @@ class ServeBenchOptions:
             "temperature": self.temperature,
             "ignore_eos": self.ignore_eos,
             "api_key_env": self.api_key_env,
+            "sweep_rates": self.sweep,
         }
 
 
@@ -298,21 +331,13 @@ class Workload:
     line_errors: list[str]
 
 
-def api_mismatch(request: Any, api: str) -> str | None:
-    """Why a JSONL line cannot go to the chosen API (a bad line, skipped), or None."""
-    if api == "completions" and request.prompt is None:
-        return 'chat "messages" need --api chat (this run uses completions)'
-    if api == "chat" and request.messages is None and not isinstance(request.prompt, str):
-        return "a prompt of token ids cannot go to --api chat: use --api completions"
-    return None
-
-
 def build_workload(options: ServeBenchOptions, model: ServedModel, cwd: Path) -> Workload:
-    """The requests every point sends; a JSONL file's bad lines (file:line, relative to
-    `cwd`) are skipped and listed, and the file must leave at least one usable prompt."""
+    """The requests every point sends: random token ids, or the input files' prompts (bad
+    records skipped and listed as file:line, relative to `cwd`), cycled through when there
+    are fewer than --num-prompts."""
     from hpcinfer.bench import dataset
 
-    if options.dataset == "random":
+    if not options.input_patterns:
         source = tokenizer_source(options, model)
         if isinstance(source, Path):
             vocab: list[int] | int = dataset.vocabulary(str(source))
@@ -321,7 +346,7 @@ def build_workload(options: ServeBenchOptions, model: ServedModel, cwd: Path) ->
             vocab = source
             where = f"ids below {source}"
         requests = dataset.random_requests(
-            options.num_prompts,
+            options.num_prompts or DEFAULT_RANDOM_PROMPTS,
             options.input_len,
             options.output_len,
             vocab,
@@ -333,25 +358,51 @@ def build_workload(options: ServeBenchOptions, model: ServedModel, cwd: Path) ->
             f"{options.output_len} output tokens"
         )
         return Workload(list(requests), text, [])
-    path = Path(options.dataset)
-    read, errors = dataset.jsonl_requests(path, options.output_len, cwd=cwd)
-    requests = []
-    for request in read:
-        problem = api_mismatch(request, options.api)
-        if problem is None:
-            requests.append(request)
-        else:
-            errors.append(f"{request.source}: {problem}")
-    if not requests:
+    return _file_workload(options, cwd)
+
+
+def _file_workload(options: ServeBenchOptions, cwd: Path) -> Workload:
+    from hpcinfer.bench import dataset
+    from hpcinfer.inputs.paths import display_name, expand_inputs
+    from hpcinfer.inputs.template import PromptTemplate
+    from hpcinfer.inputs.template_check import check_template
+
+    files = expand_inputs(options.input_patterns, cwd=cwd)
+    template = PromptTemplate.from_option(options.template)
+    check_template(template, files, cwd=cwd, fmt=options.input_format)
+    found = dataset.file_requests(
+        files,
+        options.output_len,
+        fmt=options.input_format,
+        prompt_field=options.prompt_field,
+        template=template,
+        max_tokens_field=options.max_tokens_field or None,
+        limit=options.num_prompts,
+        cwd=cwd,
+    )
+    names = ", ".join(display_name(f, cwd) for f in files)
+    errors = found.errors
+    if not found.requests:
         detail = f": {errors[0]}" if errors else ""
         raise InputError(
-            f"--dataset {path}: no usable prompt{detail}; each line is a JSON object with a "
-            '"prompt" (or "messages")'
+            f"{names}: no usable prompt{detail}; give each record a prompt (a text line, a "
+            '"prompt" or "messages" field, --prompt-field NAME or --template)'
         )
-    requests = requests[: options.num_prompts]
-    text = f"{path}: {len(requests)} prompts, {options.output_len} output tokens"
+    prompts = len(found.requests)
+    wanted = options.num_prompts or prompts
+    requests = dataset.cycled(found.requests, wanted)
+    if wanted > prompts:
+        counted = f"{wanted} requests from {prompts} prompt{'s' if prompts != 1 else ''}, cycled"
+    else:
+        counted = f"{wanted} prompt{'s' if wanted != 1 else ''}"
+    chats = sum(1 for r in requests if r.api == "chat")
+    if chats and chats < len(requests):
+        counted += f" ({chats} chat)"
+    elif chats:
+        counted += " (chat)"
+    text = f"{names}: {counted}, {options.output_len} output tokens unless a record sets its own"
     if errors:
-        text += f" ({len(errors)} bad line{'s' if len(errors) != 1 else ''} skipped)"
+        text += f" ({len(errors)} bad record{'s' if len(errors) != 1 else ''} skipped)"
     return Workload(requests, text, errors)
 
 
@@ -408,15 +459,22 @@ def run_point(
     }
 
 
+def latency_stats(percentiles: Sequence[float]) -> list[str]:
+    """The statistics a table shows per latency: mean, the median (unless p50 is among the
+    percentiles: it is the same figure, shown once as p50) and each chosen percentile."""
+    median = [] if 50 in percentiles else ["median"]
+    return ["mean", *median, *(percentile_key(p) for p in percentiles)]
+
+
 def csv_columns(percentiles: Sequence[float]) -> list[str]:
-    """serve.csv's header: the load, counts, throughputs, then per latency mean, median and
-    each chosen percentile."""
+    """serve.csv's header: the load, counts, throughputs, then per latency the
+    `latency_stats`."""
     columns = [
         "label", "mode", "rate", "burstiness", "max_concurrency", "requests", "completed",
         "failed", "duration", "request_throughput", "output_throughput",
         "total_token_throughput", "request_goodput",
     ]  # fmt: skip
-    stats = ["mean", "median", *(percentile_key(p) for p in percentiles)]
+    stats = latency_stats(percentiles)
     for name in LATENCY_METRICS:
         columns += [f"{stat}_{name}_ms" for stat in stats]
     return columns
@@ -427,11 +485,18 @@ def csv_row(run: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_outputs(
-    options: ServeBenchOptions, config: Mapping[str, Any], runs: list[Any]
+    options: ServeBenchOptions,
+    config: Mapping[str, Any],
+    runs: list[Any],
+    sweep: Mapping[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """serve.json and serve.csv with every point measured so far (the CSV first: a reader
-    that sees the JSON then finds a table at least as new)."""
-    document = result_document("serve", config, {"runs": runs}, options.command)
+    that sees the JSON then finds a table at least as new); `sweep` is a sweep to
+    saturation's plan and knee."""
+    body: dict[str, Any] = {"runs": runs}
+    if sweep is not None:
+        body["sweep"] = dict(sweep)
+    document = result_document("serve", config, body, options.command)
     write_table(
         options.out_dir / "serve.csv", [csv_row(r) for r in runs], csv_columns(options.percentiles)
     )
@@ -542,6 +607,8 @@ def run_serve_bench(
     if options.warmup > 0:
         _warm_up(options, endpoints, workload, load_options, report)
 
+    if options.sweep is not None:
+        return _run_sweep(options, config, endpoints, workload, load_options, report)
     runs: list[dict[str, Any]] = []
     points = options.points
     for index, point in enumerate(points, start=1):
@@ -550,3 +617,64 @@ def run_serve_bench(
         path, document = write_outputs(options, config, runs)
         report.point_finished(runs[-1])
     return _outcome(document, path)
+
+
+def _run_sweep(
+    options: ServeBenchOptions,
+    config: Mapping[str, Any],
+    endpoints: Sequence[str],
+    workload: Workload,
+    load_options: Any,
+    report: Reporter,
+) -> ServeBenchResult:
+    """Synchronous, throughput, then the rates between them (planned from those two); the
+    knee is found again after every rate point, so the file always holds the latest."""
+    count = options.sweep or sweep.DEFAULT_RATES
+    total = 2 + count
+    runs: list[dict[str, Any]] = []
+    plan: dict[str, Any] = {
+        "profile": "sweep",
+        "arrivals": arrivals.shape(options.burstiness),
+    }
+
+    def measure(point: LoadPoint, role: str) -> tuple[Path, dict[str, Any]]:
+        report.point_started(len(runs) + 1, total, point, len(workload.requests))
+        run = run_point(point, endpoints, workload, options, load_options, report.progress)
+        run["load"]["role"] = role
+        runs.append(run)
+        rated = [r for r in runs if r["load"]["role"] == sweep.RATE]
+        if rated:
+            plan["knee"] = sweep.find_knee(
+                [{"label": _rate_label(r), "rate": r["load"]["rate"], "metrics": r["metrics"]}
+                 for r in rated],
+                runs[0]["metrics"],
+                options.slo,
+            )  # fmt: skip
+        written = write_outputs(options, config, runs, plan)
+        report.point_finished(run)
+        return written
+
+    path, document = measure(SYNCHRONOUS_POINT, sweep.SYNCHRONOUS)
+    path, document = measure(THROUGHPUT_POINT, sweep.THROUGHPUT)
+    plan["synchronous_rate"] = runs[0]["metrics"]["request_throughput"]
+    plan["throughput_rate"] = runs[1]["metrics"]["request_throughput"]
+    try:
+        rates = sweep.sweep_rates(plan["synchronous_rate"], plan["throughput_rate"], count)
+    except ValueError as exc:
+        outcome = _outcome(document, path)
+        if outcome.outcome == "none_succeeded":
+            return outcome
+        raise BenchError(f"the sweep cannot go on: {exc}; results so far in {path}") from None
+    plan["rates"] = rates
+    total = 2 + len(rates)
+    report.note(
+        f"sweep: synchronous {plan['synchronous_rate']:.3g} req/s, throughput "
+        f"{plan['throughput_rate']:.3g} req/s; rates {', '.join(f'{r:g}' for r in rates)}"
+    )
+    for rate in rates:
+        path, document = measure(LoadPoint(rate, None), sweep.RATE)
+    return _outcome(document, path)
+
+
+def _rate_label(run: Mapping[str, Any]) -> str:
+    return f"{run['load']['rate']:g} req/s"

@@ -25,7 +25,9 @@ SERVE_EPILOG = (
     "Example (a stub server, no model: `python -m hpcinfer.testing.stub_server --port 8000 "
     "--ttft-ms 50 --itl-ms 10 &`): `hpcinfer bench serve --url http://127.0.0.1:8000 "
     "--vocab-size 1000 --input-len 128 --output-len 64 --num-prompts 200 --max-concurrency "
-    "1,4,16 --out bench-out`. A fleet from `hpcinfer serve`: `hpcinfer bench serve --endpoints "
+    "1,4,16 --out bench-out`. Your own prompts, read as `run` reads them, and a sweep to "
+    "saturation: `hpcinfer bench serve prompts.txt --url http://127.0.0.1:8000 --num-prompts "
+    "100 --sweep 5`. A fleet from `hpcinfer serve`: `hpcinfer bench serve --endpoints "
     "endpoints.json --request-rate 2,8,inf --burstiness 0.5 --slo ttft=2000,tpot=100`. "
     "Sweeps: every --request-rate with every --max-concurrency (rates outer, in the order "
     "given); rate inf = all at once, with a concurrency limit a closed loop. Latency counts "
@@ -35,6 +37,8 @@ SERVE_EPILOG = (
     "2 bad flags or dataset."
 )
 DEFAULT_OUT = Path("bench-out")
+BENCH_INPUTS = ("input_format", "prompt_field", "template", "max_tokens_field")
+"""`run`'s input flags that apply to a benchmark (record ids play no part in one)."""
 _PROGRESS_EVERY_S = 0.5
 
 
@@ -67,7 +71,7 @@ def build_options(
     dataset: str,
     input_len: int,
     output_len: int,
-    num_prompts: int,
+    num_prompts: int | None,
     range_ratio: float,
     request_rate: str,
     burstiness: float,
@@ -84,6 +88,12 @@ def build_options(
     api_key_env: str | None,
     out: Path,
     cwd: Path,
+    inputs: list[str] | None = None,
+    input_format: str | None = None,
+    prompt_field: str | None = None,
+    template: str | None = None,
+    max_tokens_field: str | None = None,
+    sweep: int | None = None,
 ) -> Any:
     """Every flag checked, each problem a SpecError naming the flag and the fix."""
     from hpcinfer.bench.arrivals import parse_concurrencies, parse_rates
@@ -97,9 +107,21 @@ def build_options(
         path = path if path.is_absolute() else cwd / path
         if not path.is_file():
             raise SpecError(
-                f"--dataset {dataset!r}: no such file; give `random` or a JSONL file of prompts"
+                f"--dataset {dataset!r}: no such file; give `random` or a file of prompts"
             )
         dataset = str(path)
+    from_files = bool(inputs) or dataset != "random"
+    fmt = None if input_format in (None, "auto") else input_format
+    if not from_files and (template or prompt_field or fmt):
+        raise SpecError(
+            "--template, --prompt-field and --format read input files: name them "
+            "(`hpcinfer bench serve prompts.csv --template ...`)"
+        )
+    if sweep is not None and (request_rate.strip() != "inf" or max_concurrency is not None):
+        raise SpecError(
+            "--sweep chooses its own loads (one at a time, all at once, rates between): "
+            "leave out --request-rate and --max-concurrency"
+        )
     if not 0 <= range_ratio < 1:
         raise SpecError(f"--range-ratio {range_ratio:g}: use 0 (exact lengths) up to below 1")
     if math.isnan(burstiness) or burstiness <= 0:
@@ -108,10 +130,10 @@ def build_options(
         )
     if not (timeout > 0 and math.isfinite(timeout)):
         raise SpecError(f"--timeout {timeout:g}: give the seconds one request may take, > 0")
-    if api == "chat" and dataset == "random":
+    if api == "chat" and not from_files:
         raise SpecError(
             "--api chat needs text prompts: the random dataset sends token ids, which only "
-            "the completions API takes; use --api completions or --dataset FILE.jsonl"
+            "the completions API takes; use --api completions or name input files"
         )
     if tokenizer is not None and vocab_size is not None:
         raise SpecError("--tokenizer and --vocab-size: give one of them, not both")
@@ -136,10 +158,16 @@ def build_options(
         model=model,
         api="chat" if api == "chat" else "completions",
         dataset=dataset,
+        inputs=tuple(inputs or ()),
+        input_format=fmt,
+        prompt_field=prompt_field,
+        template=template,
+        max_tokens_field=max_tokens_field or "max_tokens",
         input_len=input_len,
         output_len=output_len,
         num_prompts=num_prompts,
         range_ratio=range_ratio,
+        sweep=sweep,
         rates=tuple(rates),
         burstiness=burstiness,
         concurrencies=tuple(concurrencies),
@@ -215,10 +243,11 @@ def _ms(metrics: Mapping[str, Any], key: str) -> str:
 def _print_point(run: Mapping[str, Any]) -> None:
     from rich.table import Table
 
+    from hpcinfer.bench.serve_bench import latency_stats
     from hpcinfer.serve.report import wide_console
 
     m = run["metrics"]
-    stats = ["mean", "median", "std", *(f"p{p:g}" for p in m["percentiles"])]
+    stats = ["mean", "std", *latency_stats(m["percentiles"])[1:]]
     table = Table(title=f"bench serve {run['label']}: {run['load']['description']}")
     table.add_column("latency (ms)")
     for stat in stats:
@@ -257,8 +286,9 @@ def _print_summary(document: Mapping[str, Any], path: Path) -> None:
     for run in runs:
         m = run["metrics"]
         goodput = m["request_goodput"]
+        role = run["load"].get("role")
         table.add_row(
-            run["label"],
+            run["label"] if role in (None, "rate") else f"{run['label']} ({role})",
             str(m["completed"]),
             str(m["failed"]),
             f"{m['request_throughput']:.2f}",
@@ -272,6 +302,11 @@ def _print_summary(document: Mapping[str, Any], path: Path) -> None:
         )
     console = wide_console()
     console.print(table)
+    knee = (document.get("sweep") or {}).get("knee")
+    if knee:
+        from hpcinfer.bench.sweep import describe_knee
+
+        console.print(describe_knee(knee), highlight=False, soft_wrap=True)
     console.print(f"results: {path} and {path.with_suffix('.csv')}", highlight=False)
 
 
@@ -279,14 +314,26 @@ def _print_summary(document: Mapping[str, Any], path: Path) -> None:
 # the command
 
 
-@flags.takes("url", "endpoints", "model", "api_key_env", "out", *flags.OUTPUT_MODE)
+@flags.takes("url", "endpoints", "model", "api_key_env", "out", *BENCH_INPUTS, *flags.OUTPUT_MODE)
 def serve(
-    api: Annotated[str, typer.Option(help="completions or chat.")] = "completions",
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[INPUT...]",
+            help="Prompt files, directories or globs, read as `run` reads them (text, JSONL "
+            "prompts or chat messages, CSV/TSV/Parquet with --prompt-field or --template); "
+            "chat records go to /v1/chat/completions. Default: random token-id prompts.",
+            show_default=False,
+        ),
+    ] = None,
+    api: Annotated[
+        str, typer.Option(help="completions or chat (for text prompts; chat records: chat).")
+    ] = "completions",
     dataset: Annotated[
         str,
         typer.Option(
-            help="random (token-id prompts of exactly --input-len) or a JSONL file of prompts "
-            '({"prompt": ...} or {"messages": [...]}, optional "max_tokens").'
+            help="random (token-id prompts of exactly --input-len) or a file of prompts, "
+            'read like INPUT (a record\'s own "max_tokens" sets its output length).'
         ),
     ] = "random",
     input_len: Annotated[
@@ -298,7 +345,25 @@ def serve(
             "--output-len", "--random-output-len", min=1, help="Tokens to generate (ignore_eos)."
         ),
     ] = 128,
-    num_prompts: Annotated[int, typer.Option(min=1, help="Requests per sweep point.")] = 1000,
+    num_prompts: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Requests per point (default: 1000 random prompts, or each input prompt "
+            "once); a smaller input is cycled through.",
+        ),
+    ] = None,
+    sweep: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Sweep to saturation: one request at a time, all at once, then N rates "
+            "evenly spaced between (arrivals per --burstiness: 1 Poisson, inf constant), "
+            "and name the knee: the highest rate whose TTFT/TPOT p50/p99 stay within 2x "
+            "the one-at-a-time run's (or within --slo).",
+        ),
+    ] = None,
     range_ratio: Annotated[
         float,
         typer.Option(
@@ -391,6 +456,12 @@ def serve(
         api_key_env=flags["api_key_env"],
         out=DEFAULT_OUT if out is None else Path(out),
         cwd=Path.cwd(),
+        inputs=inputs,
+        input_format=flags["input_format"],
+        prompt_field=flags["prompt_field"],
+        template=flags["template"],
+        max_tokens_field=flags["max_tokens_field"],
+        sweep=sweep,
     )
     json_out = flags.json_out
     reporter = ConsoleReporter(tables=not json_out, quiet=flags.quiet)

@@ -32,6 +32,8 @@ class ServePoint:
     metrics: Mapping[str, Any]
     server_metrics: Mapping[str, Any] | None = None
     errors: Mapping[str, int] = field(default_factory=dict)
+    role: str | None = None
+    """In a sweep to saturation: synchronous, throughput or rate."""
 
     def value(self, key: str) -> float | None:
         return get_num(self.metrics, key)
@@ -63,6 +65,10 @@ class ServePoint:
 def load_label(load: Mapping[str, Any], fallback: str) -> str:
     """'8 req/s', 'concurrency 4', 'all at once': what a person calls the load."""
     mode = load.get("mode")
+    if load.get("role") == "synchronous":
+        return "synchronous (one at a time)"
+    if load.get("role") == "throughput":
+        return "throughput (all at once)"
     rate = num(load.get("rate"))
     limit = num(load.get("max_concurrency"))
     if mode == "concurrency" and limit is not None:
@@ -114,6 +120,7 @@ def read_points(path: Path, document: Mapping[str, Any]) -> list[ServePoint]:
                 errors={str(k): int(v) for k, v in errors.items() if num(v) is not None}
                 if isinstance(errors, Mapping)
                 else {},
+                role=str(load["role"]) if load.get("role") is not None else None,
             )
         )
     return points

@@ -9,6 +9,7 @@ twice the lightest load's (or within 20 ms of it).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,6 +26,12 @@ LAG_NOTE_MS = 10.0
 
 
 def _load_key(point: ServePoint) -> float | None:
+    """Rate or concurrency; in a sweep to saturation the synchronous run is the lightest
+    load and the throughput run the heaviest."""
+    if point.role == "synchronous":
+        return 0.0
+    if point.role == "throughput":
+        return math.inf
     return point.rate if point.rate is not None else point.concurrency
 
 
@@ -43,12 +50,15 @@ def waited(point: ServePoint, base_median: float) -> bool:
     return median > WAIT_RATIO * base_median and median - base_median > WAIT_MARGIN_MS
 
 
-def read_serve(points: Sequence[ServePoint]) -> tuple[str, ...]:
-    """Sentences that read the sweep for a person, most important first."""
+def read_serve(
+    points: Sequence[ServePoint], sweep: Mapping[str, Any] | None = None
+) -> tuple[str, ...]:
+    """Sentences that read the sweep for a person, most important first; `sweep` is the
+    document's sweep to saturation (its knee named second)."""
     if not points:
         return ("The file lists no sweep points: nothing was measured.",)
     tail = top_percentile(points)
-    sentences = [_overview(points)]
+    sentences = [_overview(points), *_knee(points, sweep)]
     sentences += _latency(load_order(points), tail)
     if len(points) > 1:
         sentences += _peak(load_order(points))
@@ -56,6 +66,17 @@ def read_serve(points: Sequence[ServePoint]) -> tuple[str, ...]:
     sentences += _goodput(points)
     sentences += _send_lag(points, tail)
     return tuple(s for s in sentences if s)
+
+
+def _knee(points: Sequence[ServePoint], sweep: Mapping[str, Any] | None) -> list[str]:
+    from hpcinfer.bench.sweep import describe_knee
+
+    knee = sweep.get("knee") if isinstance(sweep, Mapping) else None
+    if not isinstance(knee, Mapping):
+        return []
+    rated = [p for p in points if p.role == "rate" and p.rate is not None]
+    top = max(rated, key=lambda p: p.rate or 0.0).label if rated else None
+    return [describe_knee(knee, top)]
 
 
 def _overview(points: Sequence[ServePoint]) -> str:

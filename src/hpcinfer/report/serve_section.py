@@ -40,7 +40,8 @@ def serve_section(path: Path, document: Mapping[str, Any]) -> Section:
     if errors is not None:
         blocks.append(errors)
     blocks += [server_table(p.label, p.server_metrics) for p in ordered if p.server_metrics]
-    reading = read_serve(points)
+    sweep = document.get("sweep")
+    reading = read_serve(points, sweep if isinstance(sweep, Mapping) else None)
     if len(points) > 1:
         reading += (
             f"(Kept up: median TTFT at most {WAIT_RATIO:g}x the lightest load's, or within "
