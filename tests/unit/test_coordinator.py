@@ -70,6 +70,9 @@ class _Proc:
     def kill(self) -> None:  # pragma: no cover - not reached
         pass
 
+    def signal_group(self, signum: int) -> None:  # a worker still loading, ended on a stop
+        pass
+
 
 def make_units(n_records: int, unit_size: int) -> list[WorkUnit]:
     records = [Record(id=f"a:{i}", source="a", line=i, prompt="p") for i in range(1, n_records + 1)]

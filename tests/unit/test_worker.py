@@ -237,12 +237,17 @@ def test_progress_reports_add_up(make: Callable[..., Harness]) -> None:
     work = unit("a.txt", 1, 6, bad=(2,))
     h.serve_grants([[work]])
     totals: dict[str, int] = {}
+    last_errors = []
     for kind, payload in h.log:
         if kind == "progress":
             for key, value in payload.items():
-                totals[key] = totals.get(key, 0) + value
+                if key == "last_error":  # the latest error row's text, for `hpcinfer status`
+                    last_errors.append(value)
+                else:
+                    totals[key] = totals.get(key, 0) + value
     assert totals["records"] == 6
     assert totals["errors"] == 1
+    assert len(last_errors) == 1 and last_errors[0]
     assert totals["output_tokens"] == 10
     # progress for a unit's records arrives before the unit is reported committed
     first_commit = next(i for i, (k, _) in enumerate(h.log) if k == "committed")

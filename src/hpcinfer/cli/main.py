@@ -144,6 +144,8 @@ def _rank_context(spec: Any, hostfile: Path | None) -> Any:
 def _print_summary(summary: Any) -> None:
     from rich.table import Table
 
+    from hpcinfer.run.figures import FIGURE_DEFINITIONS
+
     table = Table(title=f"hpcinfer run: {summary.status}", show_header=False)
     table.add_row(
         "records",
@@ -154,8 +156,11 @@ def _print_summary(summary: Any) -> None:
         f"{summary.records_this_run} records" + (" (resumed)" if summary.resumed else ""),
     )
     table.add_row("tokens", f"{summary.prompt_tokens} in, {summary.output_tokens} out")
-    table.add_row("speed", f"{summary.output_tokens_per_s:.0f} output tokens/s")
-    table.add_row("wall time", f"{summary.wall_s:.1f} s")
+    defined = FIGURE_DEFINITIONS
+    table.add_row("output tok/s", f"{summary.output_tokens_per_s:.0f} ({defined['output tok/s']})")
+    generation = "-" if summary.generation_s is None else f"{summary.generation_s:.1f} s"
+    table.add_row("generation time", f"{generation} ({defined['generation time']})")
+    table.add_row("wall time", f"{summary.wall_s:.1f} s ({defined['wall time']})")
     for endpoint_url, count in summary.endpoints.items():
         table.add_row(f"endpoint {endpoint_url}", f"{count} records")
     for w in summary.workers:

@@ -41,7 +41,8 @@ SUBMIT_EPILOG = (
 STATUS_EPILOG = (
     "States: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT (walltime reached, or "
     "hpcinfer stopped before it: resubmit resumes), PREEMPTED, UNKNOWN. "
-    "Examples: hpcinfer status 12345; hpcinfer status 12345.aurora-pbs --json"
+    "Examples: hpcinfer status runs/big; hpcinfer status 12345; "
+    "hpcinfer status 12345.aurora-pbs --json"
 )
 
 
@@ -124,17 +125,28 @@ def _scheduler_for(value: str | None) -> Any:
 
 @flags.takes(*flags.OUTPUT_MODE)
 def status(
-    job_id: Annotated[str, typer.Argument(help="The id `hpcinfer submit` printed.")],
+    job: Annotated[
+        str,
+        typer.Argument(
+            metavar="OUT_DIR|JOB_ID",
+            help="The output directory of `hpcinfer run`, or the id `hpcinfer submit` printed.",
+        ),
+    ],
     scheduler: Annotated[
         str | None, typer.Option(help="pbs or slurm (default: the one on PATH).")
     ] = None,
     *,
     flags: flags.Flags,
 ) -> None:
-    """Show a submitted job's state: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, ...
+    """Show a job: in an output directory, the run going on there or the one that ran
+    (records done/failed/left, workers, rates, last errors); for a job id, the scheduler's
+    state: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, ...
 
     With --quiet it prints the state word only (for scripts)."""
-    result = _scheduler_for(scheduler).status(job_id)
+    if Path(job).is_dir():
+        _dir_status(Path(job), flags)
+        return
+    result = _scheduler_for(scheduler).status(job)
     if flags.json_out:
         print(json.dumps(result.as_dict(), indent=1))
         return
@@ -149,6 +161,55 @@ def status(
     print(f"job {result.job_id}: {result.state.value} ({', '.join(facts)})")
     if result.detail:
         print(f"  {result.detail}")
+
+
+def _dir_status(out_dir: Path, flags: flags.Flags) -> None:
+    from hpcinfer.run.figures import FIGURE_DEFINITIONS, duration_text
+    from hpcinfer.run.job_status import job_status
+
+    found = job_status(out_dir)
+    if flags.json_out:
+        print(json.dumps(found, indent=1))
+        return
+    if flags.quiet:
+        print(found["state"])
+        return
+    lines = [f"job in {out_dir}: {found['state']} ({found.get('phase', '')})"]
+    failed = found.get("records_failed")
+    failed_text = (
+        f"{failed} failed"
+        if failed is not None
+        else f"{found.get('records_failed_this_run', 0)} failed this run"
+    )
+    lines.append(
+        f"  records: {found['records_done']} of {found['records_total']} done "
+        f"({failed_text}), {found['records_left']} left"
+    )
+    if found.get("generation_s"):
+        rate = f"  rates: {found.get('output_tokens_per_s') or 0:.0f} output tok/s"
+        if found.get("records_per_s") is not None:
+            rate += f", {found['records_per_s']:.1f} records/s"
+        rate += f" over {found['generation_s']:.1f} s of generation"
+        if found.get("eta_s") is not None:
+            rate += f"; ETA {duration_text(found['eta_s'])}"
+        if found.get("wall_s") is not None:
+            rate += f"; wall time {found['wall_s']:.1f} s"
+        lines.append(rate)
+    if "pid" in found:
+        lines.append(f"  run: pid {found['pid']} on {found['host']}")
+    for w in found.get("workers", []):
+        silent = f" {duration_text(w['silent_s'])}" if w.get("state") == "silent" else ""
+        lines.append(
+            f"  worker {w['worker']}{' on ' + w['host'] if w.get('host') else ''}: "
+            f"{w['state']}{silent}, {w['records']} records, {w['errors']} errors"
+        )
+    if found.get("last_errors"):
+        lines.append("  last errors:")
+        lines += [f"    {e}" for e in found["last_errors"]]
+    if found.get("message"):
+        lines.append(f"  {found['message']}")
+    lines.append("  (" + "; ".join(f"{k}: {v}" for k, v in FIGURE_DEFINITIONS.items()) + ")")
+    print("\n".join(lines))
 
 
 @flags.takes(*flags.OUTPUT_MODE)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hpcinfer.core.processes import Child
 from hpcinfer.core.stop import StopSignal
@@ -24,6 +24,9 @@ from hpcinfer.run.plan import WorkUnit
 from hpcinfer.run.schedule import Scheduler
 
 ABORT_GRACE_S = 10.0
+SILENT_AFTER_S = 60.0
+"""A ready worker holding units that sent nothing for this long is shown as silent (a
+working one reports at least every few seconds: progress or a heartbeat)."""
 
 
 @dataclass
@@ -42,9 +45,40 @@ class WorkerHandle:
     startup_s: float | None = None
     waiting: bool = False
     committed_units: int = 0
+    ready: bool = False
+    stopped_by_us: bool = False  # ended while loading its engine, on a stop request
+    last_heard: float = field(default_factory=time.monotonic)
+    last_error: str | None = None  # the latest error row's message it reported
     stats: dict[str, int] = field(
         default_factory=lambda: {"records": 0, "errors": 0, "prompt_tokens": 0, "output_tokens": 0}
     )
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """What `hpcinfer status` and the progress line show of one worker."""
+
+    worker: int
+    rank: int
+    host: str
+    state: str
+    """loading | generating | waiting | silent | done | failed"""
+    records: int
+    errors: int
+    output_tokens: int
+    silent_s: float
+    error: str | None
+
+
+class Observer(Protocol):
+    """Who watches the coordinator (the progress view): told of readiness, a stop, and
+    called at every turn of the loop (at least every half second)."""
+
+    def workers_ready(self, ready: int, total: int) -> None: ...
+
+    def stopping(self, reason: str, units_held: int, aborting: bool) -> None: ...
+
+    def tick(self, coordinator: Coordinator) -> None: ...
 
 
 @dataclass
@@ -73,6 +107,7 @@ class Coordinator:
         joins: JoinListener | None = None,
         on_join: Callable[[Joined], WorkerHandle | None] | None = None,
         on_ready: Callable[[], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.workers = workers
         # O(1) per message at 24,576 workers: the sender by connection, and the alive count.
@@ -92,6 +127,7 @@ class Coordinator:
         self.joins = joins
         self.on_join = on_join
         self.on_ready = on_ready  # the first worker is ready: generation starts
+        self.observer = observer
         self.stop_reason: str | None = None
         self.aborting_since: float | None = None
         self.started = time.monotonic()
@@ -109,14 +145,63 @@ class Coordinator:
             self.request_stop(stop.reason)
 
     def request_stop(self, reason: str) -> None:
+        """The first request drains: ready workers finish and commit the units they hold,
+        workers still loading their engine hold nothing and are ended now. The second
+        aborts: this node's workers are killed at once (commits are atomic renames: a unit
+        is in or out), other ranks' are told to abort."""
         if self.stop_reason is None:
             self.stop_reason = reason
             for worker in self._alive():
                 _send(worker, ("stop", {}))
+                if not worker.ready and worker.proc is not None:
+                    worker.stopped_by_us = True
+                    worker.proc.signal_group(signal.SIGKILL)
+            self._tell_stopping(aborting=False)
         elif self.aborting_since is None:
             self.aborting_since = time.monotonic()
             for worker in self._alive():
                 _send(worker, ("abort", {}))
+                if worker.proc is not None:
+                    worker.stopped_by_us = True
+                    worker.proc.signal_group(signal.SIGKILL)
+            self._tell_stopping(aborting=True)
+
+    def _tell_stopping(self, aborting: bool) -> None:
+        if self.observer is not None:
+            held = sum(len(w.assigned) for w in self._alive())
+            self.observer.stopping(self.stop_reason or "", held, aborting)
+
+    def worker_states(self) -> list[WorkerState]:
+        """Every worker's state now, for the progress line and the status file."""
+        now = time.monotonic()
+        states = []
+        for w in self.workers:
+            quiet_s = now - w.last_heard
+            if not w.alive:
+                state = "done" if w.clean_exit else "failed"
+            elif not w.ready:
+                state = "loading"
+            elif w.assigned and quiet_s > SILENT_AFTER_S:
+                state = "silent"
+            else:
+                state = "generating" if w.assigned else "waiting"
+            states.append(
+                WorkerState(
+                    worker=w.index,
+                    rank=w.rank,
+                    host=w.host,
+                    state=state,
+                    records=w.stats.get("records", 0),
+                    errors=w.stats.get("errors", 0),
+                    output_tokens=w.stats.get("output_tokens", 0),
+                    silent_s=round(quiet_s, 1),
+                    error=w.error or w.last_error,
+                )
+            )
+        return states
+
+    def units_held(self) -> int:
+        return sum(len(w.assigned) for w in self._alive())
 
     # -- main loop -------------------------------------------------------------------------
     def run(self, stop: StopSignal | None = None) -> CoordinatorResult:
@@ -125,6 +210,8 @@ class Coordinator:
         while self._alive() or self._awaiting_joins():
             self._follow(stop)
             self._check_deadlines()
+            if self.observer is not None:
+                self.observer.tick(self)
             conns: list[Any] = [w.conn for w in self._alive()]
             if self.joins is not None:
                 conns.append(self.joins.doorbell)
@@ -187,15 +274,25 @@ class Coordinator:
         except (EOFError, OSError):
             self._lost(worker)
             return
+        worker.last_heard = time.monotonic()
         if kind == "ready":
             worker.startup_s = payload.get("startup_s")
+            worker.ready = True
             if self.first_ready is None:
                 self.first_ready = time.monotonic()
                 if self.on_ready is not None:
                     self.on_ready()
+            if self.observer is not None:
+                ready = sum(w.ready for w in self.workers)
+                self.observer.workers_ready(ready, len(self.workers))
         elif kind == "want":
             self._grant(worker, int(payload["inflight"]))
         elif kind == "progress":
+            if not payload:
+                return  # a heartbeat: alive, nothing finished since the last report
+            last_error = payload.pop("last_error", None)
+            if last_error:
+                worker.last_error = last_error
             for key, value in payload.items():
                 worker.stats[key] = worker.stats.get(key, 0) + value
             self.on_progress(payload)
@@ -267,6 +364,8 @@ class Coordinator:
                 worker.error = worker.error or f"exited with code {code}"
         self.scheduler.requeue(list(worker.assigned.values()), owner_died=worker.index)
         worker.assigned.clear()
+        if worker.stopped_by_us:
+            worker.clean_exit, worker.error = True, None  # ended on request, holding nothing
         if self.scheduler.requeued or not self._someone_else_holds_work(None):
             self._wake_waiting()
 

@@ -10,6 +10,7 @@ starting workers in run.spawn, the work itself in run.coordinator.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from hpcinfer.exitcodes import ExitCode
 from hpcinfer.logtail import log_tail
 from hpcinfer.outputs.exporters import check_exports, export_all
 from hpcinfer.outputs.store import OutputStore
+from hpcinfer.run import figures
 from hpcinfer.run.coordinator import Coordinator, CoordinatorResult, WorkerHandle
 from hpcinfer.run.job_inputs import (
     JobInputs,
@@ -66,6 +68,8 @@ REAP_GRACE_S = 60.0
 
 def run_job(spec: JobSpec, options: RunOptions, ctx: RankContext | None = None) -> RunSummary:
     """The whole job, or, as rank 0 of a launch, the job over every rank's workers."""
+    if options.started is None:
+        options = dataclasses.replace(options, started=time.monotonic())
     check_model_present(spec, options.cwd)
     if kind_of(spec).starts_fleet(spec):
         from hpcinfer.run.fleet_job import run_with_fleet
@@ -93,16 +97,18 @@ class _Cluster:
 def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSummary:
     """prepare the store -> start workers (they import vLLM meanwhile) -> plan -> configure
     the workers -> coordinate -> export and summarize."""
-    started = time.monotonic()
+    started = options.started or time.monotonic()
     job = _prepare(spec, options)
+    view = ProgressView(quiet=options.quiet, out_dir=job.store.root)
     workers = _start_workers(spec, job, cluster)
     spec = workers.spec
     try:
-        outcome = _coordinate(spec, options, job, workers, cluster)
+        outcome = _coordinate(spec, options, job, workers, cluster, view)
     except BaseException:
         reap_workers(workers.spawned, grace_s=0)
+        view.finished()
         raise
-    return _finish(spec, job, workers, outcome, started)
+    return _finish(spec, job, workers, outcome, started, view)
 
 
 @dataclass
@@ -212,7 +218,10 @@ def _coordinate(
     job: _Prepared,
     workers: _Workers,
     cluster: _Cluster | None,
+    view: ProgressView,
 ) -> _Coordinated:
+    if job.plan is None:
+        view.set_phase("planning: reading the inputs", force=True)
     plan = job.plan or make_plan(spec, job.inputs, job.cwd, job.store)  # (retry: planned)
     model_path, model_name = _model(spec, job.cwd, plan.todo_units)
     for surplus in workers.spawned[plan.todo_units :]:
@@ -221,9 +230,7 @@ def _coordinate(
     configure = _configurer(spec, job, workers, model_path, model_name)
     for handle in handles:
         configure(handle, workers.node_workers if cluster else len(handles))
-    view = ProgressView(
-        total=plan.total_records, done=plan.total_records - plan.todo_records, quiet=options.quiet
-    )
+    view.planned(plan.total_records, plan.total_records - plan.todo_records)
     notes = workers_notes(spec, workers.placement, plan.todo_units) if cluster is None else []
     for warning in [*workers.placement.warnings, *notes]:
         view.warn(warning)
@@ -238,6 +245,7 @@ def _coordinate(
         max_inflight=max_inflight(spec, workers.n_endpoints),
         on_progress=view.advance,
         on_ready=view.generation_started,
+        observer=view,
         time_limit_s=time_limit,
         time_limit_name=("walltime limit" if limit_source == "walltime" else "time limit"),
         owner_of=(
@@ -251,6 +259,8 @@ def _coordinate(
         joins=cluster.joins if cluster else None,
         on_join=_admitter(job.store, handles, configure) if cluster is not None else None,
     )
+    if handles:
+        view.workers_starting(len(handles))
     with view:
         result = coordinator.run(options.stop)
     never_joined: list[int] = []
@@ -306,10 +316,16 @@ def _time_limit(spec: JobSpec, view: ProgressView) -> tuple[float | None, str]:
 
 
 def _finish(
-    spec: JobSpec, job: _Prepared, workers: _Workers, done: _Coordinated, started: float
+    spec: JobSpec,
+    job: _Prepared,
+    workers: _Workers,
+    done: _Coordinated,
+    started: float,
+    view: ProgressView,
 ) -> RunSummary:
     """Export, reap the workers, and write the summary into run.json."""
     store, plan, handles, result = job.store, done.plan, done.handles, done.result
+    view.exporting()
     counts = export_all(store, [s.id for s in plan.summaries], spec.output, job.out_dir)
     reap_workers(workers.spawned, grace_s=REAP_GRACE_S)
     for handle in handles:
@@ -318,7 +334,11 @@ def _finish(
     complete = counts["records"] == plan.total_records
     wall_s = time.monotonic() - started
     failures = [h for h in handles if not h.clean_exit]
-    status, code, message = _outcome(complete, counts, result, failures, store)
+    try:
+        status, code, message = _outcome(complete, counts, result, failures, store)
+    except EngineError:
+        view.finished()
+        raise
     if done.never_joined:
         never = f"rank(s) {done.never_joined} never joined (see {store.logs_dir})"
         message = "; ".join(m for m in (message, never) if m)
@@ -337,7 +357,7 @@ def _finish(
         output_tokens=counts["output_tokens"],
         wall_s=round(wall_s, 3),
         generation_s=gen_s,
-        output_tokens_per_s=round(out_tokens_run / gen_s, 1) if gen_s else 0.0,
+        output_tokens_per_s=round(figures.per_s(out_tokens_run, gen_s), 1),
         workers=[_worker_summary(h) for h in handles],
         message=message,
         endpoints={
@@ -345,6 +365,7 @@ def _finish(
         },
     )
     write_run_json(job.out_dir, spec, summary, job.profile, workers.placement, done.model_path)
+    view.finished()
     return summary
 
 

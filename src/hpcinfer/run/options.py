@@ -24,6 +24,9 @@ class RunOptions:
     cwd: Path = field(default_factory=Path.cwd)
     stop: StopSignal | None = None
     """Drain (then abort) on request; the CLI feeds it from SIGINT/SIGTERM."""
+    started: float | None = None
+    """`time.monotonic()` at the run's start, set by `run_job`: wall time counts from here
+    (a server fleet's start-up included)."""
 
 
 def output_dir(spec: JobSpec, cwd: Path) -> Path:

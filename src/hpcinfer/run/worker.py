@@ -40,6 +40,11 @@ from hpcinfer.run.rows import make_row
 
 PROGRESS_INTERVAL_S = 0.5
 PROGRESS_MESSAGES_PER_S = 2000
+HEARTBEAT_EVERY = 10
+HEARTBEAT_MAX_S = 20.0
+"""A worker with units but nothing finished reports (an empty message) every
+HEARTBEAT_EVERY progress intervals, at most HEARTBEAT_MAX_S apart, so the coordinator
+can tell a slow batch from a hung worker (SILENT_AFTER_S there)."""
 
 
 def progress_interval_s(workers: int) -> float:
@@ -80,16 +85,21 @@ class _Tally:
     errors: int = 0
     prompt_tokens: int = 0
     output_tokens: int = 0
+    last_error: str = ""
 
     def add(self, result: Result) -> None:
         self.records += 1
         self.errors += result.status != "ok"
         self.prompt_tokens += result.prompt_tokens or 0
         self.output_tokens += result.output_tokens or 0
+        if result.status != "ok" and result.error:
+            self.last_error = result.error[:500]
 
-    def take(self) -> dict[str, int]:
-        out = dict(vars(self))
+    def take(self) -> dict[str, Any]:
+        """The counts since the last report (and the latest error's text, if any)."""
+        out: dict[str, Any] = {k: v for k, v in vars(self).items() if v or k != "last_error"}
         self.records = self.errors = self.prompt_tokens = self.output_tokens = 0
+        self.last_error = ""
         return out
 
 
@@ -225,6 +235,12 @@ class Worker:
         if self.tally.records and (force or due):
             self._send(("progress", self.tally.take()))
             self.last_progress = now
+        elif self.units and due and now - self.last_progress >= self._heartbeat_s():
+            self._send(("progress", {}))  # alive: nothing finished since the last report
+            self.last_progress = now
+
+    def _heartbeat_s(self) -> float:
+        return min(self.config.progress_interval_s * HEARTBEAT_EVERY, HEARTBEAT_MAX_S)
 
 
 def _in_record_order(state: _UnitState) -> list[tuple[Record, Result]]:
