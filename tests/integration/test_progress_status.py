@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from hpcinfer.run.job_status import job_status
 from tests.conftest import hpcinfer_cmd, run_cli, write_prompts
 from tests.harness import wait_for
 from tests.processes import assert_no_orphans, command_lines, marked
@@ -46,29 +47,30 @@ def _gone(proc: subprocess.Popen[str], log: Path) -> str | None:
 def test_status_shows_the_running_job_then_the_finished_one(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
-    write_prompts(tmp_path / "prompts.txt", 400)
-    args = ["run", "prompts.txt", "-o", "out", "--workers", "1", "--max-tokens", "48",
+    write_prompts(tmp_path / "prompts.txt", 3000)
+    args = ["run", "prompts.txt", "-o", "out", "--workers", "1", "--max-tokens", "64",
             "--ignore-eos", "--unit-size", "10"]  # fmt: skip
     proc, log = _start(args, tmp_path, cli_env)
     out = tmp_path / "out"
     status_file = out / "status.json"
-    wait_for(
-        lambda: status_file.exists() and json.loads(status_file.read_text())["records_done"],
-        300,
-        "the status file to count finished records",
-        give_up=lambda: _gone(proc, log),
-        interval=0.2,
+
+    def running() -> dict[str, Any] | None:
+        if not status_file.exists():
+            return None
+        found = job_status(out)
+        return found if found["state"] == "running" and found["records_done"] else None
+
+    seen = wait_for(
+        running, 300, "a running status with finished records", give_up=lambda: _gone(proc, log)
     )
-    running = _status(out, tmp_path, cli_env)
-    if proc.poll() is None or running["state"] == "running":
-        assert running["state"] == "running" and running["records_total"] == 400
-        assert (
-            running["records_done"] > 0 and running["records_left"] == 400 - running["records_done"]
-        )
-        assert [w["state"] for w in running["workers"]] in (["generating"], ["waiting"], ["done"])
+    assert seen["records_total"] == 3000 and seen["pid"] == proc.pid
+    assert seen["records_left"] == 3000 - seen["records_done"]
+    assert [w["state"] for w in seen["workers"]] in (["generating"], ["waiting"])
+    shown = _status(out, tmp_path, cli_env)  # the command, while (or just after) it runs
+    assert shown["state"] == "running" or (proc.poll() is not None and shown["state"] == "ok")
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     finished = _status(out, tmp_path, cli_env)
-    assert finished["state"] == "ok" and finished["records_done"] == 400
+    assert finished["state"] == "ok" and finished["records_done"] == 3000
     assert finished["records_left"] == 0 and finished["output_tokens_per_s"] > 0
     assert not status_file.exists()
     summary = json.loads((out / "run.json").read_text())["summary"]
@@ -76,7 +78,7 @@ def test_status_shows_the_running_job_then_the_finished_one(
     text = log.read_text()
     assert "workers loading the model: 0 of 1 ready" in text and "exporting results" in text
     # the closing progress line gives the summary's own figure (the same definition)
-    last = [line for line in text.splitlines() if "400/400 records" in line][-1]
+    last = [line for line in text.splitlines() if "3000/3000 records" in line][-1]
     shown = float(last.split(" output tok/s")[0].rsplit(", ", 1)[1])
     assert shown == pytest.approx(summary["output_tokens_per_s"], rel=0.05)
 
