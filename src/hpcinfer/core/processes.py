@@ -37,6 +37,8 @@ from hpcinfer.launch.rank_env import RANK_ENV
 PR_SET_PDEATHSIG = 1
 GUARD_GRACE_S = 5.0
 """How long the guard gives a group to end on SIGTERM before it sends SIGKILL."""
+GROUP_END_S = 10.0
+"""How long `reap_group` waits for the SIGKILLed members of a group to leave the table."""
 
 # The guard's whole program (run with `python -S`: no site, no hpcinfer import, about 10 ms
 # and a few MB). It waits for a byte or the end of its stdin: a byte is "stand down" (the
@@ -227,9 +229,15 @@ class Child:
 
     def reap_group(self) -> None:
         """After the child exited: kill whatever it left in its group (an EngineCore that
-        outlived its parent), then collect the exit status."""
+        outlived its parent), collect the exit status and wait until the group's last
+        member is gone: hpcinfer returning with a TP worker still in its exit (holding its
+        memory or devices) would fail the next job started right after it."""
         self.signal_group(signal.SIGKILL)
         if self.wait(5.0):
+            deadline = time.monotonic() + GROUP_END_S
+            while group_alive(self.pid) and time.monotonic() < deadline:
+                self.signal_group(signal.SIGKILL)  # also a member forked during the last one
+                time.sleep(0.02)
             self._group_gone = True
             self._guard.stand_down()
 
@@ -245,6 +253,32 @@ class Child:
             with contextlib.suppress(ValueError):
                 return f"killed by {signal.Signals(-code).name}"
         return f"exited with code {code}"
+
+
+def _live_member(stat: Path, group: int) -> bool:
+    """Whether the process of /proc/PID/stat `stat` is in `group` and not a zombie."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False  # gone meanwhile
+    return fields[0] != "Z" and int(fields[2]) == group
+
+
+def group_alive(group: int) -> bool:
+    """Whether a live process is still in process group `group`. A zombie does not count:
+    it holds nothing, and one re-parented to init is init's to collect."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True  # no process table to tell zombies apart: the group is there
+    return any(
+        _live_member(entry / "stat", group) for entry in proc.iterdir() if entry.name.isdigit()
+    )
 
 
 def spawn(
