@@ -40,6 +40,26 @@ def marked(mark: str) -> list[int]:
     return _live(lambda proc, _: needle in (proc / "environ").read_bytes())
 
 
+def processes_in(directory: Path) -> list[int]:
+    """Live (not zombie) processes whose working directory is `directory`: everything a
+    command started there started, and what those started, however renamed. vLLM's
+    EngineCore overwrites its environment with its title (`marked` can miss it); the working
+    directory it inherits stays."""
+    target = str(directory.resolve())
+    return _live(lambda proc, _: os.readlink(proc / "cwd") == target)
+
+
+def titled(pids: list[int], prefix: str) -> list[int]:
+    """Those of `pids` whose command line (a title vLLM sets, `VLLM::Worker_TP0`) starts
+    with `prefix`."""
+    hits = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(prefix.encode()):
+                hits.append(pid)
+    return hits
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes whose process group is `pgid`."""
     return _live(lambda _, fields: int(fields[2]) == pgid)
