@@ -49,19 +49,6 @@ def _parse(flag: str, parser: Any, text: str) -> Any:
         raise SpecError(f"{flag}: {exc}") from None
 
 
-def _api_key(name: str | None) -> str | None:
-    """The key from the variable --api-key-env names (which must be set), else
-    $OPENAI_API_KEY when set (as `vllm bench serve` reads it)."""
-    import os
-
-    if name is None:
-        return os.environ.get("OPENAI_API_KEY") or None
-    value = os.environ.get(name)
-    if not value:
-        raise SpecError(f"--api-key-env {name}: ${name} is not set (or empty)")
-    return value
-
-
 def build_options(
     *,
     url: list[str] | None,
@@ -99,6 +86,7 @@ def build_options(
     from hpcinfer.bench.arrivals import parse_concurrencies, parse_rates
     from hpcinfer.bench.metrics import parse_percentiles, parse_slo
     from hpcinfer.bench.serve_bench import ServeBenchOptions
+    from hpcinfer.core.api_keys import resolve_api_key
 
     if api not in ("completions", "chat"):
         raise SpecError(f"--api {api!r}: choose completions or chat")
@@ -181,7 +169,7 @@ def build_options(
         temperature=temperature,
         ignore_eos=ignore_eos,
         api_key_env=api_key_env,
-        api_key=_api_key(api_key_env),
+        api_key=resolve_api_key(api_key_env),
         command=tuple(sys.argv),
     )
 

@@ -8,7 +8,6 @@ instant; vLLM itself is never imported by hpcinfer here, only by the servers it 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -90,16 +89,6 @@ def serve(spec_file: flags.SPEC_ONLY = None, *, flags: flags.Flags) -> None:
     raise typer.Exit(0)
 
 
-def _client_key(api_key_env: str | None) -> str | None:
-    """The key to send: --api-key-env's variable (which must be set), else OPENAI_API_KEY."""
-    if api_key_env is None:
-        return os.environ.get("OPENAI_API_KEY") or None
-    value = os.environ.get(api_key_env)
-    if not value:
-        raise SpecError(f"--api-key-env {api_key_env}: ${api_key_env} is not set (or empty)")
-    return value
-
-
 @flags.takes("endpoints", "url", "api_key_env", *flags.OUTPUT_MODE)
 def endpoints(
     registry: Annotated[
@@ -131,6 +120,7 @@ def endpoints(
     flags: flags.Flags,
 ) -> None:
     """List the registry's endpoints and check each now (GET /health, /v1/models)."""
+    from hpcinfer.core.api_keys import resolve_api_key
     from hpcinfer.serve.checks import check_all, summary_line, targets, wait_until_up
 
     urls, json_out, quiet = flags["url"] or [], flags.json_out, flags.quiet
@@ -138,7 +128,7 @@ def endpoints(
         raise SpecError("give the registry once: --endpoints FILE")
     registry = flags["endpoints"] or registry
     path = Path(registry) if registry else (None if urls else Path("endpoints.json"))
-    key = _client_key(flags["api_key_env"])
+    key = resolve_api_key(flags["api_key_env"])
     if wait is not None:
 
         def progress(problem: str) -> None:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcinfer.cluster.binding import BindingEnv
+from hpcinfer.core.api_keys import resolve_api_key
 from hpcinfer.core.processes import bound_env
 from hpcinfer.engines.cpu_memory import cpu_kv_cache_share
-from hpcinfer.errors import SpecError
 from hpcinfer.spec import EngineSpec, ServeSpec
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -101,17 +101,7 @@ def server_argv(
 
 def api_key(serve: ServeSpec, env: Mapping[str, str]) -> str | None:
     """The key from the variable serve.api_key_env names; None when no key is asked for."""
-    name = serve.api_key_env
-    if name is None:
-        return None
-    value = env.get(name, "")
-    if not value:
-        raise SpecError(
-            f"--api-key-env {name}: the environment variable ${name} is not set (or empty); "
-            f"export {name}=<key> before `hpcinfer serve` (the key is never put on a command "
-            "line or in the registry)"
-        )
-    return value
+    return resolve_api_key(serve.api_key_env, env, default=None, for_what="before `hpcinfer serve`")
 
 
 def server_env(base: Mapping[str, str], binding: BindingEnv, key: str | None) -> dict[str, str]:
