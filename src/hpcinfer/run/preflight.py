@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hpcinfer.cluster.placement import PlacementPlan
-from hpcinfer.core.server_probe import ProbeError, list_models
+from hpcinfer.core.server_probe import check_servers
 from hpcinfer.engines.kinds import kind_of
 from hpcinfer.engines.openai_engine import Target
 from hpcinfer.errors import SpecError
@@ -75,18 +74,11 @@ def served_model(spec: JobSpec, targets: Sequence[Target]) -> str | None:
 
 
 def _served_lists(targets: Sequence[Target], api_key: str | None) -> dict[str, list[str]]:
-    """url -> model ids, for the servers that answer /v1/models now (one refusing the API
-    key is left to the dispatcher, which fails the run naming the key's variable)."""
-
-    def one(target: Target) -> tuple[str, list[str] | None]:
-        try:
-            return target.url, [str(c["id"]) for c in list_models(target.url, 5.0, api_key)]
-        except ProbeError:
-            return target.url, None
-
-    with ThreadPoolExecutor(max_workers=min(len(targets), 32)) as pool:
-        answers = list(pool.map(one, targets))
-    return {url: models for url, models in answers if models is not None}
+    """url -> model ids, for the servers that answer /health and /v1/models now (one
+    refusing the API key is left to the dispatcher, which fails the run naming the key's
+    variable)."""
+    checks = check_servers([(target.url, None) for target in targets], api_key, 5.0)
+    return {t.url: check.models for t, check in zip(targets, checks, strict=True) if check.up}
 
 
 def workers_notes(spec: JobSpec, placement: PlacementPlan, units_left: int | None) -> list[str]:
