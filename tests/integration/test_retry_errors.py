@@ -67,6 +67,8 @@ def test_retry_errors_reruns_exactly_the_failed_ids(tmp_path: Path) -> None:
         third = _run(tmp_path, idle.url, "--retry-errors")
         assert third.returncode == 0, third.stderr
         assert "retrying 0 failed records of 120; 120 ok kept" in third.stderr
+        quiet = _run(tmp_path, idle.url, "--retry-errors", "--quiet")
+        assert quiet.returncode == 0 and "retrying" not in quiet.stderr, quiet.stderr
         assert idle.stats()["ok"] == 0
 
 

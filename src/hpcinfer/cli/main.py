@@ -108,6 +108,7 @@ def run(
         retry_errors=bool(flags["retry_errors"]),
         quiet=quiet or json_out,
         stop=stop_request,
+        on_note=None if quiet or json_out else _note,
     )
     ctx = None
     # A one-shot fleet runs its dispatcher here and starts one serve rank per node itself.
@@ -125,6 +126,10 @@ def run(
     elif not quiet:
         _print_summary(summary)
     raise typer.Exit(int(summary.exit_code))
+
+
+def _note(text: str) -> None:
+    err.print(escape(text), highlight=False)
 
 
 def _rank_context(spec: Any, hostfile: Path | None) -> Any:

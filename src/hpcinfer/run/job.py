@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,9 +145,9 @@ def _prepare(spec: JobSpec, options: RunOptions) -> _Prepared:
     # it can use, each with more devices; large ones are planned while the workers start
     # (a retry reads its error rows first: it may have to start workers for a finished job).
     plan = make_plan(spec, inputs, cwd, store, retry) if is_small(inputs) or retry else None
-    if plan is not None and plan.retry is not None and not options.quiet:
+    if plan is not None and plan.retry is not None and options.on_note is not None:
         never_run = plan.todo_records - plan.retry.records
-        print(plan.retry.describe(plan.total_records, never_run), file=sys.stderr)
+        options.on_note(plan.retry.describe(plan.total_records, never_run))
     units_left = plan.todo_units if plan else (store.units_left() if resumed else None)
     return _Prepared(cwd, inputs, out_dir, store, resumed, profile, plan, units_left)
 

@@ -6,6 +6,7 @@ them without importing `run.job` back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,9 @@ class RunOptions:
     started: float | None = None
     """`time.monotonic()` at the run's start, set by `run_job`: wall time counts from here
     (a server fleet's start-up included)."""
+    on_note: Callable[[str], None] | None = None
+    """Told what the job is about to do (the --retry-errors plan); the library prints
+    nothing itself, the CLI shows these unless --quiet/--json."""
 
 
 def output_dir(spec: JobSpec, cwd: Path) -> Path:
