@@ -147,10 +147,11 @@ def test_unreachable_endpoints_fail_fast_and_all_down_fails_the_run(tmp_path: Pa
     started = time.monotonic()
     done = run_cli(
         ["run", "w.jsonl", "--engine", "openai", "--url", "http://127.0.0.1:9", "-o", "o1",
-         "--set", "client.connect_timeout_s=2"],
-        tmp_path, _env(), timeout=60,
+         "--set", "client.connect_timeout_s=2", "--set", "client.all_down_s=3600"],
+        tmp_path, _env(), timeout=300,
     )  # fmt: skip
-    assert done.returncode == 1 and time.monotonic() - started < 30
+    # at the start, not after client.all_down_s (set far beyond any loaded machine's start)
+    assert done.returncode == 1 and time.monotonic() - started < 200
     assert "none of the 1 endpoint(s) answers" in done.stderr
 
     expected = _workload(tmp_path / "w.jsonl", 120)

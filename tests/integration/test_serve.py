@@ -93,12 +93,13 @@ def test_a_broken_model_fails_fast_with_the_log_tail(tmp_path: Path, env: dict[s
     (bad / "config.json").write_text('{"model_type": "no_such_arch", "architectures": ["Nope"]}')
     port = free_base_port(1)
     args = ["serve", "--model", str(bad), "--servers", "1", "--port", str(port)]
+    args += ["--ready-timeout", "1h"]
     began = time.monotonic()
-    done = run_cli(args, tmp_path, env, timeout=180)
+    done = run_cli(args, tmp_path, env, timeout=900)
     took = time.monotonic() - began
     print(f"broken model reported after {took:.1f}s")
     assert done.returncode == 1, done.stderr[-3000:]
-    assert took < 120
+    assert took < 600  # at the server's exit, not after the hour's --ready-timeout
     assert "no server became ready" in done.stderr
     assert "last log lines" in done.stderr and "no_such_arch" in done.stderr
     (entry,) = read_registry(tmp_path / "endpoints.json")

@@ -31,7 +31,7 @@ def test_a_server_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path
         started = time.monotonic()
         stop_all([server], grace_s=1.0)
         took = time.monotonic() - started
-        assert 0.9 <= took < 10, took  # the grace period, then no long wait
+        assert 0.9 <= took < 30, took  # the grace period, then SIGKILL: not the 60 s sleep
         assert server.returncode == -signal.SIGKILL
         assert server.exit_text() == "killed by SIGKILL"
         assert group_members(server.pid) == []  # its child went with it, before stop_all returned
@@ -42,8 +42,8 @@ def test_a_server_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path
 def test_a_server_that_honours_sigterm_stops_at_once(tmp_path: Path) -> None:
     server = ServerProcess(["sleep", "60"], ENV, tmp_path / "s.log")
     started = time.monotonic()
-    stop_all([server], grace_s=30.0)
-    assert time.monotonic() - started < 5
+    stop_all([server], grace_s=120.0)
+    assert time.monotonic() - started < 60  # at SIGTERM, long before the grace period ends
     assert server.returncode == -signal.SIGTERM
     assert not server.alive()
 

@@ -142,9 +142,9 @@ def test_wait_fails_fast_on_a_failed_endpoint_and_times_out_clearly(tmp_path: Pa
     writer.start()
     started = time.monotonic()
     with pytest.raises(ServeError, match=r"(?s)will not come up.*exited with code 1"):
-        wait_until_up(registry, [], 30, None, poll_s=0.1)
+        wait_until_up(registry, [], 600, None, poll_s=0.1)
     writer.join()
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 120  # at the failure, not after the 600 s wait
     # A registry that is just 'starting' forever: the timeout names what is missing.
     write(registry, Endpoint(url=closed, model="m", state="starting"))
     with pytest.raises(ServeError, match=r"not all up after 1s: not ready yet: .* starting"):

@@ -45,12 +45,14 @@ def test_a_server_that_exits_at_once_fails_within_seconds_with_its_log(
     crash = ["sh", "-c", "echo 'ValueError: no such model type: nonsense' >&2; exit 3"]
     launch, _ = fake_launch(tmp_path, 0, argv=crash)
     events: list[FleetEvent] = []
-    fleet = fleets([launch], tmp_path / "endpoints.json", on_event=events.append)
+    fleet = fleets(
+        [launch], tmp_path / "endpoints.json", on_event=events.append, ready_timeout_s=600.0
+    )
     started = time.monotonic()
     fleet.start()
     with pytest.raises(ServeError) as info:
         fleet.wait_ready()
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 120  # at the exit, not after the ready timeout
     message = str(info.value)
     assert "no server became ready" in message
     assert "exited with code 3 before it was ready" in message
@@ -63,13 +65,13 @@ def test_a_server_that_exits_at_once_fails_within_seconds_with_its_log(
 
 
 def test_the_ready_timeout_is_honoured(tmp_path: Path, fleets: Callable[..., Fleet]) -> None:
-    launch, _ = fake_launch(tmp_path, 0, argv=["sleep", "60"])  # alive, never listens
+    launch, _ = fake_launch(tmp_path, 0, argv=["sleep", "600"])  # alive, never listens
     fleet = fleets([launch], tmp_path / "endpoints.json", ready_timeout_s=2.0)
     started = time.monotonic()
     fleet.start()
     with pytest.raises(ServeError, match=r"not ready after 2s.*--ready-timeout"):
         fleet.wait_ready()
-    assert 1.9 <= time.monotonic() - started < 6
+    assert 1.9 <= time.monotonic() - started < 120  # the timeout, not the server's end
     assert states(tmp_path / "endpoints.json") == ["failed"]
     wait_for(
         lambda: not _alive(read_registry(tmp_path / "endpoints.json")),

@@ -122,7 +122,7 @@ def test_the_time_limit_stops_the_servers(
     use_fakes(monkeypatch, [fake_launch(tmp_path, 0, env=dict(os.environ))[0]])
     started = time.monotonic()
     outcome = serve_node(spec(tmp_path, time_limit="3s"), ServeOptions(cwd=tmp_path))
-    assert outcome.reason == "time limit reached" and time.monotonic() - started < 15
+    assert outcome.reason == "time limit reached" and time.monotonic() - started < 120
     assert [e.state for e in read_registry(tmp_path / "endpoints.json")] == ["stopped"]
     assert "time limit reached" in capsys.readouterr().err
 
