@@ -8,6 +8,7 @@ records what it was given (the JobSpec, the settings) and stops there: no engine
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,9 @@ def call(name: str, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Any, .
     def reached(*given: Any, **keywords: Any) -> Any:
         raise Reached(*given, *keywords.values())
 
-    monkeypatch.setattr(f"{module}.{function}", reached)
+    # The module object itself, not the dotted path: `hpcinfer.run` is also the API function
+    # `hpcinfer.run`, which a dotted lookup finds until something imports the subpackage.
+    monkeypatch.setattr(importlib.import_module(module), function, reached)
     with pytest.raises(Reached) as info:
         app([*command.argv, *args], standalone_mode=False)
     return info.value.given
