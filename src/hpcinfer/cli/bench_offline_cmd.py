@@ -204,7 +204,7 @@ def offline(
 def _print_offline(outcome: Any) -> None:
     from rich.table import Table
 
-    from hpcinfer.serve.report import wide_console
+    from hpcinfer.core.terminal import unclipped, wide_console
 
     config, result = outcome.document["config"], outcome.document["result"]
     latency = result["latency_s"]
@@ -241,7 +241,7 @@ def _print_offline(outcome: Any) -> None:
     )
     paths = [str(outcome.json_path), *(str(p) for p in outcome.csv_paths)]
     table.add_row("results", ", ".join(paths))
-    wide_console().print(table)
+    wide_console().print(unclipped(table))
 
 
 @flags.takes(*(f for f in _ENGINE_FLAGS if f != "max_model_len"), *_BENCH_FLAGS, table=BENCH)
@@ -282,7 +282,7 @@ def fom(
 def _print_fom(outcome: Any) -> None:
     from rich.table import Table
 
-    from hpcinfer.serve.report import wide_console
+    from hpcinfer.core.terminal import unclipped, wide_console
 
     config = outcome.document["config"]
     table = Table(
@@ -335,7 +335,7 @@ def _print_fom(outcome: Any) -> None:
         style="bold",
     )
     console = wide_console()
-    console.print(table)
+    console.print(unclipped(table))
     notes = [config["flops_note"], config["mfu_note"]]
     paths = [outcome.json_path, outcome.csv_path]
     if outcome.csv_copy is not None:

@@ -232,7 +232,7 @@ def _print_point(run: Mapping[str, Any]) -> None:
     from rich.table import Table
 
     from hpcinfer.bench.serve_bench import latency_stats
-    from hpcinfer.serve.report import wide_console
+    from hpcinfer.core.terminal import unclipped, wide_console
 
     m = run["metrics"]
     stats = ["mean", "std", *latency_stats(m["percentiles"])[1:]]
@@ -243,7 +243,7 @@ def _print_point(run: Mapping[str, Any]) -> None:
     for name, title in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2E")):
         table.add_row(title, *(_ms(m, f"{stat}_{name}_ms") for stat in stats))
     console = wide_console()
-    console.print(table)
+    console.print(unclipped(table))
     line = (
         f"{m['completed']} ok, {m['failed']} failed in {m['duration']:.2f} s: "
         f"{m['request_throughput']:.2f} req/s, {m['output_throughput']:.1f} output tok/s, "
@@ -263,7 +263,7 @@ def _print_point(run: Mapping[str, Any]) -> None:
 def _print_summary(document: Mapping[str, Any], path: Path) -> None:
     from rich.table import Table
 
-    from hpcinfer.serve.report import wide_console
+    from hpcinfer.core.terminal import unclipped, wide_console
 
     runs = document["runs"]
     table = Table(title=f"bench serve: {len(runs)} point{'s' if len(runs) != 1 else ''}")
@@ -289,7 +289,7 @@ def _print_summary(document: Mapping[str, Any], path: Path) -> None:
             _ms(m, "mean_e2el_ms"),
         )
     console = wide_console()
-    console.print(table)
+    console.print(unclipped(table))
     knee = (document.get("sweep") or {}).get("knee")
     if knee:
         from hpcinfer.bench.sweep import describe_knee
