@@ -215,6 +215,55 @@ def test_every_command_takes_quiet_and_json(
     assert "--quiet" in ran.out and "--json" in ran.out
 
 
+def _feed_hooks(given: tuple[Any, ...]) -> None:
+    """Play the library's part: report through every hook the command handed over (progress
+    lines, notes), as a real run would."""
+    for value in given:
+        if callable(value) and not isinstance(value, type):
+            value("loading the model")
+        note = getattr(value, "note", None)
+        if callable(note):
+            note("a note from the library")
+        on_note = getattr(value, "on_note", None)
+        if callable(on_note):
+            on_note("retrying 2 failed records of 7; 5 ok kept")
+
+
+QUIET_REACHES: dict[str, Callable[[tuple[Any, ...]], bool]] = {
+    "run": lambda given: given[1].quiet and given[1].on_note is None,
+    "serve": lambda given: given[1].quiet and given[1].on_ready is None,
+    "bench serve": lambda given: given[2].quiet,
+}
+JSON_REACHES: dict[str, Callable[[tuple[Any, ...]], bool]] = {
+    "run": lambda given: given[1].quiet and given[1].on_note is None,
+    "serve": lambda given: given[1].on_ready is not None,  # the fleet document, as JSON
+    "bench serve": lambda given: not given[2].tables,
+}
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+@pytest.mark.parametrize("flag", ["--quiet", "-q", "--json"])
+def test_quiet_and_json_reach_the_library_and_silence_the_cli(
+    name: str,
+    flag: str,
+    cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Up to (and through the hooks of) the library call, the CLI prints nothing with --quiet
+    and nothing on stdout with --json (stdout is left to the one JSON document)."""
+    extra = ("prompts.txt",) if name in WITH_INPUTS else ()
+    capsys.readouterr()
+    given = call(name, monkeypatch, *extra, flag)
+    _feed_hooks(given)
+    out, err = capsys.readouterr()
+    assert out == "", out
+    if flag != "--json":
+        assert err == "", err
+    reaches = (JSON_REACHES if flag == "--json" else QUIET_REACHES).get(name)
+    assert reaches is None or reaches(given), given
+
+
 def test_the_registry_is_endpoints_everywhere(capsys: Any) -> None:
     for argv in (("run",), ("submit",), ("serve",), ("endpoints",), ("bench", "serve")):
         with pytest.raises(SystemExit):
