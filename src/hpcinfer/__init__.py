@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers
         bench_serve,
         bench_settings,
         fleet,
-        run,
+        run_batch,
     )
     from hpcinfer.bench.documents import FomDocument, OfflineDocument, ServeDocument
     from hpcinfer.bench.offline import BenchSettings
@@ -67,7 +67,7 @@ __all__ = [
     "fleet",
     "load_job_spec",
     "read_run_json",
-    "run",
+    "run_batch",
     "run_job",
 ]
 
@@ -90,7 +90,7 @@ _LAZY = {
     "fleet": "hpcinfer.api",
     "load_job_spec": "hpcinfer.core.spec_loading",
     "read_run_json": "hpcinfer.run.runinfo",
-    "run": "hpcinfer.api",
+    "run_batch": "hpcinfer.api",
     "run_job": "hpcinfer.run.job",
 }
 

@@ -5,7 +5,7 @@ stops when the caller's `StopSignal` says so, results come back as typed models,
 raise `HpcinferError` subclasses. Every call works from any thread.
 
     spec = hpcinfer.JobSpec.model_validate({"inputs": {"paths": ["prompts.txt"]}})
-    summary = hpcinfer.run(spec, cwd=work)            # RunSummary
+    summary = hpcinfer.run_batch(spec, cwd=work)      # RunSummary
     with hpcinfer.fleet(spec, cwd=work) as f:         # servers stopped on exit, always
         hpcinfer.bench_serve(out_dir, urls=f.urls)    # ServeDocument
 """
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from hpcinfer.spec import JobSpec
 
 
-def run(
+def run_batch(
     spec: JobSpec,
     *,
     cwd: Path | None = None,
@@ -39,7 +39,8 @@ def run(
     progress: bool = False,
 ) -> RunSummary:
     """Run the job (resuming what an earlier run of the same spec committed) and return its
-    summary, the content of `run.json`'s `summary`. `stop.drain()` from another thread ends
+    summary, the content of `run.json`'s `summary`. (Not `hpcinfer.run`: that name is the
+    `hpcinfer.run` package once anything imports it.) `stop.drain()` from another thread ends
     it early (status "incomplete"; committed work is kept). `progress` draws the progress
     line on stderr. `retry_errors` reruns only the error rows already in the output directory.
     Raises HpcinferError subclasses (SpecError, InputError, EngineError...)."""

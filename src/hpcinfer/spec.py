@@ -9,10 +9,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from hpcinfer.core.durations import parse_duration
 from hpcinfer.errors import SpecError
@@ -23,6 +30,17 @@ DEFAULT_MAX_TOKENS = 256
 
 ExportFormat = Literal["jsonl", "text", "parquet"]
 
+
+
+def _seconds(value: object) -> object:
+    """A duration field takes seconds or any form the one duration parser reads (`90s`,
+    `15m`, `1.5h`, `01:30:00`), like every time flag: `--set serve.ready_timeout_s=15m`."""
+    if isinstance(value, str):
+        return parse_duration(value)
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -180,15 +198,15 @@ class ClientSpec(_Model):
     inflight_per_endpoint: int = Field(
         64, ge=1, description="Most requests outstanding on one endpoint."
     )
-    request_timeout_s: float = Field(600.0, gt=0, description="One request, first byte to last.")
-    connect_timeout_s: float = Field(10.0, gt=0)
+    request_timeout_s: Seconds = Field(600.0, gt=0, description="One request, first byte to last.")
+    connect_timeout_s: Seconds = Field(10.0, gt=0)
     retries: int = Field(
         4, ge=0, description="Retries of a record (on another endpoint) before an error row."
     )
     eject_after: int = Field(
         3, ge=1, description="Consecutive failures that take an endpoint out of rotation."
     )
-    all_down_s: float = Field(
+    all_down_s: Seconds = Field(
         120.0,
         gt=0,
         description="Give up (the run fails, committed work kept) when no endpoint has "
@@ -221,7 +239,7 @@ class ServeSpec(_Model):
         None,
         description="Require an API key: the name of the environment variable holding it.",
     )
-    ready_timeout_s: float = Field(
+    ready_timeout_s: Seconds = Field(
         900.0, gt=0, description="A server not ready this long after start is failed."
     )
     log_dir: str | None = Field(None, description="Server logs; default: beside the registry.")

@@ -65,7 +65,7 @@ def test_run_from_a_worker_thread_returns_a_typed_summary(
         tmp_path,
     )
     stop = hpcinfer.StopSignal()
-    summary = in_thread(lambda: hpcinfer.run(spec, cwd=tmp_path, stop=stop))
+    summary = in_thread(lambda: hpcinfer.run_batch(spec, cwd=tmp_path, stop=stop))
     assert isinstance(summary, hpcinfer.RunSummary)
     assert summary.status == "ok" and summary.exit_code == hpcinfer.ExitCode.OK
     assert (summary.records_total, summary.records_ok, summary.records_failed) == (3, 3, 0)
@@ -74,6 +74,10 @@ def test_run_from_a_worker_thread_returns_a_typed_summary(
     assert Path(summary.results_path).is_file()
     recorded = hpcinfer.read_run_json(tmp_path / "out")
     assert recorded.summary == summary
+    # a second call in the same process (the run package is imported by now) resumes: the
+    # directory is not held by the first call, and nothing is redone
+    again = in_thread(lambda: hpcinfer.run_batch(spec, cwd=tmp_path))
+    assert (again.records_total, again.records_ok) == (3, 3)
     assert capfd.readouterr().out == ""
 
 

@@ -47,7 +47,7 @@ def fleet(
     mark = uuid.uuid4().hex
     env = dict(cli_env, HPCINFER_TEST_MARK=mark)
     proc = start_cli(
-        hpcinfer_cmd("serve", "--servers", "2", "--registry", str(registry), "--port", "8610"),
+        hpcinfer_cmd("serve", "--servers", "2", "--endpoints", str(registry), "--port", "8610"),
         root,
         env,
     )

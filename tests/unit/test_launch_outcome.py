@@ -3,15 +3,21 @@ of a failed run (1), not ssh's bare 255; when it is rank 0's host, the others ar
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from hpcinfer.core.processes import Child, spawn
+from hpcinfer.core.stop import StopSignal
 from hpcinfer.errors import LaunchError
 from hpcinfer.exitcodes import ExitCode
-from hpcinfer.launch.outcome import SSH_UNREACHABLE, wait_for_ranks
-from tests.harness import InProcessCLI
+from hpcinfer.launch.outcome import SSH_UNREACHABLE, run_rank_commands, wait_for_ranks
+from tests.harness import InProcessCLI, wait_for
+from tests.processes import group_members
 
 # ssh -o BatchMode=yes HOST COMMAND, as ssh_fanout writes it: "down" cannot be reached,
 # "slow" runs until stopped, any other host succeeds.
@@ -32,11 +38,9 @@ def fake_ssh(tmp_path: Path) -> Path:
     return path
 
 
-def start(
-    fake_ssh: Path, hosts: list[str]
-) -> tuple[list[subprocess.Popen[bytes]], list[list[str]]]:
+def start(fake_ssh: Path, hosts: list[str]) -> tuple[list[Child], list[list[str]]]:
     commands = [[str(fake_ssh), "-o", "BatchMode=yes", host, "true"] for host in hosts]
-    return [subprocess.Popen(c) for c in commands], commands
+    return [spawn(c, env=os.environ, log=None) for c in commands], commands
 
 
 def test_all_ranks_ok_is_rank_0s_code(fake_ssh: Path) -> None:
@@ -58,7 +62,7 @@ def test_rank_0_unreachable_stops_the_ranks_waiting_for_it(fake_ssh: Path) -> No
     procs, commands = start(fake_ssh, ["down", "slow"])
     with pytest.raises(LaunchError, match=r"could not reach down .*no rank ran"):
         wait_for_ranks(procs, commands, "ssh")
-    assert procs[1].poll() is not None, "the rank on 'slow' must be stopped, not left waiting"
+    assert not procs[1].alive(), "the rank on 'slow' must be stopped, not left waiting"
 
 
 def test_other_launchers_keep_their_codes(fake_ssh: Path) -> None:
@@ -86,3 +90,61 @@ def test_run_over_ssh_to_an_unreachable_host_names_it_and_exits_1(
     )
     assert ran.code == ExitCode.FAILED, ran.output
     assert "could not reach down" in ran.err
+
+
+# A launcher that passes SIGTERM on as mpiexec does: the first asks its rank to finish
+# (the rank writes "drain"), a second aborts it ("abort").
+FAKE_LAUNCHER = """
+import signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+def on_term(signum, frame):
+    out.write_text(out.read_text() + ("abort" if out.read_text() else "drain"))
+    if "abort" in out.read_text():
+        sys.exit(4)
+out.write_text("")
+signal.signal(signal.SIGTERM, on_term)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_stop_request_reaches_the_launchers_first_drain_then_abort(tmp_path: Path) -> None:
+    """The launchers run in their own process group (so a killed hpcinfer takes them along);
+    Ctrl-C no longer reaches them from the terminal, so the stop request is passed on."""
+    seen = [tmp_path / "a", tmp_path / "b"]
+    commands = [[sys.executable, "-c", FAKE_LAUNCHER, str(path)] for path in seen]
+    stop = StopSignal()
+    result: list[int] = []
+    waiter = threading.Thread(
+        target=lambda: result.append(run_rank_commands(commands, "mpi", stop))
+    )
+    waiter.start()
+    wait_for(lambda: all(p.exists() for p in seen), 30, "both launchers started")
+    stop.request("signal SIGINT")
+    wait_for(lambda: all(p.read_text() == "drain" for p in seen), 30, "both told to drain")
+    stop.request("signal SIGINT")
+    waiter.join(60)
+    assert result == [4]
+    assert [p.read_text() for p in seen] == ["drainabort", "drainabort"]
+
+
+def test_launchers_die_with_a_killed_hpcinfer(tmp_path: Path) -> None:
+    parent = """
+import sys
+from hpcinfer.launch.outcome import run_rank_commands
+print(flush=True)
+run_rank_commands([["sh", "-c", "sleep 600 & echo $$; wait"]], "mpi")
+"""
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    launcher = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait()
+    wait_for(
+        lambda: group_members(launcher) == [],
+        30,
+        "the launcher and what it started to end with hpcinfer",
+        state=lambda: group_members(launcher),
+    )

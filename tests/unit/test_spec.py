@@ -313,3 +313,26 @@ def test_identity_leaves_out_defaults_so_new_fields_do_not_break_resume() -> Non
     assert identity["inputs"] == {"paths": ["p.txt"]}
     assert identity["sampling"] == {}
     assert "max_tokens_field" not in identity["inputs"]
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "seconds"),
+    [
+        ("serve.ready_timeout_s", "15m", 900.0),
+        ("client.request_timeout_s", "1.5h", 5400.0),
+        ("client.all_down_s", "00:02:00", 120.0),
+        ("client.connect_timeout_s", "30", 30.0),
+    ],
+)
+def test_duration_fields_take_every_form_the_time_flags_take(
+    field: str, text: str, seconds: float
+) -> None:
+    section, name = field.split(".")
+    spec = build_spec({section: {name: text}})
+    assert getattr(getattr(spec, section), name) == seconds
+
+
+def test_a_bad_duration_field_names_the_field_and_the_forms() -> None:
+    with pytest.raises(SpecError) as info:
+        build_spec({"serve": {"ready_timeout_s": "soon"}})
+    assert "serve.ready_timeout_s" in str(info.value) and "1.5h" in str(info.value)

@@ -252,3 +252,12 @@ def test_a_corrupt_manifest_without_committed_units_is_replaced(store: OutputSto
     (store.root / "manifest.json").write_text("{not json")
     assert OutputStore(store.root).prepare("fp", {"model": "m"}, restart=False) is False
     assert json.loads((store.root / "manifest.json").read_text())["fingerprint"] == "fp"
+
+
+def test_unlock_lets_the_next_run_in_this_process_have_the_directory(tmp_path: Path) -> None:
+    first = OutputStore(tmp_path / "out")
+    first.lock()
+    first.unlock()
+    second = OutputStore(tmp_path / "out")
+    second.lock()  # no "in use by another hpcinfer run", although `first` still exists
+    second.unlock()

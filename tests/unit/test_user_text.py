@@ -22,7 +22,10 @@ def user_files() -> list[Path]:
     files = [REPO / "README.md"]
     for folder in ("docs", "src", "bench", "examples"):
         files += [p for p in sorted((REPO / folder).rglob("*")) if p.is_file()]
-    return [p for p in files if "__pycache__" not in p.parts]
+    # build output (an old egg-info copy of the README, caches) is not what users read
+    return [
+        p for p in files if "__pycache__" not in p.parts and not p.parts[-2].endswith(".egg-info")
+    ]
 
 
 def markdown_docs() -> list[Path]:

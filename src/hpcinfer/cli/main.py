@@ -141,9 +141,12 @@ def _rank_context(spec: Any, hostfile: Path | None) -> Any:
         return RankContext(info, spec.workers.launcher)
     if sys.argv[1:2] != ["run"]:
         raise SpecError("--launcher starts ranks from the `hpcinfer run ...` command line only")
+    from hpcinfer.core.stop import StopSignal, signals_feed
     from hpcinfer.run.selflaunch import self_launch
 
-    raise typer.Exit(self_launch(spec, spec.workers.launcher, sys.argv[1:], hostfile))
+    with signals_feed(StopSignal()) as stop:
+        code = self_launch(spec, spec.workers.launcher, sys.argv[1:], hostfile, stop)
+    raise typer.Exit(code)
 
 
 def _print_summary(summary: Any) -> None:

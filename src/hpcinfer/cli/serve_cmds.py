@@ -72,9 +72,13 @@ def serve(spec_file: flags.SPEC_ONLY = None, *, flags: flags.Flags) -> None:
         if rank is None:
             if sys.argv[1:2] != ["serve"]:
                 raise SpecError("--launcher starts ranks from the `hpcinfer serve ...` line only")
+            from hpcinfer.core.stop import StopSignal, signals_feed
             from hpcinfer.serve.launch import launch_serve_ranks
 
-            code = launch_serve_ranks(spec, spec.workers.launcher, sys.argv[1:], flags["hostfile"])
+            with signals_feed(StopSignal()) as stop:
+                code = launch_serve_ranks(
+                    spec, spec.workers.launcher, sys.argv[1:], flags["hostfile"], stop
+                )
             raise typer.Exit(code)
     from hpcinfer.core.stop import signals_feed
 

@@ -86,7 +86,7 @@ def read_registry(path: Path) -> list[Endpoint]:
     except FileNotFoundError:
         raise RegistryError(
             f"endpoints registry {path} does not exist: start servers with `hpcinfer serve "
-            f"--registry {path}`, or pass --url"
+            f"--endpoints {path}`, or pass --url"
         ) from None
     except OSError as exc:
         raise RegistryError(f"endpoints registry {path} cannot be read: {exc}") from None

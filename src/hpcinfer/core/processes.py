@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import IO, TypedDict, Unpack
 
 from hpcinfer.cluster.binding import BindingEnv, apply_env
 from hpcinfer.launch.rank_env import RANK_ENV
@@ -139,23 +139,31 @@ class ProcessOptions(TypedDict, total=False):
 
 
 def start_process(
-    argv: Sequence[str], *, env: Mapping[str, str], log: Path, **options: Unpack[ProcessOptions]
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log: Path | None,
+    **options: Unpack[ProcessOptions],
 ) -> subprocess.Popen[bytes]:
     """Start `argv` as a set-up child (see the module docstring), stdout and stderr to `log`
-    (appended to, or truncated with `fresh_log`), on `cores`, in `cwd`, with `stdin` and the
-    `pass_fds` it inherits. `death_signal` is what the child gets when this thread dies:
-    SIGTERM (the default) for a server, SIGKILL for a child that ignores SIGTERM."""
+    (appended to, or truncated with `fresh_log`; None: ours, as a launcher's ranks print to
+    the user), on `cores`, in `cwd`, with `stdin` and the `pass_fds` it inherits.
+    `death_signal` is what the child gets when this thread dies: SIGTERM (the default) for a
+    server, SIGKILL for a child that ignores SIGTERM."""
     cores = options.get("cores")
     death_signal = int(options.get("death_signal", signal.SIGTERM))
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb" if options.get("fresh_log", False) else "ab") as handle:
+    with contextlib.ExitStack() as stack:
+        output: IO[bytes] | None = None
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            output = stack.enter_context(log.open("wb" if options.get("fresh_log") else "ab"))
         return subprocess.Popen(
             list(argv),
             env=dict(env),
             cwd=options.get("cwd"),
             stdin=options.get("stdin", subprocess.DEVNULL),
-            stdout=handle,
-            stderr=subprocess.STDOUT,
+            stdout=output,
+            stderr=subprocess.STDOUT if output is not None else None,
             pass_fds=tuple(options.get("pass_fds", ())),
             start_new_session=True,
             preexec_fn=_child_setup(
@@ -282,7 +290,11 @@ def group_alive(group: int) -> bool:
 
 
 def spawn(
-    argv: Sequence[str], *, env: Mapping[str, str], log: Path, **options: Unpack[ProcessOptions]
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log: Path | None,
+    **options: Unpack[ProcessOptions],
 ) -> Child:
     """`start_process`, as a Child (with its group's guard)."""
     return Child(start_process(argv, env=env, log=log, **options))

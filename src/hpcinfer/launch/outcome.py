@@ -9,33 +9,72 @@ reached the other ranks would only wait for it, so they are stopped at once.
 
 from __future__ import annotations
 
-import subprocess
+import os
+import signal
 import time
 from collections.abc import Sequence
 
-from hpcinfer.errors import LaunchError
+from hpcinfer.core.processes import Child, spawn, stop_all
+from hpcinfer.core.stop import StopSignal
+from hpcinfer.errors import HardwareError, LaunchError
 
 SSH_UNREACHABLE = 255
 """ssh's exit status for its own failures (connection, authentication, host name)."""
 
 _POLL_S = 0.2
+_STOP_GRACE_S = 30.0
+"""How long launchers get to pass a stop on to their ranks before their groups are killed."""
+
+
+def run_rank_commands(
+    commands: Sequence[Sequence[str]], launcher: str, stop: StopSignal | None = None
+) -> int:
+    """Start every launch command (mpiexec, srun, ssh) and wait for all of them: the one exit
+    code of `wait_for_ranks`.
+
+    Each launcher starts through `core.processes.spawn`: its own process group, the
+    parent-death signal and a guard, so a killed hpcinfer takes its launchers (and, through
+    them, the ranks) along. Being in their own group, they no longer get the terminal's
+    Ctrl-C: a stop request (the CLI feeds it from SIGINT/SIGTERM) is passed to each launcher
+    as SIGTERM, which mpiexec and srun pass to the ranks; the first drains, a second aborts."""
+    children: list[Child] = []
+    try:
+        for command in commands:
+            children.append(spawn(command, env=os.environ, log=None))
+    except FileNotFoundError as exc:
+        stop_all(children, _STOP_GRACE_S)
+        raise HardwareError(f"cannot start the launcher: {exc}") from None
+    try:
+        return wait_for_ranks(children, commands, launcher, stop)
+    finally:  # normally all have exited; on an error, nothing is left running
+        stop_all(children, _STOP_GRACE_S)
 
 
 def wait_for_ranks(
-    procs: Sequence[subprocess.Popen[bytes]], commands: Sequence[Sequence[str]], launcher: str
+    children: Sequence[Child],
+    commands: Sequence[Sequence[str]],
+    launcher: str,
+    stop: StopSignal | None = None,
 ) -> int:
     """Wait for every launch command; rank 0's exit code, else the worst one. Under ssh a
     host that could not be reached is a LaunchError naming it."""
-    codes: list[int | None] = [None] * len(procs)
+    codes: list[int | None] = [None] * len(children)
+    passed_on = 0  # stop requests sent to the launchers (1: drain, 2: abort)
     while any(code is None for code in codes):
-        for i, proc in enumerate(procs):
+        for i, child in enumerate(children):
             if codes[i] is None:
-                codes[i] = proc.poll()
+                codes[i] = child.returncode
         if launcher == "ssh" and codes[0] == SSH_UNREACHABLE:
-            for proc in procs[1:]:
-                if proc.poll() is None:
-                    proc.terminate()
-            codes = [proc.wait() for proc in procs]
+            for child in children[1:]:
+                if child.alive():
+                    child.proc.terminate()
+            codes = [child.proc.wait() for child in children]
+        wanted = 0 if stop is None else 2 if stop.aborted else 1 if stop.requested else 0
+        while passed_on < wanted:
+            passed_on += 1
+            for child in children:
+                if child.alive():
+                    child.proc.send_signal(signal.SIGTERM)
         if any(code is None for code in codes):
             time.sleep(_POLL_S)
     done = [int(code or 0) for code in codes]

@@ -13,6 +13,7 @@ Layout of an output directory:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -78,6 +79,16 @@ class OutputStore:
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
         self._lock_handle = handle
+
+    def unlock(self) -> None:
+        """Let the next run have the directory (a library caller may run again in this
+        process; the lock would otherwise last as long as this object, e.g. in a kept
+        traceback)."""
+        if self._lock_handle is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
+            self._lock_handle.close()
+            self._lock_handle = None
 
     def prepare(
         self,

@@ -104,7 +104,7 @@ def _serve_ranks(spec: JobSpec, options: RunOptions, registry: Path) -> Iterator
     log = registry.with_name("serve.log")
     argv = [
         sys.executable, "-m", "hpcinfer", "serve", str(spec_file),
-        "--launcher", spec.workers.launcher, "--registry", str(registry),
+        "--launcher", spec.workers.launcher, "--endpoints", str(registry),
     ]  # fmt: skip
     # Its own process group and a parent-death signal, like the servers it starts.
     serve = ServerProcess(argv, dict(os.environ), log, cwd=options.cwd)

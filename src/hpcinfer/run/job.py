@@ -99,15 +99,18 @@ def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSum
     started = options.started or time.monotonic()
     job = _prepare(spec, options)
     view = ProgressView(quiet=options.quiet, out_dir=job.store.root)
-    workers = _start_workers(spec, job, cluster)
-    spec = workers.spec
-    try:
-        outcome = _coordinate(spec, options, job, workers, cluster, view)
-    except BaseException:
-        reap_workers(workers.spawned, grace_s=0)
-        view.finished()
-        raise
-    return _finish(spec, job, workers, outcome, started, view)
+    try:  # the directory is released however the run ends: a library caller may run again
+        workers = _start_workers(spec, job, cluster)
+        spec = workers.spec
+        try:
+            outcome = _coordinate(spec, options, job, workers, cluster, view)
+        except BaseException:
+            reap_workers(workers.spawned, grace_s=0)
+            view.finished()
+            raise
+        return _finish(spec, job, workers, outcome, started, view)
+    finally:
+        job.store.unlock()
 
 
 @dataclass
@@ -137,9 +140,13 @@ def _prepare(spec: JobSpec, options: RunOptions) -> _Prepared:
     if retry and options.restart:
         raise SpecError("--retry-errors keeps the ok rows, --restart discards them: choose one")
     store.lock()
-    resumed = store.prepare(
-        digest_identity(identity), identity, restart=options.restart, retry_errors=retry
-    )
+    try:
+        resumed = store.prepare(
+            digest_identity(identity), identity, restart=options.restart, retry_errors=retry
+        )
+    except BaseException:
+        store.unlock()
+        raise
     profile = resolve_profile(spec.workers.profile)
     # Small inputs are planned first (milliseconds), so a small job starts only the workers
     # it can use, each with more devices; large ones are planned while the workers start

@@ -182,7 +182,7 @@ class Fleet:
             self.write()
         except OSError as exc:
             raise SpecError(
-                f"cannot write the endpoints registry {self.registry}: {exc}; pass --registry "
+                f"cannot write the endpoints registry {self.registry}: {exc}; pass --endpoints "
                 "a path in a writable folder (on a file system every node sees, across nodes)"
             ) from None
         self._started = True

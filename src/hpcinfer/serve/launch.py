@@ -3,22 +3,20 @@
 The ranks run this very command line and find themselves in the launcher's rank variables,
 exactly as when the user runs `mpiexec -ppn 1 hpcinfer serve --launcher mpi` (see
 `hpcinfer.launch.rank_commands`, whose launch commands this reuses with one rank per node).
-SIGTERM or SIGINT to this process is passed on to the launcher, which passes it to the
-ranks (MPICH's Hydra and srun do), and each rank stops its servers.
+A stop request (the CLI feeds it from SIGTERM or SIGINT) is passed on to the launcher as
+SIGTERM, which passes it to the ranks (MPICH's Hydra and srun do), and each rank stops its
+servers.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
-from types import FrameType
 
 from hpcinfer.cluster.allocation import read_allocation
-from hpcinfer.errors import HardwareError
-from hpcinfer.launch.outcome import wait_for_ranks
+from hpcinfer.core.stop import StopSignal
+from hpcinfer.launch.outcome import run_rank_commands
 from hpcinfer.launch.rank_commands import launch_commands
 from hpcinfer.serve.plan import check_reachable
 from hpcinfer.serve.server_argv import api_key
@@ -31,8 +29,15 @@ def one_rank_per_node(spec: JobSpec) -> JobSpec:
     return spec.model_copy(update={"workers": spec.workers.model_copy(update={"count": 1})})
 
 
-def launch_serve_ranks(spec: JobSpec, launcher: str, argv: list[str], hostfile: Path | None) -> int:
-    """Start one serve rank per node of the allocation, wait, return the worst exit code."""
+def launch_serve_ranks(
+    spec: JobSpec,
+    launcher: str,
+    argv: list[str],
+    hostfile: Path | None,
+    stop: StopSignal | None = None,
+) -> int:
+    """Start one serve rank per node of the allocation, wait, return the worst exit code. A
+    stop request reaches every rank through its launcher, and each stops its servers."""
     allocation = read_allocation(hostfile=hostfile)
     check_reachable(spec.serve.host, allocation.source != "local" and len(allocation.hosts) > 1)
     api_key(spec.serve, os.environ)  # fail here, not once per rank
@@ -40,19 +45,4 @@ def launch_serve_ranks(spec: JobSpec, launcher: str, argv: list[str], hostfile: 
     commands = launch_commands(
         one_rank_per_node(spec), launcher, rank_command, allocation, dict(os.environ)
     )
-    try:
-        procs = [subprocess.Popen(command) for command in commands]
-    except FileNotFoundError as exc:
-        raise HardwareError(f"cannot start the launcher: {exc}") from None
-
-    def forward(_signum: int, _frame: FrameType | None) -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return wait_for_ranks(procs, commands, launcher)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    return run_rank_commands(commands, launcher, stop)
