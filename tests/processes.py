@@ -88,6 +88,17 @@ def children(pid: int) -> list[int]:
     return []
 
 
+def workers_of(pid: int) -> list[int]:
+    """The run workers among `pid`'s children (each child also has a guard process, which
+    ends the child's group should hpcinfer be killed)."""
+    found = []
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            if b"hpcinfer.run.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+    return found
+
+
 def command_lines(pids: list[int]) -> list[str]:
     """The command lines of those of `pids` still there, for a failure message."""
     lines = []

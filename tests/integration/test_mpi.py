@@ -26,7 +26,7 @@ from tests.conftest import (
     write_prompts,
 )
 from tests.harness import exited, wait_for
-from tests.processes import children
+from tests.processes import workers_of
 
 pytestmark = pytest.mark.integration
 
@@ -173,9 +173,9 @@ def test_a_rank_whose_worker_dies_loses_nothing_the_others_finish(
 
         def kill_rank_1s_worker(launcher: int) -> None:
             assert not list(units.glob("*.jsonl")), "nothing can commit while the server holds"
-            (worker,) = children(_rank_pid(launcher, 1))
+            (worker,) = workers_of(_rank_pid(launcher, 1))
             os.kill(worker, signal.SIGKILL)
-            wait_for(lambda: worker not in children(_rank_pid(launcher, 1)), 30, "the kill")
+            wait_for(lambda: worker not in workers_of(_rank_pid(launcher, 1)), 30, "the kill")
 
         stdout = _three_ranks_at_work(stub, args, tmp_path, cli_env, kill_rank_1s_worker)
     _assert_exactly_once(tmp_path / "out", 240)

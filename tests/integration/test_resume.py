@@ -18,7 +18,7 @@ from tests.conftest import (
     wait_for_units,
     write_prompts,
 )
-from tests.processes import children
+from tests.processes import children, workers_of
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path: Path, cli_env: dict[str
         ["run", "prompts.txt", "--out", "out", "--workers", "2", *COMMON], tmp_path, cli_env
     )
     wait_for_units(tmp_path / "out", 2, proc)
-    workers = children(proc.pid)
+    workers = workers_of(proc.pid)
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=300)
