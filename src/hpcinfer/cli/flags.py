@@ -18,6 +18,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from hpcinfer.core.durations import FORMS
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -51,7 +53,8 @@ def seconds(what: str) -> Any:
     return parse
 
 
-DURATION_FORMS = "90s, 45m, 1.5h, 2d, 01:30:00 or 1-12:00:00"
+DURATION_FORMS = FORMS
+"""The duration forms every time flag takes (one parser: core.durations), for help texts."""
 
 
 @dataclass(frozen=True)
