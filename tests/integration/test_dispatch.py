@@ -218,12 +218,14 @@ def test_kill_9_mid_dispatch_then_rerun_completes_exactly_once(tmp_path: Path) -
             tmp_path,
             _env(),
         )  # fmt: skip
+        # kill once units are committed (answers reach the stub's count before the worker
+        # commits them: on a loaded machine 40 answers could mean nothing committed yet)
+        units = tmp_path / "out" / "units"
         wait_for(
-            lambda: stub.stats()["ok"] >= 40,
+            lambda: len(list(units.glob("*.jsonl"))) >= 2 or proc.poll() is not None,
             120,
-            "40 records answered",
+            "2 committed units",
             state=stub.stats,
-            give_up=lambda: exited(proc),
             interval=0.02,
         )
         os.killpg(proc.pid, signal.SIGKILL)

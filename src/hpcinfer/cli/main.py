@@ -262,7 +262,16 @@ _register_commands()
 
 
 def main() -> None:
-    """Console entry point: errors hpcinfer raises on purpose print without a traceback."""
+    """Console entry point: errors hpcinfer raises on purpose print without a traceback, and
+    a Ctrl-C is exit 4 (incomplete) wherever it lands, also while the exit code is being
+    handed back (a second Ctrl-C racing the end of a stopped run gave a traceback and -2)."""
+    try:
+        _main()
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INCOMPLETE))
+
+
+def _main() -> None:
     from typer.main import get_command
 
     from hpcinfer.cli.metavars import clean_metavars
