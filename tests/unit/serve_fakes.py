@@ -110,15 +110,23 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def http_server(model: str = "m", key: str | None = None) -> Iterator[tuple[str, list]]:
-    """An OpenAI-like server in a thread: (its URL, the Authorization headers it saw)."""
-    seen: list[str | None] = []
-    handler = type("Handler", (_Handler,), {"model": model, "key": key, "seen_auth": seen})
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` answering on a free 127.0.0.1 port in a thread: its base URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+        thread.join()
+
+
+@contextmanager
+def http_server(model: str = "m", key: str | None = None) -> Iterator[tuple[str, list]]:
+    """An OpenAI-like server in a thread: (its URL, the Authorization headers it saw)."""
+    seen: list[str | None] = []
+    handler = type("Handler", (_Handler,), {"model": model, "key": key, "seen_auth": seen})
+    with serving(handler) as url:
+        yield url, seen

@@ -7,7 +7,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import aiohttp
@@ -23,6 +23,7 @@ from hpcinfer.core.server_probe import (
     list_models_async,
 )
 from hpcinfer.testing.stub_server import StubServer
+from tests.unit.serve_fakes import serving
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +64,8 @@ def not_openai_url() -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(Handler) as url:
+        yield url
 
 
 def test_a_ready_server_lists_its_model(stub: StubServer) -> None:
@@ -129,16 +123,12 @@ def rendezvous_url() -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        both_in.abort()
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(Handler) as url:
+        try:
+            yield url
+        finally:
+            both_in.abort()  # release handlers still waiting before the server stops
+
 
 
 def test_many_servers_are_checked_at_once_in_their_order(
