@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 
+from hpcinfer.cluster.allocation import Allocation
 from hpcinfer.core.processes import Child, spawn, stop_all
 from hpcinfer.core.stop import StopSignal
 from hpcinfer.errors import HardwareError, LaunchError
+from hpcinfer.launch.rank_commands import launch_commands
+from hpcinfer.spec import JobSpec
 
 SSH_UNREACHABLE = 255
 """ssh's exit status for its own failures (connection, authentication, host name)."""
@@ -24,6 +28,20 @@ SSH_UNREACHABLE = 255
 _POLL_S = 0.2
 _STOP_GRACE_S = 30.0
 """How long launchers get to pass a stop on to their ranks before their groups are killed."""
+
+
+def launch_self(
+    spec: JobSpec,
+    launcher: str,
+    argv: Sequence[str],
+    allocation: Allocation,
+    stop: StopSignal | None = None,
+) -> int:
+    """Start the ranks of `hpcinfer <argv>` (run or serve) over `allocation` with `launcher`
+    and wait for them (`run_rank_commands`): each rank runs this very command line."""
+    rank_command = [sys.executable, "-m", "hpcinfer", *argv]
+    commands = launch_commands(spec, launcher, rank_command, allocation, dict(os.environ))
+    return run_rank_commands(commands, launcher, stop)
 
 
 def run_rank_commands(

@@ -8,14 +8,11 @@ group of the hardware profile; nodes: the allocation (PBS, Slurm, --hostfile, or
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 from hpcinfer.cluster.allocation import read_allocation
 from hpcinfer.core.stop import StopSignal
-from hpcinfer.launch.outcome import run_rank_commands
-from hpcinfer.launch.rank_commands import launch_commands
+from hpcinfer.launch.outcome import launch_self
 from hpcinfer.spec import JobSpec
 
 
@@ -28,8 +25,4 @@ def self_launch(
 ) -> int:
     """Start the ranks running `hpcinfer <argv>` and return rank 0's exit code. A stop
     request reaches the ranks through their launchers (rank 0 drains, then aborts)."""
-    rank_command = [sys.executable, "-m", "hpcinfer", *argv]
-    commands = launch_commands(
-        spec, launcher, rank_command, read_allocation(hostfile=hostfile), dict(os.environ)
-    )
-    return run_rank_commands(commands, launcher, stop)
+    return launch_self(spec, launcher, argv, read_allocation(hostfile=hostfile), stop)

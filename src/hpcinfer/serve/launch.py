@@ -11,13 +11,11 @@ servers.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from hpcinfer.cluster.allocation import read_allocation
 from hpcinfer.core.stop import StopSignal
-from hpcinfer.launch.outcome import run_rank_commands
-from hpcinfer.launch.rank_commands import launch_commands
+from hpcinfer.launch.outcome import launch_self
 from hpcinfer.serve.plan import check_reachable
 from hpcinfer.serve.server_argv import api_key
 from hpcinfer.spec import JobSpec
@@ -41,8 +39,4 @@ def launch_serve_ranks(
     allocation = read_allocation(hostfile=hostfile)
     check_reachable(spec.serve.host, allocation.source != "local" and len(allocation.hosts) > 1)
     api_key(spec.serve, os.environ)  # fail here, not once per rank
-    rank_command = [sys.executable, "-m", "hpcinfer", *argv]
-    commands = launch_commands(
-        one_rank_per_node(spec), launcher, rank_command, allocation, dict(os.environ)
-    )
-    return run_rank_commands(commands, launcher, stop)
+    return launch_self(one_rank_per_node(spec), launcher, argv, allocation, stop)
