@@ -31,7 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -101,8 +101,3 @@ def load_results(directory: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}: not a {kind} result (its 'kind' is missing or wrong)")
         found.append(document)
     return found
-
-
-def iter_kinds(documents: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The kinds present, for messages ('found serve, fom')."""
-    return [str(document.get("kind")) for document in documents]

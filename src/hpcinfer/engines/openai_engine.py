@@ -147,9 +147,6 @@ class OpenAIEngine:
         with contextlib.suppress(RuntimeError):
             self._loop.close()
 
-    def endpoint_counts(self) -> dict[str, int]:
-        return self._pool.counts()
-
     # -- on the event loop ------------------------------------------------------------------
 
     async def _start(self) -> str:
