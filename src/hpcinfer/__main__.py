@@ -1,3 +1,3 @@
-from hpcinfer.cli.main import main
+from hpcinfer.cli.main import console
 
-main()
+console()

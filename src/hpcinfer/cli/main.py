@@ -5,15 +5,21 @@ Nothing heavy is imported at module level, so `hpcinfer --help` is instant.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
+import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from hpcinfer.cli import flags
+from hpcinfer.core.stop import STOP_SIGNALS
 from hpcinfer.core.terminal import unclipped, wide_console
 from hpcinfer.errors import HpcinferError, SpecError
 from hpcinfer.exitcodes import ExitCode
@@ -262,13 +268,40 @@ _register_commands()
 
 
 def main() -> None:
-    """Console entry point: errors hpcinfer raises on purpose print without a traceback, and
-    a Ctrl-C is exit 4 (incomplete) wherever it lands, also while the exit code is being
-    handed back (a second Ctrl-C racing the end of a stopped run gave a traceback and -2)."""
+    """Run one command as the console script does (tests call this in-process): errors
+    hpcinfer raises on purpose print without a traceback, and a Ctrl-C is exit 4
+    (incomplete) wherever it lands in the command."""
     try:
         _main()
     except KeyboardInterrupt:
         sys.exit(int(ExitCode.INCOMPLETE))
+
+
+def console() -> None:
+    """The installed `hpcinfer` command: `main`, and once its exit code is decided a Ctrl-C
+    or SIGTERM during interpreter shutdown is exit 4 too. A KeyboardInterrupt escaping `main`
+    there, or a signal after Python's finalization has set the handlers back to the
+    default, gave exit -2 when a second Ctrl-C raced the end of a stopped run."""
+    try:
+        main()
+    finally:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _leave_incomplete)
+        # atexit runs the last registered first: from here on (other exit handlers, then the
+        # finalization that resets Python-level handlers) a stop signal is ignored.
+        atexit.register(_ignore_stop_signals)
+
+
+def _leave_incomplete(_signum: int, _frame: FrameType | None) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a stream mid-write or closed: exit regardless
+            stream.flush()
+    os._exit(int(ExitCode.INCOMPLETE))
+
+
+def _ignore_stop_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _main() -> None:
@@ -297,4 +330,4 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    console()
