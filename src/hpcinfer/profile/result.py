@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from hpcinfer.core.documents import read_document
+from hpcinfer.core.startup_phases import StartupPhases as StartupPhases  # its home: core
 from hpcinfer.profile.experiment import ExperimentConfig
 
 PROFILE_FILE = "profile.json"
@@ -58,17 +59,6 @@ class ProfilerOverhead(_Doc):
     @property
     def overhead_pct(self) -> float:
         return 100.0 * (self.step_ms_profiled / self.step_ms_unprofiled - 1.0)
-
-
-class StartupPhases(_Doc):
-    """Seconds per start-up phase; None where the engine did not say."""
-
-    imports_s: float | None = None
-    model_load_s: float | None = None
-    kv_cache_s: float | None = None
-    compile_s: float | None = None
-    first_token_s: float | None = None
-    total_s: float | None = None
 
 
 class RankFiles(_Doc):
