@@ -142,6 +142,10 @@ def test_request_bodies_and_urls() -> None:
     assert body["prompt"] == [1, 2, 3] and body["max_tokens"] == 4
     assert body["ignore_eos"] is True and body["temperature"] == 0.0 and body["top_p"] == 0.5
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert not {"seed", "top_k", "stop"} & set(body)  # sent only when asked for
+    sampled = request_body(ids, LoadOptions("m", seed=7, top_k=5, top_p=0.9, stop=("END",)))
+    assert (sampled["seed"], sampled["top_k"], sampled["top_p"]) == (7, 5, 0.9)
+    assert sampled["stop"] == ["END"]
     chat = request_body(
         BenchRequest(source="p.jsonl:2", output_len=2, prompt="hi"), LoadOptions("m", api="chat")
     )

@@ -55,7 +55,7 @@ def flags(tmp_path: Path, **changes: Any) -> dict[str, Any]:
         "request_rate": "inf",
         "burstiness": 1.0,
         "max_concurrency": None,
-        "seed": 0,
+        "dataset_seed": 0,
         "percentiles": "50,90,99",
         "slo": None,
         "tokenizer": None,

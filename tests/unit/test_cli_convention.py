@@ -167,6 +167,83 @@ def test_model_names_the_model(name: str, cwd: Path, monkeypatch: pytest.MonkeyP
     assert chosen == "org/m"
 
 
+def test_bench_serve_reads_a_spec_file_and_inputs_as_run_does(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bench serve [SPEC.yaml] [INPUT...]`: the spec's model (a path from its folder) and
+    inputs, replaced by inputs named after it; --set wins over both."""
+    options = call("bench serve", monkeypatch, "jobs/job.yaml")[0]
+    assert options.model == str((cwd / "jobs" / "weights").resolve())
+    assert options.inputs == (str(cwd / "jobs" / "p.txt"),)
+    options = call("bench serve", monkeypatch, "jobs/job.yaml", "prompts.txt", "more/")[0]
+    assert options.inputs == ("prompts.txt", "more/")
+    options = call("bench serve", monkeypatch, "prompts.txt", "--set", "model=org/x")[0]
+    assert options.model == "org/x" and options.inputs == ("prompts.txt",)
+
+
+SAMPLING_OF: dict[str, Callable[[tuple[Any, ...]], dict[str, Any]]] = {
+    "run": lambda given: given[0].sampling.model_dump(),
+    "submit": lambda given: given[0].sampling.model_dump(),
+    "bench serve": lambda given: {
+        "temperature": given[0].temperature,
+        "top_p": given[0].top_p,
+        "top_k": given[0].top_k,
+        "seed": given[0].seed,
+        "stop": list(given[0].stop),
+        "ignore_eos": given[0].ignore_eos,
+    },
+}
+"""What each command that samples received, by JobSpec sampling field."""
+SAMPLING_FLAGS = [
+    (("--temperature", "0.7"), "temperature", 0.7),
+    (("--top-p", "0.9"), "top_p", 0.9),
+    (("--top-k", "5"), "top_k", 5),
+    (("--seed", "7"), "seed", 7),
+    (("--stop", "END", "--stop", "\n\n"), "stop", ["END", "\n\n"]),
+    (("--ignore-eos",), "ignore_eos", True),
+    (("--no-ignore-eos",), "ignore_eos", False),
+]
+
+
+@pytest.mark.parametrize("name", list(SAMPLING_OF))
+@pytest.mark.parametrize(("argv", "field", "value"), SAMPLING_FLAGS, ids=lambda v: str(v))
+def test_every_sampling_flag_means_the_same_on_every_command(
+    name: str,
+    argv: tuple[str, ...],
+    field: str,
+    value: Any,
+    cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shared sampling flags set the same sampling field wherever they are taken."""
+    extra = ("prompts.txt",) if name in WITH_INPUTS else ()
+    assert SAMPLING_OF[name](call(name, monkeypatch, *extra, *argv))[field] == value
+
+
+def test_bench_serve_seeds_sampling_with_seed_and_its_prompts_with_dataset_seed(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = call("bench serve", monkeypatch, "--seed", "7")[0]
+    assert (options.seed, options.dataset_seed) == (7, 0)
+    options = call("bench serve", monkeypatch, "--dataset-seed", "3")[0]
+    assert (options.seed, options.dataset_seed) == (None, 3)
+
+
+def test_bench_serve_is_greedy_with_exact_lengths_unless_told(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load test's own defaults (temperature 0, ignore_eos), which a flag, the spec file
+    or --set changes; top_p 1 (the default) is not sent."""
+    options = call("bench serve", monkeypatch)[0]
+    assert (options.temperature, options.ignore_eos, options.top_p) == (0.0, True, None)
+    assert options.seed is None and options.stop == ()
+    (cwd / "greedy.yaml").write_text("sampling:\n  temperature: 0.5\n  ignore_eos: false\n")
+    options = call("bench serve", monkeypatch, "greedy.yaml")[0]
+    assert (options.temperature, options.ignore_eos) == (0.5, False)
+    options = call("bench serve", monkeypatch, "--set", "sampling.ignore_eos=false")[0]
+    assert (options.temperature, options.ignore_eos) == (0.0, False)
+
+
 @pytest.mark.parametrize("text", ["1.5h", "01:30:00", "90m", "5400s", "0-01:30:00"])
 @pytest.mark.parametrize("name", ["run", "submit", "serve"])
 def test_time_limit_takes_every_duration_form(

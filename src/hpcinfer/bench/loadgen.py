@@ -75,6 +75,10 @@ class LoadOptions:
     api: Literal["completions", "chat"] = "completions"
     ignore_eos: bool = True
     temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
     timeout_s: float = 600.0
     api_key: str | None = field(default=None, repr=False)
     extra_body: dict[str, Any] | None = None
@@ -160,6 +164,10 @@ def request_body(request: BenchRequest, options: LoadOptions) -> dict[str, Any]:
             prompt=request.prompt,
             messages=request.messages,
             temperature=options.temperature,
+            top_p=options.top_p,
+            top_k=options.top_k,
+            seed=options.seed,
+            stop=list(options.stop),
             ignore_eos=options.ignore_eos,
             extra=options.extra_body,
         )

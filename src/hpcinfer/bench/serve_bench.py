@@ -130,7 +130,8 @@ class ServeBenchOptions:
     rates: tuple[float, ...] = (math.inf,)
     burstiness: float = 1.0
     concurrencies: tuple[int | None, ...] = (None,)
-    seed: int = 0
+    dataset_seed: int = 0
+    """Seed of the random prompts, their lengths and the arrival times (not of sampling)."""
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
     slo: Mapping[str, float] | None = None
     tokenizer: Path | None = None
@@ -139,6 +140,12 @@ class ServeBenchOptions:
     timeout_s: float = 600.0
     temperature: float = 0.0
     ignore_eos: bool = True
+    """Greedy, exact lengths by default: every request generates --output-len tokens."""
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    """The sampling seed sent with every request, as `run --seed` (None: not sent)."""
+    stop: tuple[str, ...] = ()
     api_key_env: str | None = None
     api_key: str | None = field(default=None, repr=False, compare=False)
     command: tuple[str, ...] = ()
@@ -178,7 +185,7 @@ class ServeBenchOptions:
             "request_rates": [None if math.isinf(r) else r for r in self.rates],
             "burstiness": None if math.isinf(self.burstiness) else self.burstiness,
             "max_concurrencies": list(self.concurrencies),
-            "seed": self.seed,
+            "dataset_seed": self.dataset_seed,
             "percentiles": list(self.percentiles),
             "slo": dict(self.slo) if self.slo else None,
             "tokenizer": str(self.tokenizer) if self.tokenizer else None,
@@ -187,6 +194,10 @@ class ServeBenchOptions:
             "timeout_s": self.timeout_s,
             "temperature": self.temperature,
             "ignore_eos": self.ignore_eos,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "stop": list(self.stop),
             "api_key_env": self.api_key_env,
             "sweep_rates": self.sweep,
         }
@@ -350,7 +361,7 @@ def build_workload(options: ServeBenchOptions, model: ServedModel, cwd: Path) ->
             options.input_len,
             options.output_len,
             vocab,
-            seed=options.seed,
+            seed=options.dataset_seed,
             range_ratio=options.range_ratio,
         )
         text = (
@@ -435,7 +446,7 @@ def run_point(
     progress: Callable[[int, int], None] | None,
 ) -> dict[str, Any]:
     """Send the workload on the point's schedule; the point's `runs` entry."""
-    schedule = point.schedule(len(workload.requests), options.burstiness, options.seed)
+    schedule = point.schedule(len(workload.requests), options.burstiness, options.dataset_seed)
     before = prometheus.scrape(endpoints, api_key=options.api_key)
     result = _load(endpoints, workload.requests, schedule, load_options, progress)
     after = prometheus.scrape(endpoints, api_key=options.api_key)
@@ -600,6 +611,10 @@ def run_serve_bench(
         api=options.api,
         ignore_eos=options.ignore_eos,
         temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=options.top_k,
+        seed=options.seed,
+        stop=options.stop,
         timeout_s=options.timeout_s,
         api_key=options.api_key,
     )

@@ -12,14 +12,20 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from hpcinfer.cli import flags
+from hpcinfer.cli.bench_offline_cmd import BENCH
 from hpcinfer.errors import SpecError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from hpcinfer.spec import SamplingSpec
 
 SERVE_EPILOG = (
     "Example (a stub server, no model: `python -m hpcinfer.testing.stub_server --port 8000 "
@@ -39,6 +45,12 @@ SERVE_EPILOG = (
 DEFAULT_OUT = Path("bench-out")
 BENCH_INPUTS = ("input_format", "prompt_field", "template", "max_tokens_field")
 """`run`'s input flags that apply to a benchmark (record ids play no part in one)."""
+BENCH_SAMPLING = tuple(name for name in flags.SAMPLING if name != "max_tokens")
+"""`run`'s sampling flags; the output length is --output-len (`vllm bench serve`'s name)."""
+SAMPLING_DEFAULTS: dict[str, Any] = {"temperature": 0.0, "ignore_eos": True}
+"""Where a load test differs from `run` unless told otherwise (flag, spec file or --set):
+greedy, and exact lengths, so every request generates --output-len tokens, as `vllm bench
+serve` does."""
 _PROGRESS_EVERY_S = 0.5
 
 
@@ -47,6 +59,27 @@ def _parse(flag: str, parser: Any, text: str) -> Any:
         return parser(text)
     except ValueError as exc:
         raise SpecError(f"{flag}: {exc}") from None
+
+
+def _given(section: BaseModel, name: str) -> Any:
+    """The field's value when the flags, spec file or --set gave it, else None."""
+    return getattr(section, name) if name in section.model_fields_set else None
+
+
+def sampling_options(sampling: SamplingSpec) -> dict[str, Any]:
+    """build_options' sampling arguments from the spec's sampling section: what was given,
+    the benchmark's own defaults (SAMPLING_DEFAULTS) for the rest; top_p 1 is not sent."""
+    chosen = {
+        name: getattr(sampling, name) if name in sampling.model_fields_set else default
+        for name, default in SAMPLING_DEFAULTS.items()
+    }
+    return {
+        **chosen,
+        "top_p": None if sampling.top_p == 1.0 else sampling.top_p,
+        "top_k": sampling.top_k,
+        "seed": sampling.seed,
+        "stop": list(sampling.stop),
+    }
 
 
 def build_options(
@@ -63,7 +96,7 @@ def build_options(
     request_rate: str,
     burstiness: float,
     max_concurrency: str | None,
-    seed: int,
+    dataset_seed: int,
     percentiles: str,
     slo: str | None,
     tokenizer: Path | None,
@@ -81,8 +114,13 @@ def build_options(
     template: str | None = None,
     max_tokens_field: str | None = None,
     sweep: int | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
 ) -> Any:
-    """Every flag checked, each problem a SpecError naming the flag and the fix."""
+    """Every flag checked, each problem a SpecError naming the flag and the fix. `seed` is
+    the sampling seed (as `run --seed`), `dataset_seed` that of the prompts and arrivals."""
     from hpcinfer.bench.arrivals import parse_concurrencies, parse_rates
     from hpcinfer.bench.metrics import parse_percentiles, parse_slo
     from hpcinfer.bench.serve_bench import ServeBenchOptions
@@ -159,7 +197,7 @@ def build_options(
         rates=tuple(rates),
         burstiness=burstiness,
         concurrencies=tuple(concurrencies),
-        seed=seed,
+        dataset_seed=dataset_seed,
         percentiles=chosen,
         slo=bounds,
         tokenizer=None if tokenizer is None else cwd / tokenizer,
@@ -168,6 +206,10 @@ def build_options(
         timeout_s=timeout,
         temperature=temperature,
         ignore_eos=ignore_eos,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        stop=tuple(stop),
         api_key_env=api_key_env,
         api_key=resolve_api_key(api_key_env),
         command=tuple(sys.argv),
@@ -302,15 +344,20 @@ def _print_summary(document: Mapping[str, Any], path: Path) -> None:
 # the command
 
 
-@flags.takes("url", "endpoints", "model", "api_key_env", "out", *BENCH_INPUTS, *flags.OUTPUT_MODE)
+@flags.takes(
+    "url", "endpoints", "model", "api_key_env", "out", *BENCH_INPUTS, *BENCH_SAMPLING,
+    *flags.COMMON, table={"out": BENCH["out"]},
+)  # fmt: skip
 def serve(
-    inputs: Annotated[
+    args: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[INPUT...]",
-            help="Prompt files, directories or globs, read as `run` reads them (text, JSONL "
-            "prompts or chat messages, CSV/TSV/Parquet with --prompt-field or --template); "
-            "chat records go to /v1/chat/completions. Default: random token-id prompts.",
+            metavar="SPEC.yaml INPUT...",
+            help="A job spec first (optional: its model, client, inputs and sampling "
+            "sections), then prompt files, directories or globs, read as `run` reads them "
+            "(text, JSONL prompts or chat messages, CSV/TSV/Parquet with --prompt-field or "
+            "--template); chat records go to /v1/chat/completions. Default: random token-id "
+            "prompts.",
             show_default=False,
         ),
     ] = None,
@@ -330,7 +377,10 @@ def serve(
     output_len: Annotated[
         int,
         typer.Option(
-            "--output-len", "--random-output-len", min=1, help="Tokens to generate (ignore_eos)."
+            "--output-len",
+            "--random-output-len",
+            min=1,
+            help="Tokens to generate (exactly, with the default --ignore-eos).",
         ),
     ] = 128,
     num_prompts: Annotated[
@@ -371,7 +421,13 @@ def serve(
         str | None,
         typer.Option(help="Most requests in flight, comma list for a sweep (default: no limit)."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random prompts and arrivals.")] = 0,
+    dataset_seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the random prompts, their lengths and the arrival times (--seed is "
+            "the sampling seed, as in `run`)."
+        ),
+    ] = 0,
     percentiles: Annotated[
         str, typer.Option(help="Latency percentiles to report, e.g. 50,90,99.")
     ] = "50,90,99",
@@ -401,13 +457,6 @@ def serve(
             help=f"How long one request may take ({flags.DURATION_FORMS}; default 10m).",
         ),
     ] = 600.0,
-    temperature: Annotated[
-        float, typer.Option(min=0, help="Sampling temperature (0: greedy).")
-    ] = 0.0,
-    ignore_eos: Annotated[
-        bool,
-        typer.Option("--ignore-eos/--no-ignore-eos", help="Generate exactly --output-len."),
-    ] = True,
     *,
     flags: flags.Flags,
 ) -> None:
@@ -415,14 +464,21 @@ def serve(
     figures: TTFT, TPOT, ITL, E2E, throughput, goodput), with the servers' /metrics.
 
     Each sweep point sends the same --num-prompts requests all at once, at a fixed
-    concurrency, or at a request rate with Poisson/gamma arrivals, over every endpoint."""
+    concurrency, or at a request rate with Poisson/gamma arrivals, over every endpoint.
+    The sampling flags are `run`'s; unless given (flag, spec file or --set), sampling is
+    greedy (--temperature 0) with --ignore-eos, so each request generates exactly
+    --output-len tokens."""
     from hpcinfer.bench.serve_bench import BenchError, run_serve_bench
+    from hpcinfer.core.spec_loading import load_job_spec, split_spec_and_inputs
 
-    registry, out = flags["endpoints"], flags["out"]
+    spec_file, inputs = split_spec_and_inputs(args or [])
+    spec = load_job_spec(spec_file, inputs, flags.spec_fields(), flags.sets)
+    out = flags["out"]
+    registry = spec.client.registry
     options = build_options(
-        url=flags["url"],
+        url=spec.client.urls,
         endpoints=None if registry is None else Path(registry),
-        model=flags["model"],
+        model=spec.model,
         api=api,
         dataset=dataset,
         input_len=input_len,
@@ -432,24 +488,23 @@ def serve(
         request_rate=request_rate,
         burstiness=burstiness,
         max_concurrency=max_concurrency,
-        seed=seed,
+        dataset_seed=dataset_seed,
         percentiles=percentiles,
         slo=slo,
         tokenizer=tokenizer,
         vocab_size=vocab_size,
         warmup=warmup,
         timeout=timeout,
-        temperature=temperature,
-        ignore_eos=ignore_eos,
-        api_key_env=flags["api_key_env"],
+        api_key_env=_given(spec.client, "api_key_env"),
         out=DEFAULT_OUT if out is None else Path(out),
         cwd=Path.cwd(),
-        inputs=inputs,
-        input_format=flags["input_format"],
-        prompt_field=flags["prompt_field"],
-        template=flags["template"],
-        max_tokens_field=flags["max_tokens_field"],
+        inputs=spec.inputs.paths,
+        input_format=spec.inputs.format,
+        prompt_field=spec.inputs.prompt_field,
+        template=spec.inputs.template,
+        max_tokens_field=spec.inputs.max_tokens_field,
         sweep=sweep,
+        **sampling_options(spec.sampling),
     )
     json_out = flags.json_out
     reporter = ConsoleReporter(tables=not json_out, quiet=flags.quiet)

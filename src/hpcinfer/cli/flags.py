@@ -139,7 +139,11 @@ FLAGS: dict[str, Flag] = {
     "seed": Flag(_opt(int | None, help="Sampling seed."), "sampling.seed"),
     "stop": Flag(_opt(list[str] | None, help="Stop string (repeatable)."), "sampling.stop"),
     "ignore_eos": Flag(
-        _bool("ignore-eos", "Generate max_tokens even past the end-of-sequence token."),
+        _bool(
+            "ignore-eos",
+            "Generate max_tokens even past the end-of-sequence token (bench serve: "
+            "--output-len, on unless --no-ignore-eos).",
+        ),
         "sampling.ignore_eos",
     ),
     # -- inputs --------------------------------------------------------------------------
