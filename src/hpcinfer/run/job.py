@@ -52,7 +52,12 @@ from hpcinfer.run.policy import (
     max_inflight,
     rank_placement,
 )
-from hpcinfer.run.preflight import check_model_present, served_model, workers_notes
+from hpcinfer.run.preflight import (
+    check_lora,
+    check_model_present,
+    served_model,
+    workers_notes,
+)
 from hpcinfer.run.progress import ProgressView
 from hpcinfer.run.ranks import JOIN_WAIT_S, RankContext, coordinator_hosts, make_rendezvous
 from hpcinfer.run.runinfo import write_run_json
@@ -70,6 +75,7 @@ def run_job(spec: JobSpec, options: RunOptions, ctx: RankContext | None = None) 
     if options.started is None:
         options = dataclasses.replace(options, started=time.monotonic())
     check_model_present(spec, options.cwd)
+    check_lora(spec, options.cwd)
     if kind_of(spec).starts_fleet(spec):
         from hpcinfer.run.fleet_job import run_with_fleet
 

@@ -6,6 +6,8 @@ error row per record after minutes of model loading (the template check is
   (nothing is downloaded at run time), with the help `hpcinfer stage` gives;
 - `--engine openai`: the model name against what the servers list at `/v1/models` (no
   --model: the one model they serve);
+- the LoRA adapters (`engine.lora_adapters`): each a loadable adapter directory, since a
+  bad one found by vLLM mid-run kills the engine with every record in flight;
 - an explicit `--workers N` that cannot be honoured: said, not silently shrunk.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from hpcinfer.cluster.placement import PlacementPlan
 from hpcinfer.core.server_probe import check_servers
 from hpcinfer.engines.kinds import kind_of
+from hpcinfer.engines.lora_adapters import check_lora_adapters
 from hpcinfer.engines.openai_engine import Target
 from hpcinfer.errors import SpecError
 from hpcinfer.spec import JobSpec
@@ -39,6 +42,12 @@ def check_model_present(spec: JobSpec, cwd: Path, env: Mapping[str, str] | None 
     if downloads and not is_model_path(spec.model, cwd) and is_hf_id(spec.model):
         return
     resolve_source(spec.model, env, cwd)
+
+
+def check_lora(spec: JobSpec, cwd: Path) -> None:
+    """Raise (exit 2) naming the file and the fix when an adapter directory of the job's
+    `engine.lora_adapters` does not hold a LoRA adapter vLLM can load."""
+    check_lora_adapters(spec.engine.lora_adapters, cwd)
 
 
 def served_model(spec: JobSpec, targets: Sequence[Target]) -> str | None:
