@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +36,7 @@ def test_record_fields_override_the_job_sampling() -> None:
     assert structured_kwargs(rec(temperature=0.0)) is None
 
 
-def test_lora_needs_the_adapter_named_in_the_spec() -> None:
+def test_lora_needs_the_adapter_named_in_the_spec(tmp_path: Path) -> None:
     none = LoraChooser({}, lambda *a: a)
     with pytest.raises(RecordRejected, match=r"--set engine.lora_adapters.sql=/path/to/adapter"):
         none.request_for(rec(lora="sql"))
@@ -44,8 +45,13 @@ def test_lora_needs_the_adapter_named_in_the_spec() -> None:
     assert chooser.request_for(rec()) is None
     with pytest.raises(RecordRejected, match=r"lora='x' is not one of the job's adapters \(chat"):
         chooser.request_for(rec(lora="x"))
-    setup = EngineSetup("/m", "m", EngineSpec(lora_adapters={"sql": "/a"}), SamplingSpec(), True)
-    assert llm_kwargs(setup)["enable_lora"] is True
+    (tmp_path / "adapter_config.json").write_text('{"r": 20, "target_modules": ["q_proj"]}')
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"{}")
+    engine = EngineSpec(lora_adapters={"sql": str(tmp_path)})
+    kwargs = llm_kwargs(EngineSetup("/m", "m", engine, SamplingSpec(), False))
+    assert (kwargs["enable_lora"], kwargs["max_loras"], kwargs["max_lora_rank"]) == (True, 1, 32)
+    on_cpu = llm_kwargs(EngineSetup("/m", "m", engine, SamplingSpec(), True))
+    assert on_cpu["max_loras"] == 2  # a spare, empty slot: what vLLM's CPU kernels read for -1
 
 
 @dataclass

@@ -11,9 +11,11 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hpcinfer.engines.cpu_memory import cpu_kv_cache_share
+from hpcinfer.engines.lora_adapters import check_lora_adapters
 from hpcinfer.engines.openai_engine import ClientSetup
 from hpcinfer.engines.record_params import (
     LoraChooser,
@@ -83,7 +85,12 @@ def llm_kwargs(setup: EngineSetup) -> dict[str, Any]:
         kwargs["distributed_executor_backend"] = "uni"
     if spec.lora_adapters:
         kwargs["enable_lora"] = True
-        kwargs["max_loras"] = len(spec.lora_adapters)
+        # vLLM's CPU LoRA kernels (torch ops) index the adapter slots with -1 for a request
+        # without an adapter, which wraps to the last slot: records without `lora` decoded in
+        # a step beside LoRA records got the last adapter. One spare slot, never filled (slots
+        # fill lowest first), makes -1 an all-zero adapter.
+        kwargs["max_loras"] = len(spec.lora_adapters) + (1 if setup.on_cpu else 0)
+        kwargs["max_lora_rank"] = check_lora_adapters(spec.lora_adapters, Path.cwd())
     kwargs.update(spec.extra)
     return kwargs
 
