@@ -104,3 +104,54 @@ def test_screenshot_shows_every_plot(chromium: str, tmp_path: Path) -> None:
     for name, (_, least) in PLOT_COLOURS.items():
         assert with_plots[name] >= least, f"{name} not drawn (see {shown}): {with_plots}"
         assert without[name] <= 20, f"{name}'s colour is on the page itself: {without}"
+
+
+def test_screenshot_shows_the_profile_scaling_plot(chromium: str, tmp_path: Path) -> None:
+    """A profiling study's report (`hpcinfer profile summary` then `hpcinfer report`) shows
+    the scaling plot: its first model's line colour is drawn, and only by the image."""
+    from hpcinfer.profile.scaling_plot import MODEL_COLOURS
+    from hpcinfer.profile.summary import write_summary
+    from tests.profile_runs import analysis, profile_result, write_run
+
+    runs = [
+        write_run(
+            tmp_path / "experiments",
+            profile_result(f"tp{tp}", tokens_per_s=900 * tp, tp=tp),
+            analysis(tp, comm_pct=10.0 * (tp - 1), straggler=tp - 1 if tp > 1 else None),
+        )
+        for tp in (1, 2, 4)
+    ]
+    study = tmp_path / "study"
+    write_summary(runs, study)
+    report = tmp_path / "profile-report.html"
+    done = subprocess.run(
+        hpcinfer_cmd("report", str(study), "--out", str(report)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    page = report.read_text(encoding="utf-8")
+    assert '<section id="profile">' in page and "rank 3 holds the others back" in page
+    assert page.count('src="data:image/png;base64,') == 1
+    control = tmp_path / "profile-no-images.html"
+    control.write_text(re.sub(r'src="data:image/png;base64,[^"]*"', 'src=""', page), "utf-8")
+
+    shown, blank = tmp_path / "profile.png", tmp_path / "profile-blank.png"
+    screenshot(chromium, report, shown)
+    screenshot(chromium, control, blank)
+    colour = MODEL_COLOURS[0]
+    rgb = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+    drawn, without = pixels_of(shown, rgb), pixels_of(blank, rgb)
+    assert drawn >= 3_000, f"the scaling plot's lines are not drawn (see {shown}): {drawn} px"
+    assert without <= 20, f"the plot colour is on the page itself: {without} px"
+
+
+def pixels_of(png: Path, rgb: list[int]) -> int:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(png) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    target = np.array(rgb, dtype=np.int16)
+    return int((np.abs(pixels - target) <= TOLERANCE).all(axis=2).sum())

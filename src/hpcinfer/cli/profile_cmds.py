@@ -21,9 +21,15 @@ def register(app: typer.Typer) -> None:
     profile = typer.Typer(help=PROFILE_HELP, no_args_is_help=True, add_completion=False)
     # each subcommand module adds itself here: `from hpcinfer.cli import profile_x_cmd`
     # then `profile_x_cmd.register(profile)`
-    from hpcinfer.cli import profile_card_cmd, profile_grid_cmd, profile_submit_cmd
+    from hpcinfer.cli import (
+        profile_card_cmd,
+        profile_grid_cmd,
+        profile_submit_cmd,
+        profile_summary_cmd,
+    )
 
     profile_grid_cmd.register(profile)
     profile_submit_cmd.register(profile)
     profile_card_cmd.register(profile)
+    profile_summary_cmd.register(profile)
     app.add_typer(profile, name="profile")

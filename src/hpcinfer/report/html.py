@@ -19,10 +19,12 @@ from hpcinfer.bench.documents import validate_result
 from hpcinfer.bench.results import RESULT_KINDS, load_results
 from hpcinfer.errors import InputError
 from hpcinfer.outputs.atomic import write_text_atomic
+from hpcinfer.profile.summary import SUMMARY_FILE
 from hpcinfer.report.fom_section import fom_section
 from hpcinfer.report.header import model_name, run_info
 from hpcinfer.report.offline_section import offline_section
 from hpcinfer.report.page import Section
+from hpcinfer.report.profile_section import profile_section
 from hpcinfer.report.serve_section import serve_section
 
 SectionBuilder = Callable[[Path, Mapping[str, Any]], Section]
@@ -36,9 +38,9 @@ SECTIONS: dict[str, SectionBuilder] = {
 DEFAULT_NAME = "report.html"
 
 
-def read_documents(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
+def read_documents(directory: Path, required: bool = True) -> list[tuple[Path, dict[str, Any]]]:
     """The result documents of `directory` with their paths; InputError (exit 2) naming the
-    directory or file when there is none or one cannot be read."""
+    directory or file when one cannot be read, or when there is none and `required`."""
     if not directory.exists():
         raise InputError(
             f"{directory} does not exist: give the --out directory of a benchmark run "
@@ -50,11 +52,12 @@ def read_documents(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
         documents = load_results(directory)
     except ValueError as exc:
         raise InputError(f"{exc}; rerun the benchmark to write it again") from None
-    if not documents:
+    if not documents and required:
         looked = ", ".join(kind + ".json" for kind in RESULT_KINDS)
         raise InputError(
-            f"no benchmark results in {directory}: looked for {looked}; run e.g. "
-            f"`hpcinfer bench serve --out {directory}` first"
+            f"no benchmark results in {directory}: looked for {looked} and "
+            f"{SUMMARY_FILE}; run e.g. `hpcinfer bench serve --out {directory}` or "
+            f"`hpcinfer profile summary RUN_DIR... -o {directory}` first"
         )
     found = [(directory / f"{document['kind']}.json", document) for document in documents]
     for path, document in found:
@@ -86,9 +89,11 @@ def render_report(directory: Path) -> str:
     """The HTML page for the results in `directory`."""
     from hpcinfer import __version__
 
-    documents = read_documents(directory)
+    profile = profile_section(directory) if directory.is_dir() else None
+    documents = read_documents(directory, required=profile is None)
     by_kind = {str(document["kind"]): (path, document) for path, document in documents}
     sections = [_section(*by_kind[kind]) for kind in SECTIONS if kind in by_kind]
+    sections += [profile] if profile is not None else []
     models = list(
         dict.fromkeys(m for _, d in documents if (m := model_name(d.get("config"))) is not None)
     )
