@@ -200,6 +200,23 @@ def test_adapters_import_no_command_package() -> None:
     assert not found, "an adapter imports a command package above it:\n" + "\n".join(found)
 
 
+# The trace analysis is a library users call on any trace folder: it stands on core and
+# errors only (plus the standard library and ijson, numpy, pydantic).
+TRACES_MAY_IMPORT = ("traces", "core", "errors")
+
+
+def test_traces_imports_only_core_and_errors() -> None:
+    found = [
+        f"{module} imports {target}"
+        for module, targets in sorted(GRAPH.items())
+        if _in(module, "traces")
+        for target in sorted(targets)
+        if not any(_in(target, p) for p in TRACES_MAY_IMPORT)
+    ]
+    assert any(_in(m, "traces") for m in GRAPH), "the traces package is missing"
+    assert not found, "hpcinfer.traces imports above core/errors:\n" + "\n".join(found)
+
+
 def test_a_cycle_is_found_and_named() -> None:
     """The check can fail: a made-up graph with a cycle gives it back as a path."""
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}

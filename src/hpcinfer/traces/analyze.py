@@ -1,0 +1,142 @@
+"""`analyze_traces`: every rank's trace in a folder -> `analysis.json` and CSV tables.
+
+Each file is read by its own worker process (one per core, at most one per file), so the
+folder takes about as long as its largest trace and memory stays at a few tens of MB per
+worker whatever the trace size.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from hpcinfer.traces.collective_names import TABLE_VERSION
+from hpcinfer.traces.files import (
+    ANALYSIS_JSON,
+    COLLECTIVES_CSV,
+    RANKS_CSV,
+    STEPS_CSV,
+    trace_files,
+    write_csv,
+    write_json,
+)
+from hpcinfer.traces.models import RankAnalysis, TraceAnalysis
+from hpcinfer.traces.rank_metrics import RankResult, analyze_file
+from hpcinfer.traces.stragglers import match_collectives
+
+STEP_COLUMNS = [
+    "rank", "step", "name", "kind", "start_us", "wall_ms", "compute_ms", "comm_ms", "memcpy_ms",
+    "exposed_comm_ms", "overlap_ms", "idle_ms", "comm_overhead_pct", "exposed_comm_pct",
+    "collectives",
+]  # fmt: skip
+RANK_COLUMNS = [
+    "rank", "world_size", "file", "rank_source", "timeline", "steps", "step_ms", "compute_ms",
+    "comm_ms", "memcpy_ms", "exposed_comm_ms", "overlap_ms", "idle_ms", "comm_overhead_pct",
+    "exposed_comm_pct", "overlap_pct", "arrival_skew_ms", "wait_ms", "last_arrivals",
+    "collectives_per_step",
+]  # fmt: skip
+COLLECTIVE_COLUMNS = [
+    "call", "step", "op", "rank", "arrival_us", "skew_us", "wait_us", "duration_us", "last",
+]  # fmt: skip
+
+
+def analyze_traces(
+    trace_dir: Path | str, out_dir: Path | str | None = None, *, workers: int | None = None
+) -> TraceAnalysis:
+    """Analyse every Kineto trace (`*.json`, `*.json.gz`) in `trace_dir` and write
+    `analysis.json`, `analysis_ranks.csv`, `analysis_steps.csv` and
+    `analysis_collectives.csv` into `out_dir` (default: `trace_dir`). A damaged file is
+    analysed as far as it can be read and reported in `data_quality`; InputError only when
+    the folder holds no trace at all."""
+    where = Path(trace_dir)
+    files, notes = trace_files(where)
+    results = _read_all(files, workers)
+    ranks, order_notes = _assign_ranks(results)
+    notes += order_notes
+    arrivals = match_collectives([r.rank or 0 for r in ranks], [r.calls for r in ranks])
+    notes += arrivals.notes
+    world = max((r.world_size or 0 for r in ranks), default=0) or len(ranks)
+    entries = []
+    for i, result in enumerate(ranks):
+        entries.append(
+            RankAnalysis(
+                rank=result.rank or 0,
+                world_size=result.world_size or world,
+                file=result.file,
+                rank_source=result.rank_source,
+                arrival_skew_ms=arrivals.skew_ms[i],
+                wait_ms=arrivals.wait_ms[i],
+                last_arrivals=arrivals.last_arrivals[i],
+                **result.figures,
+            )
+        )
+    known = sum(r.known_comm_calls for r in ranks)
+    unknown_names: dict[str, int] = {}
+    for result in ranks:
+        for name, count in result.unknown_comm.items():
+            unknown_names[name] = unknown_names.get(name, 0) + count
+    unknown = sum(unknown_names.values())
+    analysis = TraceAnalysis(
+        trace_dir=str(where),
+        ranks=entries,
+        straggler=arrivals.straggler,
+        straggler_wait_ms=arrivals.straggler_wait_ms,
+        straggler_last_share=arrivals.straggler_last_share,
+        matched_collectives=arrivals.matched,
+        collective_table_version=TABLE_VERSION,
+        unknown_comm_share=round(unknown / (known + unknown), 6) if known + unknown else 0.0,
+        unknown_comm_names=sorted(unknown_names, key=lambda n: -unknown_names[n])[:20],
+        data_quality={r.file: r.quality for r in results},
+        notes=notes,
+    )
+    _write(Path(out_dir) if out_dir is not None else where if where.is_dir() else where.parent,
+           analysis, ranks, arrivals.rows)  # fmt: skip
+    return analysis
+
+
+def _read_all(files: list[Path], workers: int | None) -> list[RankResult]:
+    count = min(len(files), workers or os.cpu_count() or 1)
+    if count <= 1:
+        return [analyze_file(path) for path in files]
+    with ProcessPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(analyze_file, files))
+
+
+def _assign_ranks(results: list[RankResult]) -> tuple[list[RankResult], list[str]]:
+    """Ranks in order; a file with no rank gets the next free one, and of two files that
+    claim one rank the one whose distributedInfo says so is kept (the other is named)."""
+    notes: list[str] = []
+    chosen: dict[int, RankResult] = {}
+    for result in sorted(results, key=lambda r: r.rank_source != "distributedInfo"):
+        if result.rank is None:
+            continue
+        held = chosen.get(result.rank)
+        if held is None:
+            chosen[result.rank] = result
+            continue
+        note = (
+            f"{result.file} and {held.file} are both rank {result.rank}; {held.file} is "
+            f"analysed ({held.rank_source}), {result.file} is not"
+        )
+        notes.append(note)
+        result.quality.notes.append(note)
+    for result in results:
+        if result.rank is None:
+            result.rank = max(chosen, default=-1) + 1
+            chosen[result.rank] = result
+            note = f"{result.file}: rank unknown, numbered {result.rank} in file order"
+            notes.append(note)
+            result.quality.notes.append(note)
+    return [chosen[r] for r in sorted(chosen)], notes
+
+
+def _write(out: Path, analysis: TraceAnalysis, ranks: list[RankResult], rows: list[dict]) -> None:
+    write_json(out / ANALYSIS_JSON, analysis.model_dump(mode="json"))
+    write_csv(out / RANKS_CSV, (e.model_dump() for e in analysis.ranks), RANK_COLUMNS)
+    write_csv(
+        out / STEPS_CSV,
+        ({"rank": r.rank, **row} for r in ranks for row in r.step_rows),
+        STEP_COLUMNS,
+    )
+    write_csv(out / COLLECTIVES_CSV, rows, COLLECTIVE_COLUMNS)

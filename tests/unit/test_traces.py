@@ -1,0 +1,330 @@
+"""Known answers from small synthetic Kineto traces: what `analyze_traces` must find."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hpcinfer.errors import InputError
+from hpcinfer.traces import TraceAnalysis, analyze_traces
+from hpcinfer.traces.collective_names import TABLE_VERSION, classify
+from hpcinfer.traces.intervals import IntervalSet
+from tests.unit.trace_fakes import TraceBuilder
+
+ALL_REDUCE = "ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevKernelArgsStorage<4096ul>)"
+GEMM = "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1"
+
+
+def _gpu_rank(rank: int, delay: float = 0.0) -> TraceBuilder:
+    """Three 1000 us steps; the middle one (the one analysed) holds, from its start:
+    compute [0, 250), all-reduce [100, 300) on stream 20 and [200, 400) on stream 21,
+    a copy [500, 600). The first and last steps are busy, so keeping them would show."""
+    trace = TraceBuilder(rank=rank, world_size=2).steps(3, 1000)
+    trace.kernel(ALL_REDUCE, 0, 1000, stream=20).kernel(ALL_REDUCE, 2000, 1000, stream=20)
+    trace.kernel(GEMM, 1000, 250)
+    trace.kernel(ALL_REDUCE, 1100 + delay, 200 - delay, stream=20)
+    trace.kernel(ALL_REDUCE, 1200 + delay, 200 - delay, stream=21)
+    trace.memcpy(1500, 100)
+    return trace
+
+
+def _analyse(folder: Path) -> TraceAnalysis:
+    return analyze_traces(folder, folder / "out", workers=1)
+
+
+def test_overlapping_comm_kernels_count_once_and_exposed_comm_is_what_compute_leaves(
+    tmp_path: Path,
+) -> None:
+    _gpu_rank(0).write(tmp_path / "kineto_trace_0.json")
+    rank = _analyse(tmp_path).ranks[0]
+    assert rank.steps == 1  # first and last dropped
+    assert rank.step_ms == pytest.approx(1.0)
+    # union of [100,300) and [200,400) is 300 us, though the kernels sum to 400
+    assert rank.comm_ms == pytest.approx(0.3)
+    assert rank.comm_overhead_pct == pytest.approx(30.0)
+    # compute [0,250) hides [100,250) of it: 150 us exposed, half the comm overlapped
+    assert rank.compute_ms == pytest.approx(0.25)
+    assert rank.exposed_comm_pct == pytest.approx(15.0)
+    assert rank.overlap_pct == pytest.approx(50.0)
+    assert rank.memcpy_ms == pytest.approx(0.1)
+    assert rank.idle_ms == pytest.approx(0.5)  # 1000 - |[0,400) + [500,600)|
+    assert rank.collectives == {"all_reduce": 2}
+    assert rank.collectives_per_step == {"all_reduce": 2.0}
+    assert rank.timeline == "device"
+
+
+def test_a_rank_whose_collectives_start_late_is_named_the_straggler(tmp_path: Path) -> None:
+    for rank in range(4):
+        _gpu_rank(rank, delay=80.0 if rank == 2 else 0.0).write(
+            tmp_path / f"kineto_trace_{rank}.json"
+        )
+        # three more calls per rank so the straggler is clear, rank 2 again 80 us late
+        trace = TraceBuilder(rank=rank, world_size=4).steps(3, 1000)
+        for k in range(5):
+            start = 1050 + 150 * k + (80.0 if rank == 2 else 0.0)
+            trace.kernel(ALL_REDUCE, start, 1100 + 150 * k + 100 - start)
+        trace.write(tmp_path / f"kineto_trace_{rank}.json")
+    analysis = _analyse(tmp_path)
+    assert analysis.straggler == 2
+    assert analysis.matched_collectives == 5
+    # each of the 3 others waited 80 us at each of the 5 calls
+    assert analysis.straggler_wait_ms == pytest.approx(3 * 5 * 0.080)
+    by_rank = {r.rank: r for r in analysis.ranks}
+    assert by_rank[2].last_arrivals == 5
+    assert by_rank[2].wait_ms == 0
+    assert by_rank[0].wait_ms == pytest.approx(5 * 0.080)
+    # the late rank spends *less* time in the collective than those who waited for it
+    assert by_rank[2].comm_ms < by_rank[0].comm_ms
+    rows = list(csv.DictReader((tmp_path / "out" / "analysis_collectives.csv").open()))
+    assert len(rows) == 5 * 4
+    assert {r["rank"] for r in rows if r["last"] == "True"} == {"2"}
+
+
+def test_ranks_that_arrive_together_have_no_straggler(tmp_path: Path) -> None:
+    for rank in range(2):
+        _gpu_rank(rank).write(tmp_path / f"kineto_trace_{rank}.json")
+    analysis = _analyse(tmp_path)
+    assert analysis.straggler is None
+    assert analysis.straggler_wait_ms == 0
+
+
+def test_gzip_and_plain_json_give_the_same_figures(tmp_path: Path) -> None:
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    plain.mkdir()
+    packed.mkdir()
+    _gpu_rank(0).write(plain / "kineto_trace_0.json")
+    _gpu_rank(0).write(packed / "kineto_trace_0.json.gz")
+    a, b = _analyse(plain), _analyse(packed)
+    assert a.ranks[0].model_dump(exclude={"file"}) == b.ranks[0].model_dump(exclude={"file"})
+    assert b.data_quality["kineto_trace_0.json.gz"].truncated is False
+
+
+def _many_steps(rank: int = 0) -> TraceBuilder:
+    """Ten 1000 us steps in time order, each 500 us compute then 100 us all-reduce."""
+    trace = TraceBuilder(rank=rank)
+    for step in range(10):
+        trace.annotation(f"ProfilerStep#{step}", step * 1000, 1000)
+        trace.kernel(GEMM, step * 1000, 500).kernel(ALL_REDUCE, step * 1000 + 500, 100)
+    return trace
+
+
+@pytest.mark.parametrize("name", ["kineto_trace_0.json", "kineto_trace_0.json.gz"])
+def test_a_truncated_file_is_analysed_up_to_the_cut_and_reported(tmp_path: Path, name: str) -> None:
+    trace = TraceBuilder().steps(10, 1000)  # the step marks first, as Kineto writes them
+    for step in range(10):
+        trace.kernel(GEMM, step * 1000, 500).kernel(ALL_REDUCE, step * 1000 + 500, 100)
+    data = gzip.compress(trace.text()) if name.endswith(".gz") else trace.text()
+    (tmp_path / name).write_bytes(data[: int(len(data) * 0.9)])  # the last kernels cut off
+    analysis = _analyse(tmp_path)
+    quality = analysis.data_quality[name]
+    assert quality.truncated
+    assert 0 < quality.events_read < len(trace.events)
+    assert any("analysed" in note for note in quality.notes)
+    # the steps after the last event read are left out, not counted as idle
+    assert 1 <= analysis.ranks[0].steps < 8
+    assert analysis.ranks[0].comm_overhead_pct == pytest.approx(10.0)
+    assert any("after the last event read" in note for note in quality.notes)
+
+
+def test_an_integer_above_int64_is_read_and_counted(tmp_path: Path) -> None:
+    trace = _many_steps()
+    trace.events[3]["args"] = {"Python id": 2**70, "External id": -(2**65)}
+    trace.write(tmp_path / "kineto_trace_0.json")
+    analysis = _analyse(tmp_path)
+    quality = analysis.data_quality["kineto_trace_0.json"]
+    assert quality.huge_ints == 2
+    assert quality.events_read == len(trace.events)
+    assert not quality.truncated
+    assert analysis.ranks[0].steps == 8
+    assert analysis.ranks[0].comm_overhead_pct == pytest.approx(10.0)
+
+
+def test_invalid_utf8_is_replaced_and_counted(tmp_path: Path) -> None:
+    trace = _many_steps()
+    trace.kernel("gemm_PLACEHOLDER", 1000, 10)
+    data = trace.text().replace(b"PLACEHOLDER", b"bad\xff\xfebytes")
+    (tmp_path / "kineto_trace_0.json.gz").write_bytes(gzip.compress(data))
+    analysis = _analyse(tmp_path)
+    quality = analysis.data_quality["kineto_trace_0.json.gz"]
+    assert quality.invalid_utf8 == 2
+    assert quality.events_read == len(trace.events)
+    assert any(op.name.startswith("gemm_bad") for op in analysis.ranks[0].top_ops)
+
+
+def test_the_rank_comes_from_distributed_info_not_the_file_name(tmp_path: Path) -> None:
+    _gpu_rank(1).write(tmp_path / "rank0.1733389200.pt.trace.json.gz")
+    _gpu_rank(0).write(tmp_path / "rank1.1733389201.pt.trace.json.gz")
+    no_info = _gpu_rank(0)
+    no_info.rank = None
+    no_info.write(tmp_path / "dp0_pp0_tp0_dcp0_ep0_rank3.1733389202.pt.trace.json.gz")
+    analysis = _analyse(tmp_path)
+    by_rank = {r.rank: r for r in analysis.ranks}
+    assert by_rank[1].file.startswith("rank0.")
+    assert by_rank[0].file.startswith("rank1.")
+    assert by_rank[1].rank_source == "distributedInfo"
+    assert by_rank[3].rank_source == "file name"
+    assert any("file name" in n for n in analysis.data_quality[by_rank[3].file].notes)
+
+
+def test_two_files_claiming_one_rank_keep_the_one_distributed_info_names(tmp_path: Path) -> None:
+    _gpu_rank(0).write(tmp_path / "worker.json")
+    frontend = TraceBuilder(rank=None).steps(3, 1000)
+    frontend.write(tmp_path / "rank0.frontend.pt.trace.json")
+    analysis = _analyse(tmp_path)
+    assert [r.file for r in analysis.ranks] == ["worker.json"]
+    assert any("both rank 0" in n for n in analysis.notes)
+
+
+def _vllm_cpu_rank(rank: int) -> TraceBuilder:
+    """vLLM on CPU at TP 2: five steps (prefill, decode, decode, mixed, decode), each
+    1000 us with 5 `_C::shm_allreduce` (20 us) and 1 `_C::shm_all_gather` (30 us) inside
+    compute operators; the all-reduce sits in vLLM's `vllm::all_reduce` wrapper."""
+    names = [
+        "execute_context_1(7)_generation_0(0)",
+        "execute_context_0(0)_generation_1(1)",
+        "execute_context_0(0)_generation_1(1)",
+        "execute_context_1(5)_generation_1(1)",
+        "execute_context_0(0)_generation_1(1)",
+    ]
+    trace = TraceBuilder(rank=rank, world_size=2)
+    for step, name in enumerate(names):
+        start = step * 1000.0
+        trace.annotation(name, start, 1000)
+        trace.cpu_op("aten::linear", start, 900)
+        trace.cpu_op("aten::addmm", start + 10, 50)
+        for k in range(5):
+            at = start + 100 + 150 * k
+            trace.cpu_op("vllm::all_reduce", at, 25)
+            trace.cpu_op("_C::shm_allreduce", at + 2, 20)
+        trace.cpu_op("_C::shm_all_gather", start + 860, 30)
+    return trace
+
+
+def test_vllm_cpu_steps_and_shm_collectives(tmp_path: Path) -> None:
+    for rank in range(2):
+        _vllm_cpu_rank(rank).write(tmp_path / f"rank{rank}.pt.trace.json.gz")
+    analysis = _analyse(tmp_path)
+    for rank in analysis.ranks:
+        assert rank.timeline == "cpu"
+        assert rank.steps == 3
+        assert rank.step_kinds.model_dump() == {"prefill": 0, "decode": 2, "mixed": 1, "unknown": 0}
+        assert rank.collectives == {"all_gather": 3, "all_reduce": 15}
+        assert rank.collectives_per_step == {"all_gather": 1.0, "all_reduce": 5.0}
+        # comm: 5 wrappers of 25 us + 30 us = 155 us a step; compute is the rest of
+        # aten::linear's 900 us (minus the comm inside it), the gather outside it
+        assert rank.comm_ms == pytest.approx(0.155)
+        assert rank.compute_ms == pytest.approx(0.900 - 0.125 - 0.030)
+        assert rank.exposed_comm_pct == pytest.approx(rank.comm_overhead_pct)
+        assert rank.comm_overhead_pct == pytest.approx(15.5)
+        assert rank.idle_ms == pytest.approx(1.0 - 0.900)
+        assert rank.collective_libraries == {"vllm": 15, "vllm-shm": 3}
+    assert analysis.unknown_comm_share == 0
+    assert analysis.matched_collectives == 18
+
+
+def test_comm_like_names_the_table_does_not_know_are_reported(tmp_path: Path) -> None:
+    trace = _many_steps()
+    trace.kernel("my_custom_allreduce_kernel", 2500, 10)
+    trace.write(tmp_path / "kineto_trace_0.json")
+    analysis = _analyse(tmp_path)
+    assert analysis.collective_table_version == TABLE_VERSION
+    assert analysis.unknown_comm_names == ["my_custom_allreduce_kernel"]
+    assert analysis.unknown_comm_share == pytest.approx(1 / 11)
+
+
+def test_analysis_json_and_csvs_hold_the_contract_keys(tmp_path: Path) -> None:
+    for rank in range(2):
+        _gpu_rank(rank).write(tmp_path / f"kineto_trace_{rank}.json.gz")
+    (tmp_path / "profile.json").write_text("{}")  # a run folder's other files are not traces
+    (tmp_path / "torch_et_0.json").write_text('{"nodes": []}')
+    analyze_traces(tmp_path, tmp_path / "out")
+    document = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    for key in ("trace_dir", "ranks", "straggler", "straggler_wait_ms", "data_quality",
+                "collective_table_version", "unknown_comm_share"):  # fmt: skip
+        assert key in document
+    assert sorted(document["data_quality"]) == ["kineto_trace_0.json.gz", "kineto_trace_1.json.gz"]
+    rank_keys = (
+        "rank world_size steps step_kinds step_ms collectives collectives_per_step comm_ms "
+        "compute_ms memcpy_ms comm_overhead_pct exposed_comm_pct overlap_pct idle_ms top_ops"
+    )
+    for key in rank_keys.split():
+        assert key in document["ranks"][0]
+    steps = list(csv.DictReader((tmp_path / "out" / "analysis_steps.csv").open()))
+    assert [(r["rank"], r["comm_overhead_pct"]) for r in steps] == [("0", "30.0"), ("1", "30.0")]
+    ranks = list(csv.DictReader((tmp_path / "out" / "analysis_ranks.csv").open()))
+    assert [r["rank"] for r in ranks] == ["0", "1"]
+
+
+def test_a_folder_without_traces_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.json").write_text('{"a": 1}')
+    with pytest.raises(InputError, match="no Kineto trace"):
+        analyze_traces(tmp_path)
+    with pytest.raises(InputError, match="no such file"):
+        analyze_traces(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("name", "op"),
+    [
+        ("ncclKernel_AllGather_RING_LL_Sum_int8_t(ncclWorkElem)", "all_gather"),
+        (ALL_REDUCE, "all_reduce"),
+        (
+            "ncclDevKernel_ReduceScatter_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)",
+            "reduce_scatter",
+        ),
+        ("void vllm::cross_device_reduce_1stage<__nv_bfloat16, 2>(vllm::RankData*)", "all_reduce"),
+        ("void vllm::cross_device_reduce_2stage<__nv_bfloat16, 4>(vllm::RankData*)", "all_reduce"),
+        ("multimem_all_reduce_kernel<bf16, 4>", "all_reduce"),
+        ("two_shot_all_reduce_kernel<bf16>", "all_reduce"),
+        ("ncclDevKernel_SendRecv(ncclDevKernelArgsStorage<4096ul>)", "send_recv"),
+    ],
+)
+def test_the_table_knows_device_collectives(name: str, op: str) -> None:
+    found = classify(name, "kernel")
+    assert found is not None and found.op == op
+
+
+@pytest.mark.parametrize(
+    ("name", "op"),
+    [
+        ("_C::shm_allreduce", "all_reduce"),
+        ("_C::shm_all_gather", "all_gather"),
+        ("gloo:all_reduce", "all_reduce"),
+        ("c10d::allreduce_", "all_reduce"),
+        ("c10d::_allgather_base_", "all_gather"),
+        ("c10d::_reduce_scatter_base_", "reduce_scatter"),
+        ("xccl:all_reduce", "all_reduce"),
+    ],
+)
+def test_the_table_knows_cpu_collectives(name: str, op: str) -> None:
+    found = classify(name, "operator")
+    assert found is not None and found.op == op
+    assert classify("aten::mm", "operator") is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 60), st.integers(0, 15)), max_size=12),
+    st.integers(0, 60),
+    st.integers(0, 30),
+)
+def test_union_length_inside_a_window_matches_counting_time_units(
+    spans: list[tuple[int, int]], window_start: int, window_length: int
+) -> None:
+    covered = {t for start, length in spans for t in range(start, start + length)}
+    window = set(range(window_start, window_start + window_length))
+    union = IntervalSet(
+        np.array([float(s) for s, _ in spans]), np.array([float(s + n) for s, n in spans])
+    )
+    inside = union.within(
+        np.array([float(window_start)]), np.array([float(window_start + window_length)])
+    )
+    assert union.total == len(covered)
+    assert inside[0] == len(covered & window)
