@@ -20,6 +20,7 @@ from hpcinfer.spec import JobSpec, build_spec
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers
     from hpcinfer.api import (
         FleetHandle,
+        analyze_traces,
         bench_fom,
         bench_offline,
         bench_serve,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers
     from hpcinfer.run.job import RunOptions, run_job
     from hpcinfer.run.runinfo import read_run_json
     from hpcinfer.run.summary import RunDocument, RunSummary
+    from hpcinfer.traces import TraceAnalysis
 
 __version__ = "0.1.0"
 
@@ -58,7 +60,9 @@ __all__ = [
     "SpecError",
     "StopSignal",
     "StoppedError",
+    "TraceAnalysis",
     "__version__",
+    "analyze_traces",
     "bench_fom",
     "bench_offline",
     "bench_serve",
@@ -83,6 +87,8 @@ _LAZY = {
     "ServeBenchOptions": "hpcinfer.bench.serve_bench",
     "ServeDocument": "hpcinfer.bench.documents",
     "StopSignal": "hpcinfer.core.stop",
+    "TraceAnalysis": "hpcinfer.traces",
+    "analyze_traces": "hpcinfer.api",
     "bench_fom": "hpcinfer.api",
     "bench_offline": "hpcinfer.api",
     "bench_serve": "hpcinfer.api",

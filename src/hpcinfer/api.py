@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from hpcinfer.run.summary import RunSummary
     from hpcinfer.serve.fleet import Fleet
     from hpcinfer.spec import JobSpec
+    from hpcinfer.traces import TraceAnalysis
 
 
 def run_batch(
@@ -147,6 +148,17 @@ def bench_settings(spec: JobSpec, out_dir: Path, **settings: Any) -> BenchSettin
 
     made = BenchSettings(spec=spec, out_dir=out_dir, **settings)
     return replace(made, out_dir=out_dir if out_dir.is_absolute() else made.cwd / out_dir)
+
+
+def analyze_traces(
+    trace_dir: Path | str, out_dir: Path | str | None = None, *, workers: int | None = None
+) -> TraceAnalysis:
+    """`hpcinfer profile analyze`: read every rank's Kineto trace in `trace_dir` (streamed,
+    gzip, damaged files reported in `data_quality`) and write analysis.json and the CSV
+    tables into `out_dir` (default `trace_dir`). InputError when it holds no trace."""
+    from hpcinfer.traces import analyze_traces as analyze
+
+    return analyze(trace_dir, out_dir, workers=workers)
 
 
 def _silent(_line: str) -> None:

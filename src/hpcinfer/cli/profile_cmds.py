@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
     # each subcommand module adds itself here: `from hpcinfer.cli import profile_x_cmd`
     # then `profile_x_cmd.register(profile)`
     from hpcinfer.cli import (
+        profile_analyze_cmd,
         profile_card_cmd,
         profile_grid_cmd,
         profile_submit_cmd,
@@ -32,4 +33,5 @@ def register(app: typer.Typer) -> None:
     profile_submit_cmd.register(profile)
     profile_card_cmd.register(profile)
     profile_summary_cmd.register(profile)
+    profile_analyze_cmd.register(profile)
     app.add_typer(profile, name="profile")
