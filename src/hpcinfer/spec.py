@@ -23,7 +23,7 @@ from pydantic import (
 
 from hpcinfer.core.durations import parse_duration
 from hpcinfer.errors import SpecError
-from hpcinfer.submit.options import JobScriptSpec
+from hpcinfer.job_script_spec import JobScriptSpec
 
 DEFAULT_MAX_TOKENS = 256
 """Explicit, documented default: vLLM's own default (16) silently truncates answers."""

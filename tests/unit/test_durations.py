@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from hpcinfer.core.durations import FORMS, DurationError, parse_duration, scheduler_duration
+from hpcinfer.core.durations import (
+    FORMS,
+    DurationError,
+    parse_duration,
+    parse_walltime,
+    scheduler_duration,
+)
 from hpcinfer.errors import SpecError
 from hpcinfer.spec import build_spec
-from hpcinfer.submit.walltime import parse_walltime
 
 FORMS_TABLE = [
     ("90s", 90.0),

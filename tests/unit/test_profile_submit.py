@@ -18,9 +18,9 @@ import pytest
 
 from hpcinfer.cluster import load_profile
 from hpcinfer.errors import SpecError
+from hpcinfer.job_script_spec import JobScriptSpec
 from hpcinfer.profile.experiment import ExperimentConfig, save_experiment
 from hpcinfer.profile.jobs import render_profile_job
-from hpcinfer.submit.options import JobScriptSpec
 from tests.harness import InProcessCLI
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "profile"

@@ -9,9 +9,9 @@ import pytest
 
 from hpcinfer.cluster.hardware import HardwareProfile, load_profile
 from hpcinfer.errors import HardwareError, SpecError
+from hpcinfer.job_script_spec import JobScriptSpec
 from hpcinfer.spec import JobSpec, build_spec
 from hpcinfer.submit.environment import merge_environment
-from hpcinfer.submit.options import JobScriptSpec
 from hpcinfer.submit.walltime import pbs_walltime, slurm_time
 
 

@@ -11,10 +11,10 @@ import pytest
 from hpcinfer.cluster import resolve_profile
 from hpcinfer.cluster.hardware import JobEnvironment
 from hpcinfer.errors import SpecError
+from hpcinfer.job_script_spec import Scheduler
 from hpcinfer.launch import LaunchRequest
 from hpcinfer.spec import build_spec
 from hpcinfer.submit.directives import Request, refuse
-from hpcinfer.submit.options import Scheduler
 from hpcinfer.submit.prepare import absolute_spec
 from hpcinfer.submit.render import JobFiles, render_job_script
 from hpcinfer.submit.scheduler import BatchScheduler

@@ -47,9 +47,9 @@ def submit(
     for the nodes and GPUs its plan needs, into OUT (-o; default: beside each config);
     the scheduler's log goes to OUT/logs/<experiment_id>/."""
     from hpcinfer.cluster import resolve_profile
+    from hpcinfer.job_script_spec import JobScriptSpec
     from hpcinfer.profile.experiment import load_experiment
     from hpcinfer.profile.jobs import render_profile_job, write_profile_job
-    from hpcinfer.submit.options import JobScriptSpec
     from hpcinfer.submit.schedulers import detect_scheduler, get_scheduler, scheduler_class
 
     hardware = resolve_profile(flags["profile"])

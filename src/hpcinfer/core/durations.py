@@ -9,6 +9,7 @@ bare number as seconds. A caller for whom a bare number is ambiguous (a walltime
 
 from __future__ import annotations
 
+import math
 import re
 
 from hpcinfer.errors import SpecError
@@ -110,3 +111,18 @@ def scheduler_duration(text: str) -> float | None:
         return parse_duration(text)
     except DurationError:
         return None
+
+
+BARE_NUMBER_REFUSAL = (
+    "bare numbers are refused because Slurm reads them as minutes and PBS as seconds"
+)
+
+
+def parse_walltime(text: str) -> int:
+    """Whole seconds (rounded up) of a walltime in any duration form but a bare number: Slurm
+    reads ``--time=90`` as minutes, PBS ``walltime=90`` as seconds, and guessing wrong either
+    wastes an allocation or kills the job early."""
+    seconds = parse_duration(
+        text, what="walltime", bare_seconds=False, bare_refusal=BARE_NUMBER_REFUSAL, positive=True
+    )
+    return math.ceil(seconds)

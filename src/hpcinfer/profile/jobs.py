@@ -19,14 +19,14 @@ from pathlib import Path
 
 import jinja2
 
+from hpcinfer import script_values as checks
 from hpcinfer.cluster.hardware import HardwareProfile
 from hpcinfer.errors import SpecError
+from hpcinfer.job_script_spec import JobScriptSpec
 from hpcinfer.launch import LaunchRequest
 from hpcinfer.profile.experiment import ExperimentConfig
-from hpcinfer.submit import checks
 from hpcinfer.submit.directives import Request
 from hpcinfer.submit.environment import environment_lines, merge_environment
-from hpcinfer.submit.options import JobScriptSpec
 from hpcinfer.submit.schedulers import get_scheduler, scheduler_class, scheduler_names
 
 LOGS = "logs"

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcinfer import script_values as checks
 from hpcinfer.errors import SpecError
-from hpcinfer.submit import checks
-from hpcinfer.submit.options import JobScriptSpec
+from hpcinfer.job_script_spec import JobScriptSpec
 
 
 @dataclass(frozen=True)

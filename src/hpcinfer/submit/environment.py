@@ -12,9 +12,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
+from hpcinfer import script_values as checks
 from hpcinfer.cluster.hardware import HardwareProfile, JobEnvironment
-from hpcinfer.submit import checks
-from hpcinfer.submit.options import JobScriptSpec
+from hpcinfer.job_script_spec import JobScriptSpec
 
 PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
 NO_PROXY_VARS = ("no_proxy", "NO_PROXY")

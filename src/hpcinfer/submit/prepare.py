@@ -18,9 +18,9 @@ import yaml
 
 from hpcinfer.cluster import HardwareProfile, resolve_profile
 from hpcinfer.errors import SpecError
+from hpcinfer.job_script_spec import Scheduler
 from hpcinfer.outputs.atomic import write_text_atomic
 from hpcinfer.spec import JobSpec, build_spec
-from hpcinfer.submit.options import Scheduler
 from hpcinfer.submit.render import JobFiles, render_job_script
 from hpcinfer.submit.schedulers import detect_scheduler, scheduler_class
 

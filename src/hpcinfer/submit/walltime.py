@@ -1,27 +1,7 @@
-"""Walltime in, walltime out: the user's text read by the one duration parser, one spelling per
-scheduler.
-
-A bare number is refused: Slurm reads ``--time=90`` as minutes, PBS reads ``walltime=90``
-as seconds, and guessing wrong either wastes an allocation or kills the job early.
-"""
+"""A walltime in each scheduler's spelling (read from the user's text by
+`hpcinfer.core.durations.parse_walltime`, which refuses a bare number)."""
 
 from __future__ import annotations
-
-import math
-
-from hpcinfer.core.durations import parse_duration
-
-BARE_NUMBER_REFUSAL = (
-    "bare numbers are refused because Slurm reads them as minutes and PBS as seconds"
-)
-
-
-def parse_walltime(text: str) -> int:
-    """Whole seconds (rounded up) of a walltime in any duration form but a bare number."""
-    seconds = parse_duration(
-        text, what="walltime", bare_seconds=False, bare_refusal=BARE_NUMBER_REFUSAL, positive=True
-    )
-    return math.ceil(seconds)
 
 
 def pbs_walltime(seconds: int) -> str:

@@ -1,5 +1,8 @@
 """The `job:` section of the job spec: what a batch job script asks the scheduler for.
 
+Part of the spec layer (beside hpcinfer.spec), so reading a spec needs nothing from the
+`submit` command that renders the script.
+
 Not part of a run's identity: changing the walltime or the node count and submitting again
 resumes the same results. Values are checked here for what can be checked without knowing
 the scheduler; `render` checks which options the chosen scheduler takes.
@@ -11,9 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hpcinfer import script_values as checks
+from hpcinfer.core.durations import parse_walltime
 from hpcinfer.errors import SpecError
-from hpcinfer.submit import checks
-from hpcinfer.submit.walltime import parse_walltime
 
 # The names submit.schedulers registers (a unit test keeps the two the same); the spec
 # takes only these, so a typo fails when the spec is read, not at submit time.
