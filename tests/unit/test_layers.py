@@ -16,8 +16,15 @@ import hpcinfer
 ROOT = Path(hpcinfer.__file__).parent
 PACKAGE = "hpcinfer"
 
-# core is the bottom layer (with spec, errors, records and the adapters): it imports no peer.
-CORE_MUST_NOT_IMPORT = ("run", "serve", "bench", "submit", "stage", "report", "cli", "engines")
+# core is the bottom layer (with spec, errors, records and the adapters): it imports no peer,
+# and not cluster either (cluster.allocation reads durations from core: the binding's type
+# lives in core.binding_env).
+CORE_MUST_NOT_IMPORT = (
+    "run", "serve", "bench", "submit", "stage", "report", "cli", "engines", "cluster", "api",
+    "profile",
+)  # fmt: skip
+# The spec layer: the JobSpec and its sections, read by every command and adapter.
+SPEC_LAYER = ("spec", "job_script_spec", "script_values")
 # serve and bench are peers of run: what they share with it lives in core.
 PEERS_OF_RUN = ("serve", "bench")
 # The adapters and data (engines, cluster, launch, inputs, outputs) stand below every command
@@ -193,6 +200,13 @@ def test_serve_and_bench_import_nothing_from_run() -> None:
 def test_core_imports_no_layer_above_it() -> None:
     found = _violations(("core",), CORE_MUST_NOT_IMPORT)
     assert not found, "core imports a layer above it:\n" + "\n".join(found)
+
+
+def test_the_spec_layer_imports_no_command_package() -> None:
+    """Reading a spec (its `job:` section included) needs nothing from `submit` or any
+    other command."""
+    found = _violations(SPEC_LAYER, (*COMMANDS, "profile"))
+    assert not found, "the spec layer imports a command package:\n" + "\n".join(found)
 
 
 def test_adapters_import_no_command_package() -> None:

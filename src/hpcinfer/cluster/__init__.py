@@ -1,6 +1,6 @@
 """Hardware profiles, local detection, and placement of workers onto a node's devices."""
 
-from hpcinfer.cluster.binding import apply_env, binding_env, cpu_affinity, device_env
+from hpcinfer.cluster.binding import binding_env, cpu_affinity, device_env
 from hpcinfer.cluster.detect import PROFILE_ENV, detect_local, resolve_profile
 from hpcinfer.cluster.devices import Device, DeviceGroup, format_core_list
 from hpcinfer.cluster.hardware import HardwareProfile, list_profiles, load_profile
@@ -11,6 +11,7 @@ from hpcinfer.cluster.placement import (
     gpu_slot,
     plan_placement,
 )
+from hpcinfer.core.binding_env import apply_env
 
 __all__ = [
     "PROFILE_ENV",

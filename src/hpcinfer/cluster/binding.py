@@ -8,16 +8,16 @@ the job script would otherwise win).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hpcinfer.cluster.devices import Device, DeviceGroup, format_core_list
+from hpcinfer.core.binding_env import BindingEnv
 from hpcinfer.errors import HardwareError
 
 if TYPE_CHECKING:
     from hpcinfer.cluster.hardware import HardwareProfile
 
-BindingEnv = dict[str, str | None]
 Binder = Callable[["HardwareProfile", DeviceGroup, int], BindingEnv]
 
 
@@ -105,17 +105,6 @@ def binding_env(profile: HardwareProfile, group: DeviceGroup, tp: int) -> Bindin
     """
     env: BindingEnv = dict(profile.env)
     env.update(device_env(profile, group, tp))
-    return env
-
-
-def apply_env(base: Mapping[str, str], changes: BindingEnv) -> dict[str, str]:
-    """`base` with a binding applied: a value sets the variable, None removes it."""
-    env = dict(base)
-    for key, value in changes.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
     return env
 
 

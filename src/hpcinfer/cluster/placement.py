@@ -20,9 +20,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from hpcinfer.cluster.binding import BindingEnv, binding_env, device_env
+from hpcinfer.cluster.binding import binding_env, device_env
 from hpcinfer.cluster.devices import Device, DeviceGroup
 from hpcinfer.cluster.hardware import HardwareProfile
+from hpcinfer.core.binding_env import BindingEnv
 from hpcinfer.errors import HardwareError
 
 Mode = Literal["compact", "scatter"]

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TypedDict, Unpack
 
-from hpcinfer.cluster.binding import BindingEnv, apply_env
+from hpcinfer.core.binding_env import BindingEnv, apply_env
 from hpcinfer.launch.rank_env import RANK_ENV
 
 PR_SET_PDEATHSIG = 1

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hpcinfer.cluster.binding import BindingEnv
 from hpcinfer.core.api_keys import resolve_api_key
+from hpcinfer.core.binding_env import BindingEnv
 from hpcinfer.core.processes import bound_env
 from hpcinfer.engines.cpu_memory import cpu_kv_cache_share
 from hpcinfer.spec import EngineSpec, ServeSpec
