@@ -123,3 +123,14 @@ def write_prompts(path: Path, count: int, words: int = 8) -> list[str]:
     ]
     path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
     return prompts
+
+
+def assert_golden(golden: Path, text: str) -> None:
+    """`text` equals the golden file; HPCINFER_UPDATE_GOLDEN=1 rewrites it instead (then read
+    the diff: golden files are the review surface of generated scripts)."""
+    if os.environ.get("HPCINFER_UPDATE_GOLDEN") == "1":
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8"), (
+        f"{golden} differs; if the change is intended, regenerate with HPCINFER_UPDATE_GOLDEN=1"
+    )

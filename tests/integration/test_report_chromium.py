@@ -66,8 +66,8 @@ def screenshot(browser: str, page: Path, png: Path) -> None:
     )
 
 
-def colour_pixels(png: Path) -> dict[str, int]:
-    """How many pixels of each plot colour the screenshot holds."""
+def colour_pixels(png: Path, colours: dict[str, str]) -> dict[str, int]:
+    """How many pixels of each named colour the screenshot holds."""
     import numpy as np
     from PIL import Image
 
@@ -75,14 +75,17 @@ def colour_pixels(png: Path) -> dict[str, int]:
         assert image.size == (WIDTH, HEIGHT)
         pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
     counts = {}
-    for name, (colour, _) in PLOT_COLOURS.items():
+    for name, colour in colours.items():
         rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.int16)
         counts[name] = int((np.abs(pixels - rgb) <= TOLERANCE).all(axis=2).sum())
     return counts
 
 
-def test_screenshot_shows_every_plot(chromium: str, tmp_path: Path) -> None:
-    results = write_documents(tmp_path / "results")
+def report_screenshots(
+    browser: str, results: Path, tmp_path: Path, plots: int
+) -> tuple[str, Path, Path]:
+    """`hpcinfer report RESULTS` (its page must hold `plots` images), and screenshots of the
+    page and of the control: the same page with the image data removed."""
     report = tmp_path / "report.html"
     done = subprocess.run(
         hpcinfer_cmd("report", str(results), "--out", str(report)),
@@ -92,15 +95,21 @@ def test_screenshot_shows_every_plot(chromium: str, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     page = report.read_text(encoding="utf-8")
-    assert page.count('src="data:image/png;base64,') == 4
+    assert page.count('src="data:image/png;base64,') == plots
 
     control = tmp_path / "no-images.html"
     control.write_text(re.sub(r'src="data:image/png;base64,[^"]*"', 'src=""', page), "utf-8")
-
     shown, blank = tmp_path / "report.png", tmp_path / "no-images.png"
-    screenshot(chromium, report, shown)
-    screenshot(chromium, control, blank)
-    with_plots, without = colour_pixels(shown), colour_pixels(blank)
+    screenshot(browser, report, shown)
+    screenshot(browser, control, blank)
+    return page, shown, blank
+
+
+def test_screenshot_shows_every_plot(chromium: str, tmp_path: Path) -> None:
+    results = write_documents(tmp_path / "results")
+    _, shown, blank = report_screenshots(chromium, results, tmp_path, plots=4)
+    colours = {name: colour for name, (colour, _) in PLOT_COLOURS.items()}
+    with_plots, without = colour_pixels(shown, colours), colour_pixels(blank, colours)
     for name, (_, least) in PLOT_COLOURS.items():
         assert with_plots[name] >= least, f"{name} not drawn (see {shown}): {with_plots}"
         assert without[name] <= 20, f"{name}'s colour is on the page itself: {without}"
@@ -123,35 +132,9 @@ def test_screenshot_shows_the_profile_scaling_plot(chromium: str, tmp_path: Path
     ]
     study = tmp_path / "study"
     write_summary(runs, study)
-    report = tmp_path / "profile-report.html"
-    done = subprocess.run(
-        hpcinfer_cmd("report", str(study), "--out", str(report)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    page = report.read_text(encoding="utf-8")
+    page, shown, blank = report_screenshots(chromium, study, tmp_path, plots=1)
     assert '<section id="profile">' in page and "rank 3 holds the others back" in page
-    assert page.count('src="data:image/png;base64,') == 1
-    control = tmp_path / "profile-no-images.html"
-    control.write_text(re.sub(r'src="data:image/png;base64,[^"]*"', 'src=""', page), "utf-8")
-
-    shown, blank = tmp_path / "profile.png", tmp_path / "profile-blank.png"
-    screenshot(chromium, report, shown)
-    screenshot(chromium, control, blank)
-    colour = MODEL_COLOURS[0]
-    rgb = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
-    drawn, without = pixels_of(shown, rgb), pixels_of(blank, rgb)
-    assert drawn >= 3_000, f"the scaling plot's lines are not drawn (see {shown}): {drawn} px"
-    assert without <= 20, f"the plot colour is on the page itself: {without} px"
-
-
-def pixels_of(png: Path, rgb: list[int]) -> int:
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(png) as image:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
-    target = np.array(rgb, dtype=np.int16)
-    return int((np.abs(pixels - target) <= TOLERANCE).all(axis=2).sum())
+    colours = {"scaling plot lines": MODEL_COLOURS[0]}
+    drawn, without = colour_pixels(shown, colours), colour_pixels(blank, colours)
+    assert drawn["scaling plot lines"] >= 3_000, f"not drawn (see {shown}): {drawn}"
+    assert without["scaling plot lines"] <= 20, f"the colour is on the page itself: {without}"

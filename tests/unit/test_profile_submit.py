@@ -21,6 +21,7 @@ from hpcinfer.errors import SpecError
 from hpcinfer.job_script_spec import JobScriptSpec
 from hpcinfer.profile.experiment import ExperimentConfig, save_experiment
 from hpcinfer.profile.jobs import render_profile_job
+from tests.conftest import assert_golden
 from tests.harness import InProcessCLI
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "profile"
@@ -64,13 +65,7 @@ def test_golden_scripts(
         PYTHON,
     )
     assert rendered.script_path == DEMO / "jobs" / name
-    golden = GOLDEN / name
-    if os.environ.get("HPCINFER_UPDATE_GOLDEN") == "1":
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(rendered.script, encoding="utf-8")
-    assert rendered.script == golden.read_text(encoding="utf-8"), (
-        f"{golden} differs; if the change is intended, regenerate with HPCINFER_UPDATE_GOLDEN=1"
-    )
+    assert_golden(GOLDEN / name, rendered.script)
     done = subprocess.run(["bash", "-n"], input=rendered.script, text=True, capture_output=True)
     assert done.returncode == 0, done.stderr
 

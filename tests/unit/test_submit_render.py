@@ -6,7 +6,6 @@ purpose: HPCINFER_UPDATE_GOLDEN=1 pytest tests/unit/test_submit_render.py, then 
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -19,6 +18,7 @@ from hpcinfer.errors import SpecError
 from hpcinfer.spec import JobSpec, build_spec
 from hpcinfer.submit.prepare import PreparedJob, choose_scheduler, prepare_job
 from hpcinfer.submit.scheduler import SchedulerError
+from tests.conftest import assert_golden
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "submit"
 WORKDIR = Path("/lus/flare/projects/demo/runs")
@@ -83,13 +83,7 @@ PERLMUTTER_SPEC: dict[str, Any] = {
 )
 def test_golden_scripts(name: str, data: dict[str, Any], scheduler: str) -> None:
     prepared = prepare(data, scheduler)
-    golden = GOLDEN / name
-    if os.environ.get("HPCINFER_UPDATE_GOLDEN") == "1":
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(prepared.script, encoding="utf-8")
-    assert prepared.script == golden.read_text(encoding="utf-8"), (
-        f"{golden} differs; if the change is intended, regenerate with HPCINFER_UPDATE_GOLDEN=1"
-    )
+    assert_golden(GOLDEN / name, prepared.script)
 
 
 @pytest.mark.parametrize(("data", "scheduler"), [(AURORA_SPEC, "pbs"), (PERLMUTTER_SPEC, "slurm")])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -78,16 +78,21 @@ class ExperimentConfig(_Model):
         return value
 
 
-def load_experiment(path: Path) -> ExperimentConfig:
-    """Read and validate one experiment config; errors name the file and the field."""
+def read_yaml(path: Path, what: str) -> Any:
+    """A profiling YAML file (config or grid) as data; SpecError naming the file and line."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise SpecError(f"{path}: cannot read the experiment config ({exc.strerror})") from exc
+        raise SpecError(f"{path}: cannot read the {what} ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise SpecError(f"{path}:{where} not valid YAML: {exc}") from exc
+
+
+def load_experiment(path: Path) -> ExperimentConfig:
+    """Read and validate one experiment config; errors name the file and the field."""
+    raw = read_yaml(path, "experiment config")
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: an experiment config is a YAML mapping (experiment_id: ...)")
     try:

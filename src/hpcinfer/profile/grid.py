@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hpcinfer.core.documents import invalid
 from hpcinfer.errors import SpecError
-from hpcinfer.profile.experiment import ExperimentConfig
+from hpcinfer.profile.experiment import ExperimentConfig, read_yaml
 from hpcinfer.profile.grid_filter import FilterSyntaxError, GridFilter, parse_filter
 from hpcinfer.profile.vllm_parallel import VllmPlan, model_architecture, plan_for_vllm
 
@@ -126,14 +126,7 @@ def grid_error(source: str, where: str, problem: str, fix: str) -> SpecError:
 
 def load_grid(path: Path) -> GridSpec:
     """Read and validate a grid file; errors name the file, the field and the fix."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read the experiment grid ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark is not None else ""
-        raise SpecError(f"{path}:{where} not valid YAML: {exc}") from exc
+    raw = read_yaml(path, "experiment grid")
     return grid_from_data(raw, str(path))
 
 
