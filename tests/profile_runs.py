@@ -113,6 +113,7 @@ def analysis(
         "ranks": ranks,
         "straggler": straggler,
         "straggler_wait_ms": 3.5 if straggler is not None else 0.0,
+        "straggler_last_share": 0.9 if straggler is not None else 0.0,
         "collective_table_version": 1,
         "unknown_comm_share": 0.0,
         "data_quality": {},

@@ -98,7 +98,8 @@ def test_report_shows_the_profile_section_with_plot_and_reading(tmp_path: Path) 
     assert '<section id="profile">' in page
     assert page.count('src="data:image/png;base64,') == 1
     assert "from 1 to 4 devices throughput goes from 1,000 to 3,000 tokens/s" in page
-    assert "rank 3 holds the others back" in page
+    assert "rank 3 holds the others back: it arrives last at the collectives (90.0% of" in page
+    assert "the other ranks spent 3.50 ms in all waiting for it" in page
     assert "Where the time goes at TP=4" in page
     assert "No trace analysis for other_tp2" in page
 

@@ -63,6 +63,9 @@ class SummaryRow(BaseModel):
     profiled_step_ms: float | None = None
     straggler_rank: int | None = None
     straggler_wait_ms: float | None = None
+    straggler_last_pct: float | None = Field(
+        None, description="share of the matched collectives the straggler arrived last at"
+    )
     profiler_overhead_pct: float
     run_dir: str
     note: str = ""
@@ -168,6 +171,9 @@ def summary_row(
             "profiled_step_ms": _mean(ranks, "step_ms"),
             "straggler_rank": straggler if isinstance(straggler, int) else None,
             "straggler_wait_ms": _num(analysis.get("straggler_wait_ms")),
+            "straggler_last_pct": None
+            if (share := _num(analysis.get("straggler_last_share"))) is None
+            else round(100 * share, 1),
             "note": note,
         }
     )

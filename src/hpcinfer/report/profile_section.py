@@ -122,13 +122,18 @@ def read_profile(rows: Sequence[SummaryRow]) -> tuple[str, ...]:
     for row in rows:
         if row.straggler_rank is not None:
             wait = (
-                f"; the other ranks spent {fmt(row.straggler_wait_ms)} ms waiting for it"
+                f"; the other ranks spent {fmt(row.straggler_wait_ms)} ms in all waiting for it"
                 if row.straggler_wait_ms
+                else ""
+            )
+            share = (
+                f" ({_pct(row.straggler_last_pct)} of those matched across ranks)"
+                if row.straggler_last_pct is not None
                 else ""
             )
             sentences.append(
                 f"In {row.experiment}, rank {row.straggler_rank} holds the others back: it "
-                f"arrives last at the collectives{wait}."
+                f"arrives last at the collectives{share}{wait}."
             )
     if analysed and not any(r.straggler_rank is not None for r in rows):
         sentences.append("No rank holds the others back: no straggler was found.")
