@@ -328,3 +328,22 @@ def test_union_length_inside_a_window_matches_counting_time_units(
     )
     assert union.total == len(covered)
     assert inside[0] == len(covered & window)
+
+
+def test_a_gloo_collective_recorded_twice_is_counted_once(tmp_path: Path) -> None:
+    """torch records a gloo all-reduce as `c10d::allreduce_` on the caller's thread and as
+    `gloo:all_reduce` on gloo's own thread: one call, whose time is the gloo thread's."""
+    trace = TraceBuilder(rank=0)
+    for step in range(4):
+        start = step * 1000.0
+        trace.annotation(f"ProfilerStep#{step}", start, 1000)
+        trace.cpu_op("aten::mm", start, 300)
+        trace.cpu_op("c10d::allreduce_", start + 300, 10, tid=1)
+        trace.annotation("gloo:all_reduce", start + 305, 200)
+        trace.events[-1]["tid"] = 99
+    trace.write(tmp_path / "trace.json")
+    rank = _analyse(tmp_path).ranks[0]
+    assert rank.collectives == {"all_reduce": 2}  # two analysed steps, one call each
+    assert rank.collective_libraries == {"c10d": 2}
+    assert rank.comm_ms == pytest.approx(0.205)  # [300, 505) on either thread
+    assert rank.compute_ms == pytest.approx(0.300)

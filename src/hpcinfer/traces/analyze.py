@@ -54,7 +54,7 @@ def analyze_traces(
     results = _read_all(files, workers)
     ranks, order_notes = _assign_ranks(results)
     notes += order_notes
-    arrivals = match_collectives([r.rank or 0 for r in ranks], [r.calls for r in ranks])
+    arrivals = match_collectives([r.rank or 0 for r in ranks], _on_one_clock(ranks))
     notes += arrivals.notes
     world = max((r.world_size or 0 for r in ranks), default=0) or len(ranks)
     entries = []
@@ -101,6 +101,18 @@ def _read_all(files: list[Path], workers: int | None) -> list[RankResult]:
         return [analyze_file(path) for path in files]
     with ProcessPoolExecutor(max_workers=count) as pool:
         return list(pool.map(analyze_file, files))
+
+
+def _on_one_clock(ranks: list[RankResult]) -> list[list[tuple[float, float, str, int]]]:
+    """Each rank's calls with starts moved onto one clock: traces count microseconds from
+    their own baseTimeNanoseconds (shifted by the difference, not added whole, which would
+    cost float precision)."""
+    first = min((r.base_time_ns for r in ranks), default=0)
+    shifted = []
+    for result in ranks:
+        offset = (result.base_time_ns - first) / 1000.0
+        shifted.append([(start + offset, dur, op, step) for start, dur, op, step in result.calls])
+    return shifted
 
 
 def _assign_ranks(results: list[RankResult]) -> tuple[list[RankResult], list[str]]:

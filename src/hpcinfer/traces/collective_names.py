@@ -51,9 +51,14 @@ _OPERATORS: tuple[tuple[str, str, str | None], ...] = (
     (r"^c10d::_?(\w+?)_?$", "c10d", None),
     (r"^_c10d_functional::(wait_tensor)$", "c10d", "wait"),
     (r"^_c10d_functional::(\w+)", "c10d", None),
-    (r"^(?:nccl|xccl|ccl|oneccl|mpi):(\w+)", "c10d", None),
+    (r"^(?:nccl|xccl|ccl|oneccl|mpi):(\w+)", "c10d-backend", None),
     (r"^record_param_comms$", "c10d", "from_args"),
 )
+
+BACKEND_ANNOTATIONS = ("gloo", "c10d-backend")
+"""Libraries whose names annotate, often on a thread of their own, the same call a c10d
+operator (`c10d::allreduce_`) records: their time is communication, but a call is counted
+from them only in a trace without c10d operators."""
 
 COMM_LIKE = re.compile(
     r"(?i)nccl|rccl|ccl|gloo|mpi_|all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|"

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcinfer.traces.collective_names import classify, looks_like_comm
+from hpcinfer.traces.collective_names import BACKEND_ANNOTATIONS, classify, looks_like_comm
 from hpcinfer.traces.intervals import Floats, IntervalSet
 from hpcinfer.traces.models import FileQuality, StepKinds, TopOp
 from hpcinfer.traces.rank_identity import identify
@@ -40,7 +40,9 @@ class RankResult:
     figures: dict[str, Any] = field(default_factory=dict)  # RankAnalysis fields
     step_rows: list[dict[str, Any]] = field(default_factory=list)
     calls: list[tuple[float, float, str, int]] = field(default_factory=list)
-    # (start in us on the shared clock, duration us, op, step index) of each collective call
+    # (start us, duration us, op, step index) of each collective call; starts are on the
+    # trace's clock, which begins at base_time_ns (ranks are compared on the shared clock)
+    base_time_ns: int = 0
     known_comm_calls: int = 0
     unknown_comm: dict[str, int] = field(default_factory=dict)
 
@@ -64,11 +66,12 @@ def analyze_file(path: Path) -> RankResult:
     if quality.truncated:
         steps = _read_through(steps, line, quality)
     calls = line.kernel_calls if device else _outermost(line.operator_calls)
-    _measure(result, line, steps, calls, device)
-    base_us = reader.metadata.base_time_ns / 1000.0
+    counted = calls if device else _one_per_collective(calls)
+    _measure(result, line, steps, calls, counted, device)
+    result.base_time_ns = reader.metadata.base_time_ns
     result.calls = [
-        (c.start + base_us, c.end - c.start, c.op, i)
-        for c, i in _in_steps(calls, steps)
+        (c.start, c.end - c.start, c.op, i)
+        for c, i in _in_steps(counted, steps)
         if c.op not in NOT_COUNTED
     ]
     result.known_comm_calls = len(line.kernel_calls if device else line.operator_calls)
@@ -84,8 +87,14 @@ def analyze_file(path: Path) -> RankResult:
 
 
 def _measure(
-    result: RankResult, line: Timeline, steps: list[Step], calls: list[Call], device: bool
+    result: RankResult,
+    line: Timeline,
+    steps: list[Step],
+    calls: list[Call],
+    counted: list[Call],
+    device: bool,
 ) -> None:
+    """Fill `result`: time from every communication call in `calls`, counts from `counted`."""
     memory = IntervalSet.of(line.memory.pair())
     comm = IntervalSet.of(_pairs(calls))
     work = IntervalSet.of((line.compute_kernels if device else line.cpu_ops).pair())
@@ -107,7 +116,7 @@ def _measure(
     overlap_in = comm_in - exposed_in
     memory_in = memory.within(starts, ends)
     idle_in = wall - every.within(starts, ends)
-    per_step = _count_per_step(calls, steps)
+    per_step = _count_per_step(counted, steps)
     for i in range(len(starts)):
         step = steps[i] if steps else Step(float(starts[i]), float(ends[i]), "trace", "unknown")
         result.step_rows.append(
@@ -128,8 +137,8 @@ def _measure(
                 "collectives": dict(sorted(per_step[i].items())),
             }
         )
-    counted = Counter(c.op for c, _ in _in_steps(calls, steps) if c.op not in NOT_COUNTED)
-    libraries = Counter(c.library for c, _ in _in_steps(calls, steps))
+    ops = Counter(c.op for c, _ in _in_steps(counted, steps) if c.op not in NOT_COUNTED)
+    libraries = Counter(c.library for c, _ in _in_steps(counted, steps))
     n = len(steps)
     total_wall, total_comm = float(wall.sum()), float(comm_in.sum())
     result.figures.update(
@@ -151,8 +160,8 @@ def _measure(
         total_compute_ms=_ms(float(compute_in.sum())),
         total_memcpy_ms=_ms(float(memory_in.sum())),
         total_idle_ms=_ms(float(idle_in.sum())),
-        collectives=dict(sorted(counted.items())),
-        collectives_per_step={op: round(c / max(n, 1), 3) for op, c in sorted(counted.items())},
+        collectives=dict(sorted(ops.items())),
+        collectives_per_step={op: round(c / max(n, 1), 3) for op, c in sorted(ops.items())},
         collective_libraries=dict(sorted(libraries.items())),
     )
 
@@ -190,6 +199,15 @@ def _outermost(calls: list[Call]) -> list[Call]:
                 reach = max(reach, call.end)
     kept.sort(key=lambda c: c.start)
     return kept
+
+
+def _one_per_collective(calls: list[Call]) -> list[Call]:
+    """The calls to count on a CPU timeline: where c10d operators record the collectives,
+    the backend's own annotations of them (`gloo:all_reduce` on gloo's thread) are the same
+    calls again."""
+    if any(c.library == "c10d" for c in calls):
+        return [c for c in calls if c.library not in BACKEND_ANNOTATIONS]
+    return calls
 
 
 def _in_steps(calls: list[Call], steps: list[Step]) -> list[tuple[Call, int]]:
