@@ -18,9 +18,13 @@ from hpcinfer import script_values as checks
 from hpcinfer.core.durations import parse_walltime
 from hpcinfer.errors import SpecError
 
-# The names submit.schedulers registers (a unit test keeps the two the same); the spec
-# takes only these, so a typo fails when the spec is read, not at submit time.
 Scheduler = Literal["pbs", "slurm"]
+"""The one list of scheduler names a spec's `job.scheduler` and a hardware profile's
+`job_env.scheduler` take, so a typo fails when the file is read, not at submit time.
+
+Written here, not derived from the registry (submit.schedulers), because the spec layer and
+the hardware profiles stand below `submit`: reading a spec must not import the command that
+renders scripts. A unit test keeps this list and the registered schedulers the same."""
 
 DEFAULT_PASS_ENV = ["HF_TOKEN", "HF_HOME", "HPCINFER_CACHE"]
 

@@ -46,10 +46,19 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+EngineKindName = Literal["vllm", "openai", "vllm-server"]
+"""The one list of engine kinds a spec's `engine.kind` takes (checked when the spec is read).
+
+Written here, not derived from the registry (engines.kinds), because the registry stands
+above the spec: each kind's class works on a JobSpec, so the spec importing it would be an
+import cycle. A unit test keeps this list and the registered kinds the same; a kind
+registered at run time is set on an already validated spec."""
+
+
 class EngineSpec(_Model):
     """How the inference engine is started (the same for every worker)."""
 
-    kind: Literal["vllm", "openai", "vllm-server"] = Field(
+    kind: EngineKindName = Field(
         "vllm",
         description="'vllm': offline, in-process engines; 'openai': dispatch to running "
         "OpenAI-compatible servers (client.registry or client.urls); 'vllm-server': start a "

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hpcinfer.errors import HardwareError
+from hpcinfer.job_script_spec import Scheduler
 
 _PROFILE_SUFFIX = ".yaml"
 
@@ -29,7 +30,7 @@ class JobEnvironment(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    scheduler: Literal["pbs", "slurm"] | None = Field(
+    scheduler: Scheduler | None = Field(
         default=None, description="The machine's batch scheduler, used when none is given."
     )
     modules: list[str] = Field(default_factory=list, description="`module load` each, in order.")
