@@ -134,3 +134,17 @@ def assert_golden(golden: Path, text: str) -> None:
     assert text == golden.read_text(encoding="utf-8"), (
         f"{golden} differs; if the change is intended, regenerate with HPCINFER_UPDATE_GOLDEN=1"
     )
+
+
+def check_startup_phases(phases: dict[str, Any] | None, server: bool = False) -> None:
+    """An engine's start-up phases as a result records them: vLLM's own figures read from its
+    log, what hpcinfer measured (a server's imports and first token are not observable from
+    outside), and no more in all than the total."""
+    assert phases is not None
+    assert phases["total_s"] is not None and phases["total_s"] > 0
+    assert phases["model_load_s"] is not None and phases["model_load_s"] > 0
+    assert phases["kv_cache_s"] is not None and phases["compile_s"] is not None
+    for measured in ("imports_s", "first_token_s"):
+        assert (phases[measured] is None) if server else (phases[measured] is not None)
+    parts = [value for name, value in phases.items() if name != "total_s" and value is not None]
+    assert sum(parts) <= phases["total_s"] + 0.01  # each phase is rounded to 1 ms

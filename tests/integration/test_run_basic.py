@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, read_rows, run_cli
+from tests.conftest import REPO, check_startup_phases, read_rows, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +48,9 @@ def test_simple_test_prompts_give_simple_test_output_format(
     assert run_info["spec"]["sampling"]["temperature"] == 0.8
     assert run_info["versions"]["vllm"]
     assert run_info["placement"]
+    (worker,) = run_info["summary"]["workers"]
+    check_startup_phases(worker["startup"])
+    assert worker["startup"]["total_s"] >= worker["startup_s"]
 
 
 def test_tsv_with_template_and_exact_lengths(tmp_path: Path, cli_env: dict[str, str]) -> None:

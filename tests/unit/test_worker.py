@@ -438,3 +438,36 @@ def test_progress_reports_thin_out_at_scale() -> None:
     assert progress_interval_s(2) == 0.5  # a node: the bar moves twice a second
     # 24,576 workers: about 2,000 periodic reports a second reach the coordinator in all.
     assert 24_576 / progress_interval_s(24_576) == pytest.approx(2000)
+
+
+def test_the_first_token_completes_the_start_up_phases_once(tmp_path: Path) -> None:
+    """An engine that times its first token: the worker sends its start-up phases once, with
+    that time, before it commits anything (the coordinator records them in run.json)."""
+    from hpcinfer.core.startup_phases import StartupClock
+
+    class TimedEngine(FakeEngine):
+        first_token_s: float | None = None
+
+        def poll(self) -> list[Result]:
+            self.first_token_s = 0.125
+            return super().poll()
+
+    h = Harness(tmp_path, TimedEngine(per_poll=1), max_inflight=8)
+    clock = StartupClock(tmp_path / "no-log")
+    with clock.engine():
+        pass
+    h.worker.clock = clock
+    h.start().serve_grants([[unit("a.txt", 1, 3)]])
+    startups = [payload for kind, payload in h.log if kind == "startup"]
+    assert len(startups) == 1
+    assert startups[0]["first_token_s"] == 0.125
+    assert startups[0]["total_s"] >= 0.125
+    assert h.kinds().index("startup") < h.kinds().index("committed")
+
+
+def test_an_engine_without_a_first_token_time_sends_no_start_up(
+    make: Callable[..., Harness],
+) -> None:
+    h = make().start()
+    h.serve_grants([[unit("a.txt", 1, 2)]])
+    assert "startup" not in h.kinds()

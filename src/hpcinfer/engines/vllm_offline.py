@@ -146,6 +146,10 @@ class VllmOfflineEngine:
         self._by_fields = ParamsCache(_params_maker(SamplingParams))
         self._lora = LoraChooser(setup.engine.lora_adapters, LoRARequest)
         self._refusals = _request_refusals()
+        self.first_token_s: float | None = None
+        """The first request after start-up: submitted to its first token (start-up phases)."""
+        self._first: _Pending | None = None
+        self._first_id: str | None = None
 
     def _params_for(self, record: Record) -> Any:
         """The job's sampling params, or one built with the record's own fields over them."""
@@ -184,6 +188,8 @@ class VllmOfflineEngine:
                 continue
             try:
                 params = self._params_for(record)
+                if self._first_id is None:
+                    params = _every_step(params)  # to see its first token come out
                 prompt = {"prompt_token_ids": token_ids}
                 self._engine.add_request(request_id, prompt, params, lora_request=lora)
             except self._refusals as exc:
@@ -193,6 +199,8 @@ class VllmOfflineEngine:
                 continue
             logprobs = record.sampling.get("logprobs")
             self._pending[request_id] = _Pending(record.id, time.monotonic(), logprobs)
+            if self._first_id is None:
+                self._first_id, self._first = request_id, self._pending[request_id]
         return rejected
 
     def poll(self) -> list[Result]:
@@ -200,6 +208,8 @@ class VllmOfflineEngine:
             return []
         finished: list[Result] = []
         for output in self._engine.step():
+            if self._first is not None and output.request_id == self._first_id:
+                self._time_first_token(output)
             if not getattr(output, "finished", False):
                 continue
             pending = self._pending.pop(output.request_id, None)
@@ -209,6 +219,11 @@ class VllmOfflineEngine:
 
     def inflight(self) -> int:
         return len(self._pending)
+
+    def _time_first_token(self, output: Any) -> None:
+        if self._first is not None and (output.finished or output.outputs[0].token_ids):
+            self.first_token_s = round(time.monotonic() - self._first.submitted, 6)
+            self._first = None
 
     def close(self) -> None:
         shutdown = getattr(self._engine, "shutdown", None) or getattr(self._llm, "shutdown", None)
@@ -265,6 +280,19 @@ def _params_maker(sampling_params: Any) -> Any:
         return params
 
     return make
+
+
+def _every_step(params: Any) -> Any:
+    """A copy of `params` returning cumulative outputs at every step (the final one is the
+    same as with final-only), so the first request's first token can be timed."""
+    try:
+        from vllm.sampling_params import RequestOutputKind
+
+        params = params.clone()
+        params.output_kind = RequestOutputKind.CUMULATIVE
+    except (ImportError, AttributeError):  # older vLLM: cumulative already
+        pass
+    return params
 
 
 def _final_only(params: Any) -> None:

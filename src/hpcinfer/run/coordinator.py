@@ -43,6 +43,7 @@ class WorkerHandle:
     clean_exit: bool = False
     error: str | None = None
     startup_s: float | None = None
+    startup: dict[str, Any] | None = None  # the engine's start-up phases (StartupPhases)
     waiting: bool = False
     committed_units: int = 0
     ready: bool = False
@@ -277,6 +278,7 @@ class Coordinator:
         worker.last_heard = time.monotonic()
         if kind == "ready":
             worker.startup_s = payload.get("startup_s")
+            worker.startup = payload.get("startup")
             worker.ready = True
             if self.first_ready is None:
                 self.first_ready = time.monotonic()
@@ -285,6 +287,8 @@ class Coordinator:
             if self.observer is not None:
                 ready = sum(w.ready for w in self.workers)
                 self.observer.workers_ready(ready, len(self.workers))
+        elif kind == "startup":  # the phases again, with the first token's time
+            worker.startup = payload
         elif kind == "want":
             self._grant(worker, int(payload["inflight"]))
         elif kind == "progress":

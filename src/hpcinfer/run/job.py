@@ -388,6 +388,7 @@ def _worker_summary(handle: WorkerHandle) -> WorkerSummary:
         host=handle.host,
         devices=handle.devices,
         startup_s=handle.startup_s,
+        startup=handle.startup,
         units=handle.committed_units,
         **handle.stats,
         error=handle.error,

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hpcinfer.core.startup_phases import StartupPhases
 from hpcinfer.exitcodes import ExitCode
 
 
@@ -20,6 +21,9 @@ class WorkerSummary(BaseModel):
     host: str = ""
     devices: list[str] = Field(default_factory=list)
     startup_s: float | None = None
+    """The engine's construction (wall time from start to ready)."""
+    startup: StartupPhases | None = None
+    """Its start-up phase by phase (in-process engines; None for a dispatcher)."""
     units: int = 0
     records: int = 0
     errors: int = 0

@@ -27,6 +27,7 @@ from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import Any
 
+from hpcinfer.core.startup_phases import StartupClock
 from hpcinfer.engines.base import Engine
 from hpcinfer.engines.factory import start_engine
 from hpcinfer.engines.kinds import ENGINE_KIND_ENV, engine_kind, engine_kind_names
@@ -104,10 +105,17 @@ class _Tally:
 
 
 class Worker:
-    def __init__(self, conn: Connection, config: WorkerConfig, engine: Engine) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        config: WorkerConfig,
+        engine: Engine,
+        clock: StartupClock | None = None,
+    ) -> None:
         self.conn = conn
         self.config = config
         self.engine = engine
+        self.clock = clock  # start-up phases, completed by the first token
         self.store = OutputStore(Path(config.out_dir))
         self.units: dict[str, _UnitState] = {}
         self.owner: dict[str, tuple[_UnitState, int]] = {}
@@ -146,6 +154,7 @@ class Worker:
                 return
             if self.engine.inflight():
                 self._accept(self.engine.poll())
+                self._send_first_token()
             self._send_progress()
         self._send_progress(force=True)
         if self.mover is not None:
@@ -229,6 +238,15 @@ class Worker:
     def _moved(self, unit_id: str) -> None:
         self._send(("committed", {"unit": unit_id}))
 
+    def _send_first_token(self) -> None:
+        """Once the engine timed its first token: the start-up phases, now complete."""
+        seconds = getattr(self.engine, "first_token_s", None)
+        if self.clock is None or seconds is None:
+            return
+        self.clock.first_token(seconds)
+        self._send(("startup", self.clock.phases().model_dump()))
+        self.clock = None
+
     def _send_progress(self, force: bool = False) -> None:
         now = time.monotonic()
         due = now - self.last_progress >= self.config.progress_interval_s
@@ -247,12 +265,19 @@ def _in_record_order(state: _UnitState) -> list[tuple[Record, Result]]:
     return [(record, state.results[i]) for i, record in enumerate(state.unit.records)]
 
 
-def _preload_engine() -> None:
+def _preload_engine(clock: StartupClock) -> None:
     """Do the kind's slow imports (vLLM: about 10 s) while the coordinator still plans the
     job, not after; a dispatcher worker needs none."""
     name = os.environ.get(ENGINE_KIND_ENV, "")
     if name in engine_kind_names():
-        engine_kind(name).preload()
+        with clock.imports():
+            engine_kind(name).preload()
+
+
+def _startup(clock: StartupClock, engine: Engine) -> dict[str, Any] | None:
+    """The start-up phases so far, for engines that time their first token (an in-process
+    engine; a dispatcher's start is no engine's)."""
+    return clock.phases().model_dump() if hasattr(engine, "first_token_s") else None
 
 
 def _exit_now(code: int) -> None:
@@ -285,7 +310,8 @@ def main(argv: list[str]) -> int:
     except (OSError, EOFError, ValueError, KeyError) as exc:
         print(f"hpcinfer worker: cannot reach the coordinator at {argv[-1]}: {exc}", flush=True)
         return 1
-    _preload_engine()
+    clock = StartupClock()  # vLLM logs to this worker's log file: stdout
+    _preload_engine(clock)
     try:
         config: WorkerConfig | None = conn.recv()
     except EOFError:
@@ -293,10 +319,11 @@ def main(argv: list[str]) -> int:
     if config is None:  # more workers were started than the job has work for
         return 0
     try:
-        started = time.monotonic()
-        engine = start_engine(config.setup)
-        conn.send(("ready", {"startup_s": round(time.monotonic() - started, 3)}))
-        Worker(conn, config, engine).serve()
+        with clock.engine():
+            engine = start_engine(config.setup)
+        startup = _startup(clock, engine)
+        conn.send(("ready", {"startup_s": clock.engine_s, "startup": startup}))
+        Worker(conn, config, engine, clock if startup is not None else None).serve()
         engine.close()
         _exit_now(0)
     except (EOFError, BrokenPipeError, ConnectionResetError):
