@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require, run_cli
+from tests.conftest import check_startup_phases, require, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +88,7 @@ def check_exact_offline(document: dict[str, Any], tp: int) -> None:
     assert result["flops_per_s"] > 0  # N=2, d=128 from the engine's config
     assert result["mfu"] is None and "MFU n/a" in config["mfu_note"]  # no CPU peak
     assert result["requests"]["ttft_count"] == 6
+    check_startup_phases(config["engine_startup"])
 
 
 def test_offline_at_tp1_and_tp2_counts_exactly_and_builds_one_fom_csv_table(
@@ -135,6 +136,8 @@ def test_fom_cpu_tiny_preset_end_to_end(tmp_path: Path, cli_env: dict[str, str])
     assert fom["flops_per_s"] == pytest.approx(math.fsum(c["flops_per_s"] for c in cases))
     assert [e["cases"] for e in document["engines"]] == [["FOM1", "FOM2"], ["FOM3"]]
     assert [e["max_model_len"] for e in document["engines"]] == [512, 2048]
+    for engine in document["engines"]:
+        check_startup_phases(engine["startup"])
     rows = read_csv(tmp_path / "out" / "fom.csv")
     assert [row[0] for row in rows] == ["case", "FOM1", "FOM2", "FOM3", "FOM"]
     header = rows[0]

@@ -147,13 +147,15 @@ def test_events_from_the_child_become_progress_cases_and_errors() -> None:
             "count": 1,
             "latency_s": 0.5,
         },
+        {"event": "startup", "phases": {"imports_s": 3.0, "first_token_s": 0.1}},
         {"event": "case", "name": "a", "iterations": [batch(0.4, [0.1], 3, 2).as_dict()]},
     ]
     shown: list[str] = []
     stream = io.BytesIO(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
     run, error = _read_events(stream, shown.append)
     assert error is None and run is not None
-    assert run.info == EngineInfo(**info)  # type: ignore[arg-type]
+    phases = {"imports_s": 3.0, "first_token_s": 0.1}  # the later event completes the start-up
+    assert run.info == EngineInfo(**info, startup=phases)  # type: ignore[arg-type]
     assert run.cases["a"] == [batch(0.4, [0.1], 3, 2)]
     assert "a: warm-up 1/1: 0.500 s" in shown
     assert "engine ready in 7.0 s" in shown[0]

@@ -184,6 +184,7 @@ def run_fom(
                 "max_model_len": run.info.max_model_len,
                 "cases": [case.name for case in group],
                 "startup_s": run.info.startup_s,
+                "startup": run.info.startup,
                 "log": str(log),
                 "llm_kwargs": launch.llm_kwargs,
             }
@@ -208,6 +209,7 @@ def run_fom(
     }
     config = base_config(settings, hardware, launch, info, shape_note)
     config.pop("llm_kwargs")  # one per engine, in "engines"
+    config.pop("engine_startup")  # likewise
     config["cases_from"] = source
     config["cases"] = [asdict(case) for case in cases]
     body = {"cases": figures, "fom": fom, "engines": engines}

@@ -322,6 +322,7 @@ def base_config(
         "flops_note": shape_note,
         "vllm_version": info.vllm_version,
         "engine_startup_s": info.startup_s,
+        "engine_startup": info.startup,
         "llm_kwargs": launch.llm_kwargs,
     }
 

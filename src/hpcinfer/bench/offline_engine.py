@@ -16,6 +16,7 @@ sees when each request's first and last tokens come out. Prompts are random toke
 
 Protocol: the parent writes an `EngineJob` as JSON to the child's stdin; the child writes
 JSON lines to the file descriptor named on its command line: `ready` (engine facts),
+`startup` (the start-up phases, complete once the first batch's first token is out),
 `iteration` (progress), `case` (one case's samples), `error` (why it stopped, and whether
 the flags were at fault). The child's stdout and stderr (vLLM's log) go to a log file.
 """
@@ -23,6 +24,7 @@ the flags were at fault). The child's stdout and stderr (vLLM's log) go to a log
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -39,6 +41,7 @@ from typing import IO, Any
 
 from hpcinfer.bench.samples import IterationSample, RequestSample
 from hpcinfer.core.processes import spawn
+from hpcinfer.core.startup_phases import StartupClock
 from hpcinfer.errors import EngineError, SpecError
 from hpcinfer.logtail import log_tail
 
@@ -85,6 +88,7 @@ class EngineInfo:
     text_config: dict[str, Any]
     vllm_version: str
     startup_s: float
+    startup: dict[str, Any] | None = None  # StartupPhases: imports, model load, ...
 
 
 @dataclass
@@ -224,6 +228,8 @@ def _read_events(
                 f"engine ready in {run.info.startup_s:.1f} s (vLLM {run.info.vllm_version}, "
                 f"{run.info.dtype}, max-model-len {run.info.max_model_len})"
             )
+        elif kind == "startup" and run is not None:
+            run.info = dataclasses.replace(run.info, startup=event["phases"])
         elif kind == "iteration":
             progress(_format_progress(event))
         elif kind == "case" and run is not None:
@@ -252,12 +258,15 @@ class _Bench:
     """The engine, and timed batches on it."""
 
     def __init__(self, job: EngineJob) -> None:
-        import vllm
-        from vllm import LLM, SamplingParams
+        self.clock = StartupClock()  # vLLM logs to our stdout: the engine log
+        with self.clock.imports():
+            import vllm
+            from vllm import LLM, SamplingParams
 
-        started = time.monotonic()
-        self._llm = LLM(**job.llm_kwargs)
-        self.startup_s = time.monotonic() - started
+        with self.clock.engine():
+            self._llm = LLM(**job.llm_kwargs)
+        self.startup_s = self.clock.engine_s or 0.0
+        self._first_batch = True
         self._engine = self._llm.llm_engine
         self._sampling_params = SamplingParams
         self._job = job
@@ -300,6 +309,10 @@ class _Bench:
                 key = f"{self._job.seed}/{case.name}/{phase}/{index}"
                 prompts = random_prompts(self._allowed, case.batch_size, case.input_len, key)
                 sample = self._batch(prompts, params, key)
+                if self._first_batch:  # the first token after ready: start-up's last phase
+                    self._first_batch = False
+                    self.clock.first_token(min(r.ttft_s for r in sample.requests))
+                    events.emit("startup", phases=self.clock.phases().model_dump())
                 events.emit(
                     "iteration",
                     case=case.name,
@@ -391,6 +404,7 @@ def main(argv: list[str]) -> int:
         text_config=bench.text_config,
         vllm_version=bench.vllm_version,
         startup_s=round(bench.startup_s, 3),
+        startup=bench.clock.phases().model_dump(),
     )
     try:
         for case in job.cases:
