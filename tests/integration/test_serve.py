@@ -26,7 +26,7 @@ import pytest
 
 from hpcinfer.core.endpoints_registry import read_registry
 from hpcinfer.serve.ports import port_in_use
-from tests.conftest import hpcinfer_cmd, require, run_cli, start_cli
+from tests.conftest import check_startup_phases, hpcinfer_cmd, require, run_cli, start_cli
 from tests.processes import assert_no_orphans, marked
 
 pytestmark = pytest.mark.integration
@@ -134,6 +134,8 @@ def test_two_mpi_ranks_merge_one_registry_and_stop_on_sigterm(
     assert [(e.rank, e.state) for e in entries] == [(0, "ready"), (1, "ready")]
     assert [e.url for e in entries] == [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
     assert [e.devices for e in entries] == [["core0"], ["core1"]]
+    for entry in entries:
+        check_startup_phases(entry.startup, server=True)
 
     code, _, err = stop(mpi)
     assert code == 0, err[-3000:]

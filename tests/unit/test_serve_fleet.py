@@ -15,7 +15,7 @@ from hpcinfer.core.endpoints_registry import read_registry
 from hpcinfer.errors import SpecError
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.fleet import Fleet, FleetEvent, ServerLaunch
-from hpcinfer.serve.report import event_line
+from hpcinfer.serve.report import event_line, startup_note
 from tests.harness import wait_for
 from tests.unit.serve_fakes import fake_launch
 
@@ -102,6 +102,9 @@ def test_monitor_follows_unhealthy_recovery_and_death(
     fleet.start()
     (ready,) = fleet.wait_ready()
     assert ready.state == "ready" and ready.ready and ready.pid
+    (entry,) = read_registry(registry)  # the start-up: its ready time; nothing vLLM logged
+    assert entry.startup is not None and entry.startup["total_s"] > 0
+    assert entry.startup["model_load_s"] is None and entry.startup["imports_s"] is None
     fleet.start_monitor()
     sick.touch()
     wait_for(
@@ -221,3 +224,9 @@ def test_an_unwritable_registry_fails_before_any_server_starts(tmp_path: Path) -
         fleet.start()
     assert fleet.endpoints[0].pid is None
     fleet.stop()
+
+
+def test_the_ready_line_names_the_phases_vllm_reported() -> None:
+    phases = {"model_load_s": 1.234, "kv_cache_s": 2.5, "compile_s": None, "total_s": 30.0}
+    assert startup_note(phases) == " (model load 1.2 s, KV cache 2.5 s)"
+    assert startup_note(None) == "" and startup_note({"total_s": 3.0}) == ""

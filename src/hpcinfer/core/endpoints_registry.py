@@ -51,6 +51,8 @@ class Endpoint:
     log: str | None = None
     error: str | None = None
     rank: int = 0
+    startup: dict[str, float | None] | None = None
+    """Once ready: its start-up phases (core.startup_phases.StartupPhases as a dict)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

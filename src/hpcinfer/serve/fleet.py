@@ -42,6 +42,7 @@ from hpcinfer.core.endpoints_registry import (
     now_iso,
     write_registry,
 )
+from hpcinfer.core.startup_phases import server_startup
 from hpcinfer.errors import SpecError
 from hpcinfer.logtail import log_tail
 from hpcinfer.serve.errors import ServeError
@@ -302,8 +303,10 @@ class Fleet:
             # A server that never came up still holds its devices (or left an EngineCore).
             stop_all([process], FAILED_SERVER_GRACE_S)
             return
+        phases = server_startup(server.launch.log, time.monotonic() - server.started)
         with self._lock:
             server.endpoint.ready = now_iso()
+            server.endpoint.startup = phases.model_dump()
             self._transition(server, READY, None)
         while not (self._monitoring.wait(0.5) or self._closing.is_set()):
             pass

@@ -40,7 +40,7 @@ def event_line(event: FleetEvent) -> str:
         text = "healthy again"
     elif state == READY:
         took = f" in {event.seconds:.1f}s" if event.seconds is not None else ""
-        text = f"ready{took}"
+        text = f"ready{took}" + startup_note(entry.startup)
     elif state == UNHEALTHY:
         text = f"unhealthy: {event.detail}"
     elif state in (FAILED, DEAD):
@@ -52,6 +52,21 @@ def event_line(event: FleetEvent) -> str:
     else:
         text = state
     return f"{where}: {text}"
+
+
+def startup_note(phases: dict[str, float | None] | None) -> str:
+    """' (model load 1.2 s, KV cache 2.5 s, compilation 0.0 s)': what vLLM reported."""
+    names = (
+        ("model_load_s", "model load"),
+        ("kv_cache_s", "KV cache"),
+        ("compile_s", "compilation"),
+    )
+    parts = [
+        f"{label} {phases[key]:.1f} s"
+        for key, label in names
+        if phases and phases.get(key) is not None
+    ]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 class EventPrinter:
