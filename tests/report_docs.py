@@ -100,6 +100,17 @@ ITERATIONS_S = [1.92, 1.21, 1.18, 1.20, 1.19, 1.22]
 """Offline iteration latencies: a slow first (warm-up) iteration, then steady."""
 
 
+STARTUP = {
+    "imports_s": 2.917,
+    "model_load_s": 0.131,
+    "kv_cache_s": 2.52,
+    "compile_s": 0.0,
+    "first_token_s": 0.103,
+    "total_s": 12.124,
+}
+"""An engine's start-up phases as `hpcinfer run` recorded them on the CPU build here."""
+
+
 def offline_document(model: str = "tiny") -> dict[str, Any]:
     ordered = sorted(ITERATIONS_S)
     cut = statistics.quantiles(ordered, n=100, method="inclusive")
@@ -123,7 +134,8 @@ def offline_document(model: str = "tiny") -> dict[str, Any]:
         "mfu": None,
         "iterations_s": ITERATIONS_S,
     }
-    document = result_document("offline", {"model": model, "batch_size": 8}, {"result": result})
+    config = {"model": model, "batch_size": 8, "engine_startup": STARTUP}
+    document = result_document("offline", config, {"result": result})
     document["command"] = ["hpcinfer", "bench", "offline", "--batch-size", "8"]
     return document
 
@@ -157,6 +169,10 @@ def fom_document(model: str = "tiny", peak_tflops: float | None = None) -> dict[
     body = {
         "cases": cases,
         "fom": {"throughput": total.throughput, "flops_per_s": total.flops_per_s},
+        "engines": [
+            {"max_model_len": 512, "cases": ["FOM1", "FOM2"], "startup": STARTUP},
+            {"max_model_len": 2048, "cases": ["FOM3"], "startup": {"total_s": 9.5}},
+        ],
     }
     document = result_document("fom", {"model": model, "preset": "cpu-tiny"}, body)
     document["command"] = ["hpcinfer", "bench", "fom", "--preset", "cpu-tiny"]

@@ -165,6 +165,17 @@ def test_offline_and_fom_figures(full: Path, page: str) -> None:
     assert sum(shares) == pytest.approx(100, abs=0.2)
 
 
+def test_engine_start_up_phases(page: str) -> None:
+    found = tables(page)
+    (offline,) = found["Engine start-up (s)"]
+    assert offline["imports"] == "2.92" and offline["KV cache"] == "2.52"
+    assert offline["total"] == "12.1"
+    assert "its longest phase was imports (2.92 s)" in page
+    fom = found["FOM engines' start-up (s)"]
+    assert [row["engine"] for row in fom] == ["max-model-len 512", "max-model-len 2048"]
+    assert fom[1]["model load"] == "n/a" and fom[1]["total"] == "9.50"  # never guessed
+
+
 def test_fom_with_a_peak_shows_mfu(tmp_path: Path) -> None:
     write_result(tmp_path, fom_document(peak_tflops=0.001))
     rows = tables(render_report(tmp_path))["FOM cases"]

@@ -9,6 +9,7 @@ from typing import Any
 
 from hpcinfer.report import plots
 from hpcinfer.report.page import Plot, Section, Table, malformed
+from hpcinfer.report.startup_table import startup_table
 from hpcinfer.report.values import NA, fmt, fmt_count, fmt_flops, fmt_pct, get_num
 
 
@@ -101,6 +102,8 @@ def fom_section(path: Path, document: Mapping[str, Any]) -> Section:
         blocks.append(
             plots.fom_breakdown(names, known, every_flop if len(every_flop) == len(cases) else None)
         )
+    table = startup_table("FOM engines' start-up (s)", _engine_startups(document))
+    blocks += [table] if table is not None else []
     return Section(
         kind="fom",
         title="Figure of merit (FOM)",
@@ -108,6 +111,16 @@ def fom_section(path: Path, document: Mapping[str, Any]) -> Section:
         reading=read_fom(names, cases, throughputs, total, total_flops),
         blocks=tuple(blocks),
     )
+
+
+def _engine_startups(document: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """('max-model-len 512', its start-up phases) for each engine the FOM started."""
+    engines = document.get("engines")
+    return [
+        (f"max-model-len {engine.get('max_model_len')}", engine.get("startup"))
+        for engine in (engines if isinstance(engines, list) else [])
+        if isinstance(engine, Mapping)
+    ]
 
 
 def read_fom(

@@ -9,6 +9,7 @@ from typing import Any
 
 from hpcinfer.report import plots
 from hpcinfer.report.page import Plot, Section, Table, malformed
+from hpcinfer.report.startup_table import read_startup, startup_table
 from hpcinfer.report.values import NA, fmt, fmt_count, fmt_flops, fmt_pct, get_num, num
 
 _PERCENTILE = re.compile(r"^p(\d+(?:\.\d+)?)$")
@@ -67,11 +68,17 @@ def offline_section(path: Path, document: Mapping[str, Any]) -> Section:
     ]
     if percentiles:
         blocks.append(plots.offline_latency(percentiles, get_num(latency, "mean"), iterations))
+    config = document.get("config")
+    startup = config.get("engine_startup") if isinstance(config, Mapping) else None
+    table = startup_table("Engine start-up (s)", [("offline", startup)])
+    blocks += [table] if table is not None else []
+    reading = read_offline(result, latency, percentiles, iterations)
+    started = read_startup(startup)
     return Section(
         kind="offline",
         title="Offline benchmark",
         source=path.name,
-        reading=read_offline(result, latency, percentiles, iterations),
+        reading=reading + ((started,) if started else ()),
         blocks=tuple(blocks),
     )
 
