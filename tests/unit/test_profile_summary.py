@@ -109,3 +109,31 @@ def test_report_names_a_broken_profile_summary(tmp_path: Path, main_cli: InProce
     ran = main_cli("report", str(tmp_path))
     assert ran.code == 2
     assert str(tmp_path / SUMMARY_FILE) in ran.err and "rows[0]" in ran.err
+
+
+def test_summary_reads_what_profile_analyze_writes(tmp_path: Path) -> None:
+    """The contract with `profile analyze`: real (small) traces of 4 ranks, rank 2 late at
+    every all-reduce, analysed by hpcinfer.traces; the summary's comm figures and straggler
+    are the analysis's."""
+    from hpcinfer.traces import analyze_traces
+    from tests.unit.trace_fakes import TraceBuilder
+
+    all_reduce = "ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevKernelArgsStorage<4096ul>)"
+    gemm = "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1"
+    run = write_run(tmp_path, profile_result("tp4", tp=4))
+    for rank in range(4):
+        trace = TraceBuilder(rank=rank, world_size=4)
+        for step in range(6):
+            late = 80.0 if rank == 2 else 0.0
+            trace.annotation(f"ProfilerStep#{step}", step * 1000, 1000)
+            trace.kernel(gemm, step * 1000, 500)
+            trace.kernel(all_reduce, step * 1000 + 600 + late, 200 - late, stream=20)
+        trace.write(run / f"kineto_trace_{rank}.json.gz")
+    analyze_traces(run, run, workers=1)
+    [row] = write_summary([run], tmp_path / "out").rows
+    assert (row.straggler_rank, row.straggler_last_pct) == (2, 100.0)
+    assert row.collectives_per_step == "all_reduce=1"
+    # 200 us of 1000 on the punctual ranks, 120 us on the late one: the mean is 18%
+    assert row.comm_overhead_pct == pytest.approx(18.0)
+    assert row.exposed_comm_pct == pytest.approx(18.0)  # nothing overlaps the all-reduce
+    assert row.note == ""
