@@ -18,7 +18,8 @@ REPORT_EPILOG = (
     "Example: `hpcinfer report bench-out -o pages` writes pages/report.html, where bench-out "
     "is the --out "
     "directory of `hpcinfer bench serve|offline|fom`; open the page in any browser (it needs "
-    "no network). A section per file found (serve.json, offline.json, fom.json). Exit codes: 0 "
+    "no network). A section per file found (serve.json, offline.json, fom.json, and "
+    "profile_summary.json from `hpcinfer profile summary -o DIR`). Exit codes: 0 "
     "written (the path is printed); 2 DIR missing, no result file in it, or a file that is not "
     "a readable result (named)."
 )
@@ -29,7 +30,9 @@ def report(
     directory: Annotated[
         Path,
         typer.Argument(
-            metavar="DIR", help="A benchmark's --out directory (holds serve/offline/fom.json)."
+            metavar="DIR",
+            help="A benchmark's --out directory (holds serve/offline/fom.json), or the -o "
+            "directory of `hpcinfer profile summary`.",
         ),
     ],
     *,
