@@ -67,7 +67,7 @@ def profile_result(
             total_tokens_per_s=tokens_per_s,
         ),
         profiler=ProfilerOverhead(step_ms_unprofiled=640.0, step_ms_profiled=700.0),
-        startup=StartupPhases(),
+        startup=StartupPhases(total_s=21.5),
         ranks=[
             RankFiles(
                 rank=r,

@@ -65,6 +65,7 @@ def test_summary_csv_has_one_row_per_run_with_scaling_and_comm(
     assert float(tp4["collectives_per_step_total"]) == 65
     assert tp4["collectives_per_step"] == "all_gather=1 all_reduce=64"
     assert tp4["straggler_rank"] == "3"
+    assert float(tp4["startup_s"]) == 21.5
     assert float(rows["E1.2_llama8b_tp2"]["efficiency"]) == 0.9
     other = rows["other_tp2"]
     assert other["speedup"] == "1.0"  # its own baseline: another model is not compared

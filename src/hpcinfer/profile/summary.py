@@ -67,6 +67,7 @@ class SummaryRow(BaseModel):
         None, description="share of the matched collectives the straggler arrived last at"
     )
     profiler_overhead_pct: float
+    startup_s: float | None = Field(None, description="engine start-up to the first token")
     run_dir: str
     note: str = ""
 
@@ -150,6 +151,7 @@ def summary_row(
         tpot_ms=timing.tpot_ms,
         step_ms=timing.step_ms,
         profiler_overhead_pct=round(result.profiler.overhead_pct, 2),
+        startup_s=result.startup.total_s,
         run_dir=str(run_dir),
     )
     if analysis is None:
