@@ -124,18 +124,14 @@ def test_ep_reaches_vllm_on_an_moe_model_and_is_refused_on_a_dense_one(tmp_path:
     assert "dense" in refused.refused[0][1][0]
 
 
-def test_dp_reaches_vllm_as_data_parallel_size() -> None:
+def test_dp_is_refused_with_the_reason_and_ep_spans_tp_times_dp() -> None:
     expansion = expand({"models": ["m/x"], "tp": [2], "dp": [1, 2], "ep": [1, 4]})
-    plans = {e.config.experiment_id: e for e in expansion.experiments}
-    assert plans["x_tp2_dp2_ep4"].vllm.engine_args == {
-        "tensor_parallel_size": 2,
-        "pipeline_parallel_size": 1,
-        "data_parallel_size": 2,
-        "enable_expert_parallel": True,
-    }
-    assert plans["x_tp2_dp2_ep4"].config.parallelism.world_size == 4
-    assert plans["x_tp2_dp2_ep4"].config.parallelism.dp_replicate == 2
-    assert {i for i, _ in expansion.refused} == {"x_tp2_dp1_ep4"}
+    assert [e.config.experiment_id for e in expansion.experiments] == ["x_tp2_dp1_ep1"]
+    refused = dict(expansion.refused)
+    assert any("LLM(data_parallel_size > 1)" in r for r in refused["x_tp2_dp2_ep1"])
+    # ep=4 on tp=2 x dp=2 would be vLLM's EP size; only DP stands in its way
+    assert len(refused["x_tp2_dp2_ep4"]) == 1
+    assert any("set ep: 2 or ep: 1" in r for r in refused["x_tp2_dp1_ep4"])
 
 
 def test_tp_that_does_not_divide_the_heads_is_refused(tmp_path: Path) -> None:

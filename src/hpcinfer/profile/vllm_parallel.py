@@ -5,8 +5,8 @@ Users' earlier scripts wrote EP and DP into the config and never passed them to 
 experiment is refused with the reason, before anything starts:
 
 - tp, pp -> `tensor_parallel_size`, `pipeline_parallel_size`;
-- dp_replicate -> `data_parallel_size`, one engine process per replica (vLLM refuses
-  `LLM(data_parallel_size>1)` in a single process);
+- dp_replicate -> `data_parallel_size`; refused above 1 for now: `profile run` drives one
+  offline engine, and vLLM refuses `LLM(data_parallel_size>1)` in a single process;
 - ep > 1 -> `enable_expert_parallel=True`. vLLM has no separate EP size: the experts are
   split over all TP x DP ranks, so ep must be 1 or tp x dp_replicate, and the model must
   have experts (checked when its config.json can be read here);
@@ -44,7 +44,7 @@ class VllmPlan:
 
 
 def engine_args(parallelism: Parallelism) -> dict[str, Any]:
-    """The vLLM engine arguments of the plan (DP included: one process per replica)."""
+    """The vLLM engine arguments of the plan."""
     return {
         "tensor_parallel_size": parallelism.tp,
         "pipeline_parallel_size": parallelism.pp,
@@ -115,9 +115,11 @@ def plan_for_vllm(experiment: ExperimentConfig, architecture: dict[str, Any] | N
             f"set ep: {p.tp * p.dp_replicate} or ep: 1"
         )
     if p.dp_replicate > 1:
-        notes.append(
-            f"dp_replicate={p.dp_replicate} reaches vLLM as data_parallel_size, one engine "
-            "process per replica"
+        refusals.append(
+            f"dp_replicate={p.dp_replicate}: `profile run` drives one offline vLLM engine, and "
+            "vLLM refuses LLM(data_parallel_size > 1) in one process (its offline data "
+            "parallelism needs one process per replica); profile one replica "
+            "(dp_replicate: 1)"
         )
     if architecture is None:
         notes.append(
