@@ -41,11 +41,26 @@ GROUP_END_S = 10.0
 """How long `reap_group` waits for the SIGKILLed members of a group to leave the table."""
 
 # The guard's whole program (run with `python -S`: no site, no hpcinfer import, about 10 ms
-# and a few MB). It waits for a byte or the end of its stdin: a byte is "stand down" (the
-# group was stopped by us), the end means hpcinfer died, and then it ends the group.
+# and a few MB). It is started before the child, so that a kill -9 while the child starts
+# finds it there: it first reads the group's id (a line), then waits for a byte or the end
+# of its stdin: a byte is "stand down" (the group was stopped by us), the end means
+# hpcinfer died, and then it ends the group. The end before the id: no child was started.
 _GUARD_PROGRAM = """
 import os, signal, sys, time
-group, grace = int(sys.argv[1]), float(sys.argv[2])
+grace = float(sys.argv[1])
+line = b""
+while b"\\n" not in line:
+    try:
+        chunk = os.read(0, 32)
+    except OSError:
+        chunk = b""
+    if not chunk:
+        sys.exit(0)
+    line += chunk
+group, _, rest = line.partition(b"\\n")
+group = int(group)
+if rest:
+    sys.exit(0)
 try:
     word = os.read(0, 1)
 except OSError:
@@ -110,12 +125,15 @@ _PRCTL = _load_prctl()
 
 
 def _child_setup(
-    parent: int, cores: frozenset[int] | None, death_signal: int
+    parent: int, cores: frozenset[int] | None, death_signal: int, announce_fd: int | None
 ) -> Callable[[], None]:
     """Runs in the child between fork and exec: only system calls, nothing that allocates
     much or takes locks (the parent may have threads)."""
 
     def setup() -> None:
+        if announce_fd is not None:  # the guard learns the group before anything runs in it
+            with contextlib.suppress(OSError):
+                os.write(announce_fd, b"%d\n" % os.getpid())
         if _PRCTL is not None:
             _PRCTL(PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
             if os.getppid() != parent:  # the parent died before prctl: follow it now
@@ -136,6 +154,7 @@ class ProcessOptions(TypedDict, total=False):
     stdin: int
     pass_fds: Sequence[int]
     death_signal: int
+    announce_fd: int | None
 
 
 def start_process(
@@ -149,7 +168,8 @@ def start_process(
     (appended to, or truncated with `fresh_log`; None: ours, as a launcher's ranks print to
     the user), on `cores`, in `cwd`, with `stdin` and the `pass_fds` it inherits.
     `death_signal` is what the child gets when this thread dies: SIGTERM (the default) for a
-    server, SIGKILL for a child that ignores SIGTERM."""
+    server, SIGKILL for a child that ignores SIGTERM. `announce_fd`: a pipe the child writes
+    its pid (= its process group) to before exec, the guard's (see `Child`)."""
     cores = options.get("cores")
     death_signal = int(options.get("death_signal", signal.SIGTERM))
     with contextlib.ExitStack() as stack:
@@ -167,19 +187,23 @@ def start_process(
             pass_fds=tuple(options.get("pass_fds", ())),
             start_new_session=True,
             preexec_fn=_child_setup(
-                os.getpid(), frozenset(cores) if cores else None, death_signal
+                os.getpid(),
+                frozenset(cores) if cores else None,
+                death_signal,
+                options.get("announce_fd"),
             ),
         )
 
 
 class _Guard:
-    """The guard of one child's process group (see the module docstring)."""
+    """The guard of one child's process group (see the module docstring): started before
+    the child, which writes its group to the guard's pipe between fork and exec."""
 
-    def __init__(self, group: int) -> None:
+    def __init__(self) -> None:
         read_end, self._write_end = os.pipe()  # not inherited by any other child
         try:
             self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-                [sys.executable, "-S", "-c", _GUARD_PROGRAM, str(group), str(GUARD_GRACE_S)],
+                [sys.executable, "-S", "-c", _GUARD_PROGRAM, str(GUARD_GRACE_S)],
                 stdin=read_end,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -190,8 +214,14 @@ class _Guard:
         finally:
             os.close(read_end)
 
+    @property
+    def announce_fd(self) -> int | None:
+        """The pipe's end the child writes its group to (None: no guard)."""
+        return self._write_end if self._proc is not None and self._write_end >= 0 else None
+
     def stand_down(self) -> None:
-        """The group is gone: the guard leaves without touching it (its id may be reused)."""
+        """The group is gone (or was never started): the guard leaves without touching it
+        (its id may be reused)."""
         if self._write_end < 0:
             return
         with contextlib.suppress(OSError):
@@ -206,11 +236,26 @@ class _Guard:
 class Child:
     """A started child: its pid (also its process group id) and how to stop its group."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self.pid = proc.pid
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        log: Path | None,
+        **options: Unpack[ProcessOptions],
+    ) -> None:
+        """`start_process` with the group's guard started first; the child tells it its group
+        between fork and exec, so a kill -9 of hpcinfer at any moment after the fork still
+        ends what the child forks."""
+        self._guard = _Guard()
+        try:
+            options["announce_fd"] = self._guard.announce_fd
+            self.proc = start_process(argv, env=env, log=log, **options)
+        except BaseException:
+            self._guard.stand_down()
+            raise
+        self.pid = self.proc.pid
         self._group_gone = False
-        self._guard = _Guard(proc.pid)
 
     @property
     def returncode(self) -> int | None:
@@ -297,7 +342,7 @@ def spawn(
     **options: Unpack[ProcessOptions],
 ) -> Child:
     """`start_process`, as a Child (with its group's guard)."""
-    return Child(start_process(argv, env=env, log=log, **options))
+    return Child(argv, env=env, log=log, **options)
 
 
 def stop_all(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from hpcinfer.core.processes import Child, start_process, stop_all
+from hpcinfer.core.processes import Child, stop_all
 from hpcinfer.logtail import LOG_TAIL_LINES, log_tail
 
 __all__ = ["ServerProcess", "stop_all"]
@@ -32,9 +32,7 @@ class ServerProcess(Child):
         self.argv = list(argv)
         self.log = log
         # a fresh log per start: its tail is this start's
-        super().__init__(
-            start_process(argv, env=env, log=log, fresh_log=True, cores=cores, cwd=cwd)
-        )
+        super().__init__(argv, env=env, log=log, fresh_log=True, cores=cores, cwd=cwd)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return log_tail(self.log, lines)
