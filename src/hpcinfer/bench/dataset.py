@@ -2,7 +2,8 @@
 
 Input files are read as `hpcinfer run` reads them (`inputs.readers`: text, JSONL prompts or
 chat messages, CSV/TSV/Parquet with a prompt column or a template); a chat record goes to
-/v1/chat/completions, a prompt to the API chosen for the run.
+/v1/chat/completions, a prompt to the API chosen for the run, each with the record's own
+sampling fields (temperature, seed, ...), sent over the run's as `run` sends them.
 
 Random prompts are lists of token ids sent as such on `/v1/completions` (vLLM accepts a
 prompt of token ids), so the server sees exactly `input_len` tokens: text prompts change
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,6 +43,8 @@ class BenchRequest:
     """Exact input tokens when known (random token ids), else None."""
     api: Literal["completions", "chat"] | None = None
     """The API this request must go to (chat messages: chat); None: the run's choice."""
+    sampling: dict[str, Any] = field(default_factory=dict)
+    """The record's own sampling fields (`Record.sampling`), sent over the run's settings."""
 
 
 def _length_range(length: int, range_ratio: float, minimum: int) -> tuple[int, int]:
@@ -186,6 +189,7 @@ def file_requests(
                 prompt=record.prompt,
                 messages=record.messages,
                 api="chat" if record.messages is not None else None,
+                sampling=record.sampling,
             )
         )
     return FileRequests(requests, errors)

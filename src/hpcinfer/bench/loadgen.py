@@ -170,6 +170,7 @@ def request_body(request: BenchRequest, options: LoadOptions) -> dict[str, Any]:
             stop=list(options.stop),
             ignore_eos=options.ignore_eos,
             extra=options.extra_body,
+            sampling=request.sampling,
         )
     except ValueError as exc:
         raise ValueError(f"{request.source}: {exc}") from None

@@ -13,11 +13,14 @@ line or mid-event; `SseParser` keeps the partial line for the next read.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
 Api = Literal["completions", "chat"]
 PATHS: dict[str, str] = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 DONE = "[DONE]"
+MAX_LOGPROBS = 20
+"""vLLM's default `max_logprobs`: the most top alternatives a request may ask for."""
 _DONE = DONE.encode()
 _ERROR_CHARS = 500
 
@@ -60,13 +63,15 @@ def request_body(
     ignore_eos: bool = False,
     min_tokens: int | None = None,
     extra: dict[str, Any] | None = None,
+    sampling: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON body of one streaming request that reports usage at its end.
 
     Completions take `prompt` (text or token ids); chat takes `messages`, or a text `prompt`
     as one user message. Fields left at None/False/0 are not sent, so a server that knows
     only the OpenAI API accepts the requests that do not use vLLM's extensions (top_k,
-    ignore_eos, min_tokens). `extra` fields are sent as given and override the rest.
+    ignore_eos, min_tokens). `extra` fields are sent as given and override the rest; a
+    record's own sampling fields (`sampling`, `Record.sampling`) override those.
     Raises ValueError for a request the chosen API cannot carry."""
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
     if temperature is not None:
@@ -101,7 +106,33 @@ def request_body(
         body["min_tokens"] = min_tokens
     if extra:
         body.update(extra)
+    if sampling:
+        body.update(sampling_fields(sampling, api))
     return body
+
+
+_PLAIN_FIELDS = (
+    "temperature", "top_p", "top_k", "seed", "stop", "min_tokens", "n",
+    "presence_penalty", "frequency_penalty", "repetition_penalty",
+)  # fmt: skip
+_STRUCTURED = {"json_schema": "json", "regex": "regex", "choice": "choice"}
+
+
+def sampling_fields(fields: Mapping[str, Any], api: Api) -> dict[str, Any]:
+    """A record's own sampling fields (checked by `inputs.sampling`) as vLLM's OpenAI server
+    takes them: structured output as `structured_outputs`, log-probabilities as the API
+    asks for them, a LoRA adapter as the model name, `chat_template`."""
+    extra = {name: fields[name] for name in _PLAIN_FIELDS if name in fields}
+    if "logprobs" in fields:
+        extra.update(request_logprobs(api, fields["logprobs"], MAX_LOGPROBS))
+    for ours, theirs in _STRUCTURED.items():
+        if ours in fields:
+            extra["structured_outputs"] = {theirs: fields[ours]}
+    if "lora" in fields:
+        extra["model"] = fields["lora"]  # vLLM serves each --lora-modules adapter by name
+    if "chat_template" in fields:
+        extra["chat_template"] = fields["chat_template"]
+    return extra
 
 
 # ------------------------------------------------------------------------------ streams

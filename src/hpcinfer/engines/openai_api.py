@@ -18,11 +18,9 @@ from hpcinfer.core.openai_wire import (
     choice_text,
     event_choices,
     request_body,
-    request_logprobs,
     token_logprobs,
     usage_counts,
 )
-from hpcinfer.inputs.sampling import MAX_LOGPROBS
 from hpcinfer.records import Record, Result
 from hpcinfer.spec import SamplingSpec
 
@@ -53,33 +51,8 @@ def record_body(record: Record, api: Api, model: str, sampling: SamplingSpec) ->
         top_k=sampling.top_k,
         ignore_eos=sampling.ignore_eos,
         min_tokens=sampling.min_tokens,
-        extra=record_extra(record, api),
+        sampling=record.sampling,
     )
-
-
-_PLAIN_FIELDS = (
-    "temperature", "top_p", "top_k", "seed", "stop", "min_tokens", "n",
-    "presence_penalty", "frequency_penalty", "repetition_penalty",
-)  # fmt: skip
-_STRUCTURED = {"json_schema": "json", "regex": "regex", "choice": "choice"}
-
-
-def record_extra(record: Record, api: Api) -> dict[str, Any]:
-    """A record's own sampling fields as vLLM's OpenAI server takes them: structured output
-    as `structured_outputs`, log-probabilities as the API asks for them, a LoRA adapter as
-    the model name, `chat_template`."""
-    fields = record.sampling
-    extra = {name: fields[name] for name in _PLAIN_FIELDS if name in fields}
-    if "logprobs" in fields:
-        extra.update(request_logprobs(api, fields["logprobs"], MAX_LOGPROBS))
-    for ours, theirs in _STRUCTURED.items():
-        if ours in fields:
-            extra["structured_outputs"] = {theirs: fields[ours]}
-    if "lora" in fields:
-        extra["model"] = fields["lora"]  # vLLM serves each --lora-modules adapter by name
-    if "chat_template" in fields:
-        extra["chat_template"] = fields["chat_template"]
-    return extra
 
 
 @dataclass

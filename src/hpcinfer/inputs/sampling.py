@@ -17,10 +17,9 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from typing import Any
 
+from hpcinfer.core.openai_wire import MAX_LOGPROBS
 from hpcinfer.records import Record
 
-MAX_LOGPROBS = 20
-"""vLLM's default `max_logprobs`: the most top alternatives a request may ask for."""
 MAX_N = 128
 
 STRUCTURED_FIELDS = ("json_schema", "regex", "choice")

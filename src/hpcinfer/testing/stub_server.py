@@ -72,7 +72,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 from aiohttp import web
 
@@ -83,6 +83,7 @@ from hpcinfer.testing.stub_samples import Sampling
 MODES = ("http500", "malformed", "truncate", "hang", "drop")
 HTTP500, MALFORMED, TRUNCATE, HANG, DROP = MODES
 
+_T = TypeVar("_T")
 _COMPLETIONS = "completions"
 _CHAT = "chat"
 _MALFORMED_EVENT = b"data: {not json\n\n"
@@ -190,6 +191,9 @@ class StubConfig:
     seed: int = 0
     default_max_tokens: int = 16
     accept_any_model: bool = False
+    keep_bodies: bool = False
+    """Keep every generation request's JSON body (`StubServer.bodies()`), for tests of what
+    a client sends; off by default, so a long benchmark does not hold them all."""
     capacity: int | None = None
     """Requests answered at once (vLLM's --max-num-seqs); later ones wait for a slot and
     their tokens count from when they get it, so a load above capacity queues. None: no
@@ -408,6 +412,7 @@ class _Stub:
         self.waiting = 0
         self.pacer = Pacer()
         self.arrivals: dict[Any, float] = {}  # connection handler -> its latest bytes' arrival
+        self.bodies: list[Any] = []  # with config.keep_bodies: each request body, as received
         self._auth = f"Bearer {config.api_key}" if config.api_key else None
 
     def app(self) -> web.Application:
@@ -517,6 +522,8 @@ class _Stub:
             return web.json_response(
                 _error_body("the request body is not JSON", "BadRequestError", 400), status=400
             )
+        if self.config.keep_bodies:
+            self.bodies.append(body)
         try:
             req = _parse_request(api, body, self.config.default_max_tokens)
         except _BadRequest as exc:
@@ -803,6 +810,7 @@ class StubServer:
         seed: int = 0,
         default_max_tokens: int = 16,
         accept_any_model: bool = False,
+        keep_bodies: bool = False,
         capacity: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -818,6 +826,7 @@ class StubServer:
             seed=seed,
             default_max_tokens=default_max_tokens,
             accept_any_model=accept_any_model,
+            keep_bodies=keep_bodies,
             capacity=capacity,
         )
         self.host = host
@@ -876,12 +885,20 @@ class StubServer:
 
     def stats(self) -> dict[str, Any]:
         """The counters (as `GET /stats` returns them)."""
+        return self._read(lambda stub: stub.stats.snapshot())
+
+    def bodies(self) -> list[Any]:
+        """The generation requests' JSON bodies in arrival order (`keep_bodies=True`)."""
+        return self._read(lambda stub: list(stub.bodies))
+
+    def _read(self, read: Callable[[_Stub], _T]) -> _T:
+        """`read(stub)` run on the server's own loop, so it never sees state half-updated."""
         loop, stub = self._loop, self._stub
         if loop is None or stub is None or loop.is_closed():
             raise RuntimeError("the stub server is not running")
 
-        async def snapshot() -> dict[str, Any]:
-            return stub.stats.snapshot()
+        async def snapshot() -> _T:
+            return read(stub)
 
         return asyncio.run_coroutine_threadsafe(snapshot(), loop).result(timeout=10)
 
