@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 from hpcinfer.traces.collective_names import TABLE_VERSION
@@ -99,7 +100,9 @@ def _read_all(files: list[Path], workers: int | None) -> list[RankResult]:
     count = min(len(files), workers or os.cpu_count() or 1)
     if count <= 1:
         return [analyze_file(path) for path in files]
-    with ProcessPoolExecutor(max_workers=count) as pool:
+    # fork, named (Python 3.14 defaults to forkserver, which re-runs `python -m hpcinfer`'s
+    # __main__ in each worker); the workers only parse and count, they start no threads
+    with ProcessPoolExecutor(max_workers=count, mp_context=get_context("fork")) as pool:
         return list(pool.map(analyze_file, files))
 
 
