@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ from tests.conftest import (
     wait_for_units,
     write_prompts,
 )
-from tests.harness import exited, wait_for
-from tests.processes import workers_of
+from tests.harness import exited, free_port, wait_for
+from tests.processes import assert_no_orphans, workers_of
 
 pytestmark = pytest.mark.integration
 
@@ -199,13 +200,7 @@ def _three_ranks_at_work(
     The job's stdout; it must succeed."""
     proc = start_cli([_mpiexec(), "-n", "3", *hpcinfer_cmd(*args)], cwd, env)
     try:
-        wait_for(
-            lambda: stub.stats()["running"] == 12,
-            300,
-            "all three ranks at work (12 requests held, 4 per rank)",
-            state=lambda: stub.stats()["running"],
-            give_up=lambda: exited(proc),
-        )
+        _wait_all_ranks_at_work(stub, proc)
         meanwhile(proc.pid)
         stub.release()
         stdout, stderr = proc.communicate(timeout=300)
@@ -264,3 +259,101 @@ def test_node_local_buffer_moves_every_unit_to_the_shared_store(
     _assert_exactly_once(tmp_path / "out", 24)
     leftovers = [p for p in local.rglob("*") if p.is_file()]
     assert leftovers == [], "every committed unit moved to the shared store"
+
+
+
+
+def _wait_all_ranks_at_work(stub: StubServer, proc: subprocess.Popen[str]) -> None:
+    wait_for(
+        lambda: stub.stats()["running"] == 12,
+        300,
+        "all three ranks at work (12 requests held, 4 per rank)",
+        state=lambda: stub.stats()["running"],
+        give_up=lambda: exited(proc),
+    )
+
+
+def _start_three_ranks(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`mpiexec -n 3 hpcinfer ARGS` in its own session, stderr to cwd/stderr.log."""
+    with (cwd / "stderr.log").open("w") as stderr:
+        return subprocess.Popen(
+            [_mpiexec(), "-n", "3", *hpcinfer_cmd(*args)], cwd=cwd, env=env,
+            stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True,
+        )  # fmt: skip
+
+
+def _ctrl_c_twice(proc: subprocess.Popen[str], log: Path) -> int:
+    """Ctrl-C rank 0 (its stop message first), then again if the job still runs; the job's
+    exit code, which must come well before anything in it would end by itself."""
+    try:
+        rank_0 = _rank_pid(proc.pid, 0)
+        os.kill(rank_0, signal.SIGINT)
+        wait_for(
+            lambda: "Ctrl-C again to abort" in log.read_text(),
+            30,
+            "the stop message",
+            state=lambda: log.read_text()[-2000:],
+            give_up=lambda: exited(proc),
+        )
+        if proc.poll() is None:
+            os.kill(rank_0, signal.SIGINT)
+        return proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_ctrl_c_during_start_up_ends_every_ranks_workers(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """A three-rank job whose workers are all still starting (their engine waits 600 s for a
+    server that never answers, as a vLLM engine loads a model): Ctrl-C ends them all, other
+    ranks' included (they hold nothing yet), at once."""
+    write_prompts(tmp_path / "prompts.txt", 40)
+    mark = uuid.uuid4().hex
+    args = [
+        "run", "prompts.txt", "-o", "out", *MPI, "--engine", "openai",
+        "--url", f"http://127.0.0.1:{free_port()}", "--set", "client.connect_timeout_s=600",
+        "--set", "client.all_down_s=600",
+    ]  # fmt: skip
+    proc = _start_three_ranks(args, tmp_path, dict(cli_env, HPCINFER_TEST_MARK=mark))
+    wait_for(
+        lambda: len(_status_workers(tmp_path / "out")) == 3,
+        300,
+        "a worker of each of the three ranks joined, all loading",
+        state=lambda: _status_workers(tmp_path / "out"),
+        give_up=lambda: exited(proc),
+    )
+    code = _ctrl_c_twice(proc, tmp_path / "stderr.log")
+    assert code == 4, (tmp_path / "stderr.log").read_text()[-3000:]
+    assert_no_orphans(mark, timeout=10)
+
+
+def test_a_second_ctrl_c_aborts_every_rank_at_once(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """Every rank's workers hold requests the server never answers: the first Ctrl-C drains
+    (which cannot finish), the second aborts them all, other ranks' included, at once."""
+    write_prompts(tmp_path / "prompts.txt", 240)
+    mark = uuid.uuid4().hex
+    with StubServer(held=True) as stub:
+        args = [
+            "run", "prompts.txt", "-o", "out", *MPI, "--max-tokens", "16", "--unit-size", "4",
+            "--engine", "openai", "--url", stub.url, "--set", "client.inflight_per_endpoint=4",
+        ]  # fmt: skip
+        proc = _start_three_ranks(args, tmp_path, dict(cli_env, HPCINFER_TEST_MARK=mark))
+        _wait_all_ranks_at_work(stub, proc)
+        code = _ctrl_c_twice(proc, tmp_path / "stderr.log")
+    log = (tmp_path / "stderr.log").read_text()
+    assert code == 4, log[-3000:]
+    assert "aborting: ending the workers now" in log
+    assert_no_orphans(mark, timeout=10)
+    assert not list((tmp_path / "out" / "units").glob("*.jsonl"))  # nothing was answered
+
+def _status_workers(out: Path) -> list[dict[str, Any]]:
+    """The workers the running job's status.json lists (none before it is written)."""
+    try:
+        return list(json.loads((out / "status.json").read_text())["workers"])
+    except (OSError, ValueError, KeyError):
+        return []

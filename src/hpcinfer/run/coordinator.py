@@ -24,6 +24,8 @@ from hpcinfer.run.plan import WorkUnit
 from hpcinfer.run.schedule import Scheduler
 
 ABORT_GRACE_S = 10.0
+"""After an abort, this node's workers still alive this long after their SIGKILL (and any
+other rank's worker met since) are ended again."""
 SILENT_AFTER_S = 60.0
 """A ready worker holding units that sent nothing for this long is shown as silent (a
 working one reports at least every few seconds: progress or a heartbeat)."""
@@ -149,7 +151,8 @@ class Coordinator:
         """The first request drains: ready workers finish and commit the units they hold,
         workers still loading their engine hold nothing and are ended now. The second
         aborts: this node's workers are killed at once (commits are atomic renames: a unit
-        is in or out), other ranks' are told to abort."""
+        is in or out), other ranks' are told to abort and cut off, not waited for. A worker
+        of another rank still starting its engine ends on either (`worker._EndsOnStop`)."""
         if self.stop_reason is None:
             self.stop_reason = reason
             for worker in self._alive():
@@ -165,6 +168,8 @@ class Coordinator:
                 if worker.proc is not None:
                     worker.stopped_by_us = True
                     worker.proc.signal_group(signal.SIGKILL)
+                else:
+                    self._cut_off(worker)
             self._tell_stopping(aborting=True)
 
     def _tell_stopping(self, aborting: bool) -> None:
@@ -265,9 +270,14 @@ class Coordinator:
             for worker in self._alive():
                 if worker.proc is not None:
                     worker.proc.signal_group(signal.SIGKILL)
-                else:  # another rank's worker: cutting it off makes it exit
-                    self._mark_gone(worker)
-                    worker.conn.close()
+                else:
+                    self._cut_off(worker)
+
+    def _cut_off(self, worker: WorkerHandle) -> None:
+        """Another rank's worker, on an abort: not waited for. Closing its connection makes
+        it exit (it reads EOF, also while its engine starts) and its rank reaps it."""
+        self._mark_gone(worker)
+        worker.conn.close()
 
     def _receive(self, worker: WorkerHandle) -> None:
         try:

@@ -25,7 +25,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hpcinfer.core.startup_phases import StartupClock
 from hpcinfer.engines.base import Engine
@@ -43,6 +43,9 @@ PROGRESS_INTERVAL_S = 0.5
 PROGRESS_MESSAGES_PER_S = 2000
 HEARTBEAT_EVERY = 10
 HEARTBEAT_MAX_S = 20.0
+START_WATCH_S = 0.2
+"""How often the start-up watch looks at the connection (and how long the engine, once
+started, may wait for the watch to end)."""
 """A worker with units but nothing finished reports (an empty message) every
 HEARTBEAT_EVERY progress intervals, at most HEARTBEAT_MAX_S apart, so the coordinator
 can tell a slow batch from a hung worker (SILENT_AFTER_S there)."""
@@ -280,7 +283,39 @@ def _startup(clock: StartupClock, engine: Engine) -> dict[str, Any] | None:
     return clock.phases().model_dump() if hasattr(engine, "first_token_s") else None
 
 
-def _exit_now(code: int) -> None:
+class _EndsOnStop:
+    """While the engine starts (minutes, for a large model) the worker reads no messages, so
+    a thread watches the connection meanwhile and ends the worker at once on a stop or an
+    abort (it holds no units yet) or when the coordinator is gone: Ctrl-C reaches other
+    ranks' workers, which rank 0 cannot signal, through their connection. The thread is
+    done before the worker uses the connection itself."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="hpcinfer-start-watch")
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._started.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._started.is_set():
+            try:
+                if not self._conn.poll(START_WATCH_S):
+                    continue
+                kind, _ = self._conn.recv()
+            except (EOFError, OSError):
+                _exit_now(1)  # the coordinator is gone
+            if kind in ("stop", "abort"):
+                print(f"hpcinfer worker: {kind} while starting the engine: ending", flush=True)
+                _exit_now(0)
+
+
+def _exit_now(code: int) -> NoReturn:
     """Leave without the interpreter's teardown of torch and vLLM (seconds, and nothing left
     to save: every unit is committed and the engine is closed)."""
     sys.stdout.flush()
@@ -319,7 +354,7 @@ def main(argv: list[str]) -> int:
     if config is None:  # more workers were started than the job has work for
         return 0
     try:
-        with clock.engine():
+        with _EndsOnStop(conn), clock.engine():
             engine = start_engine(config.setup)
         startup = _startup(clock, engine)
         conn.send(("ready", {"startup_s": clock.engine_s, "startup": startup}))
