@@ -25,11 +25,13 @@ def register(app: typer.Typer) -> None:
         profile_analyze_cmd,
         profile_card_cmd,
         profile_grid_cmd,
+        profile_run_cmd,
         profile_submit_cmd,
         profile_summary_cmd,
     )
 
     profile_grid_cmd.register(profile)
+    profile_run_cmd.register(profile)
     profile_submit_cmd.register(profile)
     profile_card_cmd.register(profile)
     profile_summary_cmd.register(profile)

@@ -80,6 +80,11 @@ class ProfileResult(_Doc):
     expected_ranks: int
     missing_ranks: list[int] = Field(default_factory=list)
     nsys: str | None = Field(None, description="the nsys report, when run under --nsys")
+    notes: list[str] = Field(
+        default_factory=list,
+        description="what the run could not record and why (no execution trace, a trace "
+        "without a rank set aside, ...)",
+    )
 
 
 def read_profile_result(run_dir: Path) -> ProfileResult:
