@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers
         bench_serve,
         bench_settings,
         fleet,
+        profile_run,
         run_batch,
     )
     from hpcinfer.bench.documents import FomDocument, OfflineDocument, ServeDocument
@@ -70,6 +71,7 @@ __all__ = [
     "build_spec",
     "fleet",
     "load_job_spec",
+    "profile_run",
     "read_run_json",
     "run_batch",
     "run_job",
@@ -95,6 +97,7 @@ _LAZY = {
     "bench_settings": "hpcinfer.api",
     "fleet": "hpcinfer.api",
     "load_job_spec": "hpcinfer.core.spec_loading",
+    "profile_run": "hpcinfer.api",
     "read_run_json": "hpcinfer.run.runinfo",
     "run_batch": "hpcinfer.api",
     "run_job": "hpcinfer.run.job",

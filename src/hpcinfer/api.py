@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from hpcinfer.bench.serve_bench import ServeBenchOptions
     from hpcinfer.core.endpoints_registry import Endpoint
     from hpcinfer.core.stop import StopSignal
+    from hpcinfer.profile.result import ProfileResult
     from hpcinfer.run.summary import RunSummary
     from hpcinfer.serve.fleet import Fleet
     from hpcinfer.spec import JobSpec
@@ -159,6 +160,36 @@ def analyze_traces(
     from hpcinfer.traces import analyze_traces as analyze
 
     return analyze(trace_dir, out_dir, workers=workers)
+
+
+def profile_run(
+    config: Path,
+    *,
+    cwd: Path | None = None,
+    nsys: bool = False,
+    hardware_profile: str | None = None,
+    kv_cache_bytes: int | None = None,
+    memory_share: float | None = None,
+    execution_trace: bool = True,
+    analyze: bool = True,
+) -> ProfileResult:
+    """`hpcinfer profile run CONFIG`: profile one experiment config (as `profile grid`
+    writes them) on an offline vLLM engine, every rank traced; writes the run folder (the
+    config's output_dir) and returns its profile.json. SpecError before anything starts
+    (bad config, a plan vLLM cannot run, nsys missing), EngineError when the engine fails,
+    MissingRanksError (after profile.json is written) when a rank wrote no trace."""
+    from hpcinfer.profile.runner import ProfileRunOptions, run_profile
+
+    options = ProfileRunOptions(
+        nsys=nsys,
+        hardware_profile=hardware_profile,
+        kv_cache_bytes=kv_cache_bytes,
+        memory_share=memory_share,
+        execution_trace=execution_trace,
+        analyze=analyze,
+        cwd=cwd or Path.cwd(),
+    )
+    return run_profile(config, options).result
 
 
 def _silent(_line: str) -> None:
