@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from hpcinfer.engines.batch_steps import FinishedRequest
 from hpcinfer.profile import runner
-from hpcinfer.profile.engine_child import Iteration, RequestTimes
+from hpcinfer.profile.engine_child import Iteration
 from hpcinfer.profile.result import read_profile_result
 from hpcinfer.profile.trace_collect import collect_traces, trace_rank
 from tests.harness import InProcessCLI
@@ -95,7 +96,7 @@ def experiment(tmp_path: Path, **parallelism: int) -> Path:
 
 
 def iteration(wall_s: float, output_tokens: tuple[int, ...]) -> dict[str, Any]:
-    requests = [RequestTimes(0.01, wall_s, 8, out) for out in output_tokens]
+    requests = [FinishedRequest(0.01, wall_s, 8, out) for out in output_tokens]
     return Iteration(wall_s, requests).as_dict()
 
 

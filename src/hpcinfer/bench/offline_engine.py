@@ -27,21 +27,25 @@ import contextlib
 import dataclasses
 import json
 import os
-import random
 import re
 import signal
 import subprocess
 import sys
-import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from hpcinfer.bench.samples import IterationSample, RequestSample
+from hpcinfer.bench.samples import IterationSample
 from hpcinfer.core.processes import spawn
 from hpcinfer.core.startup_phases import StartupClock
+from hpcinfer.engines.batch_steps import (
+    allowed_token_ids,
+    random_prompts,
+    shutdown_engine,
+    step_batch,
+)
 from hpcinfer.errors import EngineError, SpecError
 from hpcinfer.logtail import log_tail
 
@@ -97,28 +101,6 @@ class EngineRun:
 
     info: EngineInfo
     cases: dict[str, list[IterationSample]] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------
-# prompts (pure)
-
-
-def allowed_token_ids(vocab_size: int, special_ids: Iterable[int]) -> list[int]:
-    """Token ids a random prompt may use: the vocabulary less the special tokens (a stray
-    BOS/EOS in the middle of a prompt is not ordinary text), as vLLM's random dataset does."""
-    special = set(special_ids)
-    allowed = [token for token in range(vocab_size) if token not in special]
-    if not allowed:
-        raise ValueError(f"a vocabulary of {vocab_size} has no ordinary token to sample from")
-    return allowed
-
-
-def random_prompts(
-    allowed: Sequence[int], batch_size: int, length: int, key: str
-) -> list[list[int]]:
-    """`batch_size` prompts of exactly `length` token ids, the same for the same `key`."""
-    rng = random.Random(key)
-    return [[rng.choice(allowed) for _ in range(length)] for _ in range(batch_size)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -327,46 +309,14 @@ class _Bench:
 
     def _batch(self, prompts: list[list[int]], params: Any, key: str) -> IterationSample:
         """Submit every prompt at once, step the engine until all are finished."""
-        engine = self._engine
-        ids = [f"{key}/{i}" for i in range(len(prompts))]
-        start = time.perf_counter()
-        for request_id, prompt in zip(ids, prompts, strict=True):
-            engine.add_request(request_id, {"prompt_token_ids": prompt}, params)
-        first: dict[str, float] = {}
-        tokens = dict.fromkeys(ids, 0)
-        done: dict[str, RequestSample] = {}
-        while len(done) < len(ids):
-            if not engine.has_unfinished_requests():
-                raise RuntimeError(f"the engine dropped {len(ids) - len(done)} request(s)")
-            outputs = engine.step()
-            now = time.perf_counter() - start
-            for output in outputs:
-                request_id = output.request_id
-                if request_id not in tokens:
-                    continue
-                count = len(output.outputs[0].token_ids)
-                tokens[request_id] = tokens[request_id] + count if self._delta else count
-                if tokens[request_id] and request_id not in first:
-                    first[request_id] = now
-                if output.finished:
-                    done[request_id] = RequestSample(
-                        ttft_s=first.get(request_id, now),
-                        e2e_s=now,
-                        prompt_tokens=len(output.prompt_token_ids or []),
-                        output_tokens=tokens[request_id],
-                        cached_tokens=int(getattr(output, "num_cached_tokens", 0) or 0),
-                    )
+        done = step_batch(self._engine, prompts, params, key, self._delta)
         return IterationSample(
-            latency_s=max(r.e2e_s for r in done.values()),
-            requests=tuple(done[i] for i in ids),
+            latency_s=max(r.e2e_s for r in done),
+            requests=tuple(done),
         )
 
     def close(self) -> None:
-        core = getattr(self._engine, "engine_core", None)
-        shutdown = getattr(core, "shutdown", None)
-        if callable(shutdown):
-            with contextlib.suppress(Exception):
-                shutdown()
+        shutdown_engine(self._engine)
 
 
 def _too_long(case: BatchCase, max_model_len: int) -> str | None:

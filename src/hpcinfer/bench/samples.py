@@ -29,19 +29,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hpcinfer.bench.metrics import describe
+from hpcinfer.engines.batch_steps import FinishedRequest
 from hpcinfer.errors import EngineError
 
-
-@dataclass(frozen=True)
-class RequestSample:
-    """One request of a batch: its times after the batch's submit, and its token counts as
-    vLLM reported them (`cached_tokens`: prompt tokens served from the prefix cache)."""
-
-    ttft_s: float
-    e2e_s: float
-    prompt_tokens: int
-    output_tokens: int
-    cached_tokens: int = 0
+RequestSample = FinishedRequest
+"""One request of a batch (times after the batch's submit, token counts as vLLM reported
+them), as `engines.batch_steps.step_batch` measures it."""
 
 
 @dataclass(frozen=True)

@@ -6,22 +6,19 @@ Run as `python -m hpcinfer.profile.engine_child JOB.json EVENTS.jsonl` (possibly
 EVENTS: `ready` (start-up phases, versions), `iteration` (progress), `done` (every
 measurement), `error`. vLLM's log goes to the child's stdout/stderr (the parent's log file).
 
-Each iteration submits `batch_size` requests of exactly `seq_len` random token ids (special
-ids excluded, fresh per iteration so nothing comes from the prefix cache) with `max_tokens`
-and `ignore_eos`, and steps the engine until all finish; the time each request's first
-token comes out is its TTFT (vLLM's per-request metrics are not kept with stats logging
-off). The timed iterations run without the profiler; then vLLM's torch profiler runs in
-every worker for the profiled iterations; then, apart, one iteration under torch's
-execution-trace observer (so neither recorder's cost lands in the other's figures).
+Each iteration is a batch as `bench offline` times one (`engines.batch_steps`): `batch_size`
+requests of exactly `seq_len` fresh random token ids, `max_tokens` with `ignore_eos`, each
+request's TTFT from the step its first token came out in. The timed iterations run
+without the profiler; then vLLM's torch profiler runs in every worker for the profiled
+iterations; then, apart, one iteration under torch's execution-trace observer (so neither
+recorder's cost lands in the other's figures).
 The child ignores SIGINT: the parent decides when it stops.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import random
 import signal
 import sys
 import time
@@ -31,6 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from hpcinfer.core.startup_phases import StartupClock
+from hpcinfer.engines.batch_steps import (
+    FinishedRequest,
+    allowed_token_ids,
+    random_prompts,
+    shutdown_engine,
+    step_batch,
+)
 
 EXTENSION = "hpcinfer.profile.worker_extension.ProfileWorkerExtension"
 
@@ -57,24 +61,16 @@ class ProfileJob:
 
 
 @dataclass(frozen=True)
-class RequestTimes:
-    ttft_s: float
-    e2e_s: float
-    prompt_tokens: int
-    output_tokens: int
-
-
-@dataclass(frozen=True)
 class Iteration:
     wall_s: float
-    requests: list[RequestTimes]
+    requests: list[FinishedRequest]
 
     def as_dict(self) -> dict[str, Any]:
         return {"wall_s": self.wall_s, "requests": [asdict(r) for r in self.requests]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Iteration:
-        return cls(data["wall_s"], [RequestTimes(**r) for r in data["requests"]])
+        return cls(data["wall_s"], [FinishedRequest(**r) for r in data["requests"]])
 
 
 class _Events:
@@ -110,50 +106,20 @@ class _Engine:
         self.dtype = str(config.dtype).removeprefix("torch.")
         tokenizer = self.llm.get_tokenizer()
         vocab = min(int(tokenizer.vocab_size), int(config.get_vocab_size()))
-        special = set(getattr(tokenizer, "all_special_ids", ()))
-        self.allowed = [t for t in range(vocab) if t not in special]
+        self.allowed = allowed_token_ids(vocab, getattr(tokenizer, "all_special_ids", ()))
         self._job = job
 
     def iteration(self, key: str) -> Iteration:
         """One batch: every prompt submitted at once, the engine stepped until all finish."""
-        job, engine = self._job, self._engine
-        rng = random.Random(f"{job.seed}/{key}")
-        ids = [f"{key}/{i}" for i in range(job.batch_size)]
+        job = self._job
+        key = f"{job.seed}/{key}"
+        prompts = random_prompts(self.allowed, job.batch_size, job.seq_len, key)
         start = time.perf_counter()
-        for request_id in ids:
-            prompt = [rng.choice(self.allowed) for _ in range(job.seq_len)]
-            engine.add_request(request_id, {"prompt_token_ids": prompt}, self.params)
-        first: dict[str, float] = {}
-        tokens = dict.fromkeys(ids, 0)
-        done: dict[str, RequestTimes] = {}
-        while len(done) < len(ids):
-            if not engine.has_unfinished_requests():
-                raise RuntimeError(f"the engine dropped {len(ids) - len(done)} request(s)")
-            outputs = engine.step()
-            now = time.perf_counter() - start
-            for output in outputs:
-                rid = output.request_id
-                if rid not in tokens:
-                    continue
-                count = len(output.outputs[0].token_ids)
-                tokens[rid] = tokens[rid] + count if self.delta else count
-                if tokens[rid] and rid not in first:
-                    first[rid] = now
-                if output.finished:
-                    done[rid] = RequestTimes(
-                        ttft_s=first.get(rid, now),
-                        e2e_s=now,
-                        prompt_tokens=len(output.prompt_token_ids or []),
-                        output_tokens=tokens[rid],
-                    )
-        return Iteration(time.perf_counter() - start, [done[i] for i in ids])
+        done = step_batch(self._engine, prompts, self.params, key, self.delta)
+        return Iteration(time.perf_counter() - start, done)
 
     def close(self) -> None:
-        core = getattr(self._engine, "engine_core", None)
-        shutdown = getattr(core, "shutdown", None)
-        if callable(shutdown):
-            with contextlib.suppress(Exception):
-                shutdown()
+        shutdown_engine(self._engine)
 
 
 def _phase(engine: _Engine, events: _Events, name: str, count: int) -> list[Iteration]:
