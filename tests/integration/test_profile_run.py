@@ -1,7 +1,8 @@
 """`hpcinfer profile run` at TP=2 on the real CPU vLLM with the built-in tiny model: both
 ranks' traces, named by the rank inside them, hold the engine's steps and the same non-zero
-number of each collective; profile.json's figures match the tokens asked for; every rank's
-files are there; no process is left. One small TP=2 engine (a few tokens, a small KV cache)."""
+number of each collective (read here and in the analysis the run ends with); profile.json's
+figures match the tokens asked for; every rank's files are there; no process is left. One
+small TP=2 engine (a few tokens, a small KV cache)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,14 @@ def test_tp2_profiles_both_ranks_with_equal_collectives_and_leaves_nothing_runni
         assert (run_dir / f"torch_et_{rank}.json").stat().st_size > 0
     assert counts[0] == counts[1], counts
     assert all(count > 0 for count in counts[0].values()), counts
+
+    # the analysis profile run ends with: steps found, the same collectives on both ranks
+    analysis = json.loads((run_dir / "analysis.json").read_text(encoding="utf-8"))
+    ranks = {entry["rank"]: entry for entry in analysis["ranks"]}
+    assert sorted(ranks) == [0, 1]
+    assert ranks[0]["steps"] > 0 and ranks[0]["steps"] == ranks[1]["steps"]
+    assert ranks[0]["collectives"] == ranks[1]["collectives"]
+    assert ranks[0]["collectives"] and all(n > 0 for n in ranks[0]["collectives"].values())
 
     result = read_profile_result(run_dir)
     assert result.expected_ranks == 2 and result.missing_ranks == []

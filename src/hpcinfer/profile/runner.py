@@ -15,7 +15,6 @@ missing: what was written is kept, and the run then fails naming the rank).
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -395,19 +394,17 @@ def _clear_previous(run_dir: Path) -> None:
 
 
 def _analyze(run_dir: Path, notes: list[str]) -> None:
-    if importlib.util.find_spec("hpcinfer.traces") is None:
-        notes.append(
-            "trace analysis not run: this hpcinfer has no hpcinfer.traces yet (run "
-            "`hpcinfer profile analyze` on the folder later)"
-        )
-        return
-    from hpcinfer import traces
+    """analysis.json and its CSV tables beside the traces (`hpcinfer profile analyze`); a
+    failure there is a note, not a lost run: the traces are kept to analyze again."""
+    from hpcinfer.traces import analyze_traces
 
-    analyze = getattr(traces, "analyze_traces", None)
-    if analyze is None:
-        notes.append("trace analysis not run: hpcinfer.traces has no analyze_traces")
+    try:
+        analysis = analyze_traces(run_dir, run_dir)
+    except HpcinferError as exc:
+        notes.append(f"trace analysis failed ({exc}); rerun `hpcinfer profile analyze {run_dir}`")
         return
-    analyze(run_dir, run_dir)
+    if analysis.straggler is not None:
+        notes.append(f"rank {analysis.straggler} arrived last at the collectives (analysis.json)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -473,6 +470,8 @@ def run_profile(config_path: Path, options: ProfileRunOptions) -> ProfileOutcome
     missing = check.missing
     first = collected.by_rank.get(min(collected.by_rank)) if collected.by_rank else None
     nsys_report = next(iter(sorted(run_dir.glob("nsys_report.*"))), None)
+    if options.analyze and collected.by_rank:
+        _analyze(run_dir, notes)
     result = ProfileResult(
         experiment=config,
         versions=_versions(
@@ -498,6 +497,4 @@ def run_profile(config_path: Path, options: ProfileRunOptions) -> ProfileOutcome
             f"files and profile.json are kept. The engine log says why that worker did not "
             f"profile: {log}"
         )
-    if options.analyze:
-        _analyze(run_dir, notes)
     return ProfileOutcome(result, run_dir, notes)
