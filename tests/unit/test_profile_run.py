@@ -189,7 +189,7 @@ def test_nsys_missing_is_a_usage_error_with_the_fix(
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"parallelism": {"tp": 2, "dp_replicate": 2}}, "dp_replicate=2: `profile run`"),
+        ({"parallelism": {"tp": 2, "dp_replicate": 2}}, "dp_replicate=2: `profile run` drives one"),
         ({"parallelism": {"tp": 2, "ep": 4}}, "ep=4: vLLM splits the experts"),
         ({"parallelism": {"tp": 3}}, "tp=3: the model's 4 attention heads"),
         ({"data": {"batch_sise": 2}}, "batch_sise"),

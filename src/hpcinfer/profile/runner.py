@@ -100,22 +100,11 @@ class ProfileOutcome:
 
 
 def parallel_refusals(config: ExperimentConfig) -> list[str]:
-    """Why vLLM, as `profile run` drives it, cannot run this plan (the grid's checks, plus
-    data parallelism, which needs one engine process per replica); empty when it can."""
+    """Why vLLM, as `profile run` drives it, cannot run this plan (the grid's own checks, so
+    the grid never writes a config run refuses); empty when it can."""
     from hpcinfer.profile.vllm_parallel import model_architecture, plan_for_vllm
 
-    plan = plan_for_vllm(config, model_architecture(config.model.name))
-    refusals = list(plan.refusals)
-    replicas = config.parallelism.dp_replicate
-    if replicas > 1:
-        refusals.append(
-            f"dp_replicate={replicas}: `profile run` starts one offline engine, and vLLM "
-            "refuses LLM(data_parallel_size > 1) in one process (its offline data "
-            "parallelism, one LLM process per replica with the VLLM_DP_* variables, is for "
-            "MoE models only); profile one replica (dp_replicate: 1), or servers started "
-            "with --data-parallel-size"
-        )
-    return refusals
+    return plan_for_vllm(config, model_architecture(config.model.name)).refusals
 
 
 def nsys_command(report: Path) -> list[str]:
