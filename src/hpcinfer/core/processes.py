@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -200,6 +201,7 @@ class _Guard:
     the child, which writes its group to the guard's pipe between fork and exec."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         read_end, self._write_end = os.pipe()  # not inherited by any other child
         try:
             self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
@@ -222,12 +224,13 @@ class _Guard:
     def stand_down(self) -> None:
         """The group is gone (or was never started): the guard leaves without touching it
         (its id may be reused)."""
-        if self._write_end < 0:
+        with self._lock:  # a fleet's stop and a server's watcher may both reap one group
+            write_end, self._write_end = self._write_end, -1
+        if write_end < 0:
             return
         with contextlib.suppress(OSError):
-            os.write(self._write_end, b"x")
-        os.close(self._write_end)
-        self._write_end = -1
+            os.write(write_end, b"x")
+        os.close(write_end)
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=5.0)
