@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 from tests.conftest import read_rows, run_cli
+from tests.harness import free_port
 from tests.lora import write_tiny_lora
+from tests.processes import assert_no_orphans
 
 PROMPT = "the model reads a prompt and predicts"
 
@@ -63,3 +66,25 @@ def test_an_adapter_vllm_cannot_load_is_refused_up_front(
     assert f"engine.lora_adapters.sql=adapters/sql: {config} does not exist" in proc.stderr
     assert "adapter_model.safetensors" in proc.stderr  # the fix: what the directory must hold
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_records_choose_a_lora_adapter_through_a_vllm_server(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """The one-shot fleet (`--engine vllm-server`) serves each adapter under its name: the
+    same answers as the offline engine's promises, every process gone after."""
+    mark = uuid.uuid4().hex
+    write_tiny_lora(tmp_path / "adapters" / "sql")
+    write_records(tmp_path / "records.jsonl")
+    args = ["run", "records.jsonl", "-o", "out", "--engine", "vllm-server", "--servers", "1",
+            "--set", f"serve.port={free_port()}",
+            "--set", "engine.lora_adapters.sql=adapters/sql"]  # fmt: skip
+    proc = run_cli(args, tmp_path, dict(cli_env, HPCINFER_TEST_MARK=mark))
+    assert proc.returncode == 3, proc.stderr[-3000:]  # the ghost record is an error row
+    rows = {row["id"]: row for row in read_rows(tmp_path / "out" / "results.jsonl")}
+    for name in ("base", "sql", "sql-again", "plain"):
+        assert rows[name]["status"] == "ok" and rows[name]["output_tokens"] > 0, rows[name]
+    assert rows["sql"]["text"] == rows["sql-again"]["text"]
+    assert rows["sql"]["text"] != rows["base"]["text"]
+    assert rows["ghost"]["status"] == "error" and "chat" in rows["ghost"]["error"]
+    assert_no_orphans(mark)

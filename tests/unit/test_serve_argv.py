@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hpcinfer.errors import SpecError
@@ -123,3 +125,24 @@ def test_env_binds_devices_drops_rank_vars_and_stray_keys() -> None:
     for gone in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID", "VLLM_API_KEY"):
         assert gone not in env
     assert server_env({"HF_HUB_OFFLINE": "0"}, {}, None)["HF_HUB_OFFLINE"] == "0"
+
+
+def test_lora_adapters_are_served_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path
+    for name, rank in (("sql", 4), ("chat", 20)):
+        (root / name).mkdir()
+        (root / name / "adapter_config.json").write_text(
+            f'{{"r": {rank}, "target_modules": ["q_proj"]}}'
+        )
+        (root / name / "adapter_model.safetensors").write_bytes(b"{}")
+    monkeypatch.chdir(root)
+    engine = EngineSpec(lora_adapters={"sql": "sql", "chat": str(root / "chat")})
+    argv = server_argv(GPU, engine, ServeSpec())
+    assert "--enable-lora" in argv and value_of(argv, "--max-lora-rank") == "32"
+    assert value_of(argv, "--max-loras") == "2"
+    at = argv.index("--lora-modules")
+    assert argv[at + 1 : at + 3] == [f"chat={root / 'chat'}", f"sql={root / 'sql'}"]
+    assert value_of(server_argv(CPU, engine, ServeSpec()), "--max-loras") == "3"  # a spare
+    with pytest.raises(SpecError, match=r"engine.lora_adapters.x=nope: .* is not a directory"):
+        server_argv(GPU, EngineSpec(lora_adapters={"x": "nope"}), ServeSpec())
+    assert "--enable-lora" not in server_argv(GPU, EngineSpec(), ServeSpec())

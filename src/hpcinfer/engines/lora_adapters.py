@@ -26,11 +26,16 @@ _FIX = (
 )
 
 
+def adapter_dir(directory: str, cwd: Path) -> Path:
+    """An adapter directory as given, relative ones from `cwd`."""
+    root = Path(directory).expanduser()
+    return root if root.is_absolute() else cwd / root
+
+
 def adapter_rank(name: str, directory: str, cwd: Path) -> int:
     """The rank `r` of adapter `name`; SpecError naming the file and the fix when the
     directory does not hold a LoRA adapter vLLM can load."""
-    root = Path(directory).expanduser()
-    root = root if root.is_absolute() else cwd / root
+    root = adapter_dir(directory, cwd)
     fix = _FIX.format(name=name)
     where = f"engine.lora_adapters.{name}={directory}"
     if not root.is_dir():
@@ -70,3 +75,24 @@ def check_lora_adapters(adapters: Mapping[str, str], cwd: Path) -> int | None:
 def slot_rank(rank: int) -> int:
     """The smallest vLLM LoRA slot rank that holds an adapter of rank `rank`."""
     return next(slot for slot in VLLM_RANKS if slot >= rank)
+
+
+def lora_slots(adapters: int, on_cpu: bool) -> int:
+    """vLLM's `max_loras` for `adapters` adapters. vLLM's CPU LoRA kernels (torch ops) index
+    the adapter slots with -1 for a request without an adapter, which wraps to the last
+    slot: records without `lora` decoded in a step beside LoRA records got the last
+    adapter. One spare slot on CPU, never filled (slots fill lowest first), makes -1 an
+    all-zero adapter."""
+    return adapters + (1 if on_cpu else 0)
+
+
+def server_lora_flags(adapters: Mapping[str, str], on_cpu: bool, cwd: Path) -> list[str]:
+    """A vLLM server's flags serving each adapter under its name (a record's `lora` is the
+    model name its request asks for)."""
+    rank = check_lora_adapters(adapters, cwd)
+    if rank is None:
+        return []
+    modules = [f"{name}={adapter_dir(path, cwd)}" for name, path in sorted(adapters.items())]
+    slots = str(lora_slots(len(adapters), on_cpu))
+    return ["--enable-lora", "--max-loras", slots, "--max-lora-rank", str(rank),
+            "--lora-modules", *modules]  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcinfer.engines.cpu_memory import cpu_kv_cache_share
-from hpcinfer.engines.lora_adapters import check_lora_adapters
+from hpcinfer.engines.lora_adapters import check_lora_adapters, lora_slots
 from hpcinfer.engines.openai_engine import ClientSetup
 from hpcinfer.engines.record_params import (
     LoraChooser,
@@ -85,11 +85,7 @@ def llm_kwargs(setup: EngineSetup) -> dict[str, Any]:
         kwargs["distributed_executor_backend"] = "uni"
     if spec.lora_adapters:
         kwargs["enable_lora"] = True
-        # vLLM's CPU LoRA kernels (torch ops) index the adapter slots with -1 for a request
-        # without an adapter, which wraps to the last slot: records without `lora` decoded in
-        # a step beside LoRA records got the last adapter. One spare slot, never filled (slots
-        # fill lowest first), makes -1 an all-zero adapter.
-        kwargs["max_loras"] = len(spec.lora_adapters) + (1 if setup.on_cpu else 0)
+        kwargs["max_loras"] = lora_slots(len(spec.lora_adapters), setup.on_cpu)
         kwargs["max_lora_rank"] = check_lora_adapters(spec.lora_adapters, Path.cwd())
     kwargs.update(spec.extra)
     return kwargs

@@ -12,12 +12,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hpcinfer.core.api_keys import resolve_api_key
 from hpcinfer.core.binding_env import BindingEnv
 from hpcinfer.core.processes import bound_env
 from hpcinfer.engines.cpu_memory import cpu_kv_cache_share
+from hpcinfer.engines.lora_adapters import server_lora_flags
 from hpcinfer.spec import EngineSpec, ServeSpec
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -96,6 +98,7 @@ def server_argv(
         argv.append("--enforce-eager")
     if engine.trust_remote_code:
         argv.append("--trust-remote-code")
+    argv += server_lora_flags(engine.lora_adapters, args.on_cpu, Path.cwd())
     return [*argv, *extra_flags(engine.extra), *serve.args]
 
 
