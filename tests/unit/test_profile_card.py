@@ -83,3 +83,11 @@ def test_a_run_folder_without_profile_json_is_named(tmp_path: Path, main_cli: In
     ran = main_cli("profile", "card", str(tmp_path))
     assert ran.code == 2
     assert str(tmp_path / "profile.json") in ran.err
+
+
+def test_a_library_without_a_version_keeps_its_whole_name(tmp_path: Path) -> None:
+    result = profile_result(tp=2)
+    result.versions.communication_library = "gloo (torch.distributed)"
+    card = card_of(write_card(write_run(tmp_path, result)).parent)
+    library = card["Model-executor"]["communication_library"]
+    assert (library["name"], library["version"]) == ("gloo (torch.distributed)", None)

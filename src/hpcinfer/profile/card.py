@@ -36,11 +36,14 @@ def _slug(text: str) -> str:
 
 
 def _library(text: str | None) -> tuple[str | None, str | None]:
-    """'NCCL 2.21.5' -> ('NCCL', '2.21.5'); 'shm' -> ('shm', None)."""
+    """'NCCL 2.21.5' -> ('NCCL', '2.21.5'); 'shm' or 'gloo (torch.distributed)' -> the
+    whole text and no version (only a leading number is a version)."""
     if not text:
         return None, None
     name, _, version = text.strip().partition(" ")
-    return name, version.strip() or None
+    if version[:1].isdigit():
+        return name, version.strip()
+    return text.strip(), None
 
 
 def _model_arch(architecture: dict[str, Any] | None) -> dict[str, Any]:

@@ -174,7 +174,8 @@ def summary_row(
             "straggler_rank": straggler if isinstance(straggler, int) else None,
             "straggler_wait_ms": _num(analysis.get("straggler_wait_ms")),
             "straggler_last_pct": None
-            if (share := _num(analysis.get("straggler_last_share"))) is None
+            if not isinstance(straggler, int)
+            or (share := _num(analysis.get("straggler_last_share"))) is None
             else round(100 * share, 1),
             "note": note,
         }

@@ -153,7 +153,7 @@ def _where_time_goes(row: SummaryRow) -> str:
     if row.idle_ms:
         parts.append(f"idle {fmt(row.idle_ms)} ms")
     return (
-        f"Where the time goes at TP={row.tp} ({row.experiment}, {row.devices} devices): a "
+        f"Where the time goes at TP={row.tp} ({row.experiment}, {row.devices} device(s)): a "
         f"profiled step takes {fmt(row.profiled_step_ms)} ms on average over the ranks: "
         f"{', '.join(parts)}. Communication covers {_pct(row.comm_overhead_pct)} of the step, "
         f"and {_pct(row.exposed_comm_pct)} of the step is communication not hidden behind "
