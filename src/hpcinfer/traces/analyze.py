@@ -8,9 +8,11 @@ worker whatever the trace size.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 from hpcinfer.traces.collective_names import TABLE_VERSION
 from hpcinfer.traces.files import (
@@ -146,7 +148,9 @@ def _assign_ranks(results: list[RankResult]) -> tuple[list[RankResult], list[str
     return [chosen[r] for r in sorted(chosen)], notes
 
 
-def _write(out: Path, analysis: TraceAnalysis, ranks: list[RankResult], rows: list[dict]) -> None:
+def _write(
+    out: Path, analysis: TraceAnalysis, ranks: list[RankResult], rows: Iterable[dict[str, Any]]
+) -> None:
     write_json(out / ANALYSIS_JSON, analysis.model_dump(mode="json"))
     write_csv(out / RANKS_CSV, (e.model_dump() for e in analysis.ranks), RANK_COLUMNS)
     write_csv(

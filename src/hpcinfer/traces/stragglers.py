@@ -9,7 +9,7 @@ arrives last at most of the calls (more than STRAGGLER_SHARE of them).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ class Arrivals:
     skew_ms: list[float] = field(default_factory=list)
     wait_ms: list[float] = field(default_factory=list)
     last_arrivals: list[int] = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: Iterable[dict[str, Any]] = ()  # the matched calls, for the CSV (read once)
     notes: list[str] = field(default_factory=list)
 
 
@@ -79,20 +79,33 @@ def match_collectives(
         found.straggler = ranks[top]
         waited = wait[:, last == top].sum()
         found.straggler_wait_ms = round(float(waited) / 1000, 6)
-    first = start.min(axis=0)
-    for k in range(n):
-        for r, rank in enumerate(ranks):
-            found.rows.append(
-                {
-                    "call": k,
-                    "step": calls[r][k][3],
-                    "op": ops[r][k],
-                    "rank": rank,
-                    "arrival_us": round(float(start[r, k] - first[k]), 3),
-                    "skew_us": round(float(start[r, k] - median[k]), 3),
-                    "wait_us": round(float(wait[r, k]), 3),
-                    "duration_us": round(float(duration[r, k]), 3),
-                    "last": bool(last[k] == r),
-                }
-            )
+    found.rows = _rows(ranks, calls, ops, start, median, wait, duration, last)
     return found
+
+
+def _rows(
+    ranks: Sequence[int],
+    calls: Sequence[Sequence[tuple[float, float, str, int]]],
+    ops: list[list[str]],
+    start: Any,
+    median: Any,
+    wait: Any,
+    duration: Any,
+    last: Any,
+) -> Iterator[dict[str, Any]]:
+    """One CSV row per rank and matched call, made as the file is written (a dict per row
+    for every call of a long trace would cost hundreds of MB)."""
+    first = start.min(axis=0)
+    for k in range(start.shape[1]):
+        for r, rank in enumerate(ranks):
+            yield {
+                "call": k,
+                "step": calls[r][k][3],
+                "op": ops[r][k],
+                "rank": rank,
+                "arrival_us": round(float(start[r, k] - first[k]), 3),
+                "skew_us": round(float(start[r, k] - median[k]), 3),
+                "wait_us": round(float(wait[r, k]), 3),
+                "duration_us": round(float(duration[r, k]), 3),
+                "last": bool(last[k] == r),
+            }
