@@ -1,8 +1,8 @@
 """`analyze_traces`: every rank's trace in a folder -> `analysis.json` and CSV tables.
 
 Each file is read by its own worker process (one per core, at most one per file), so the
-folder takes about as long as its largest trace and memory stays at a few tens of MB per
-worker whatever the trace size.
+folder takes about as long as its largest trace; a worker holds two numbers per event, never
+the JSON (about 190 MB for a 500 MB trace).
 """
 
 from __future__ import annotations
