@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +44,7 @@ def experiment(experiment_id: str = "E1.3_llama8b_tp4", **parallelism: int) -> E
     [
         ("E1.3_llama8b_tp4.slurm", "slurm", "perlmutter", {"tp": 4}, False),
         ("E1.3_llama8b_tp4.nsys.slurm", "slurm", "perlmutter", {"tp": 4}, True),
-        ("dp2_tp8.pbs", "pbs", "aurora", {"tp": 8, "dp_replicate": 2}, False),
+        ("tp8.pbs", "pbs", "aurora", {"tp": 8}, False),
     ],
 )
 def test_golden_scripts(
@@ -70,22 +69,26 @@ def test_golden_scripts(
     assert done.returncode == 0, done.stderr
 
 
-def test_nodes_are_world_size_over_devices_per_node() -> None:
+def test_a_plan_larger_than_one_node_is_refused_before_it_queues() -> None:
+    """profile run drives one node's engine: a two-node script would profile two copies."""
     perlmutter = load_profile("perlmutter")
-    eight = render_profile_job(
-        experiment("dense8", dp_replicate=2, tp=2, pp=2),
-        DEMO / "c.yaml",
-        "slurm",
-        perlmutter,
-        DEMO,
-        DEMO,
-        hpcinfer=PYTHON,
+    with pytest.raises(SpecError) as refused:
+        render_profile_job(
+            experiment("dense8", tp=4, pp=2),
+            DEMO / "c.yaml",
+            "slurm",
+            perlmutter,
+            DEMO,
+            DEMO,
+            hpcinfer=PYTHON,
+        )
+    text = str(refused.value)
+    assert "experiment dense8" in text and "needs 8 devices" in text
+    assert "make tp x pp x dp at most 4" in text
+    four = render_profile_job(
+        experiment("tp4", tp=4), DEMO / "c.yaml", "slurm", perlmutter, DEMO, DEMO
     )
-    assert eight.nodes == 2
-    assert "#SBATCH --nodes=2" in eight.script
-    assert "#SBATCH --gpus-per-node=4" in eight.script
-    launch = f"srun --nodes 2 --ntasks-per-node 1 {shlex.join(PYTHON)} profile run {DEMO}/c.yaml"
-    assert launch in eight.script
+    assert four.nodes == 1 and "#SBATCH --nodes=1" in four.script
     moe = render_profile_job(
         experiment("moe", tp=4, ep=4), DEMO / "c.yaml", "slurm", perlmutter, DEMO, DEMO
     )

@@ -4,9 +4,10 @@ Built from the submit machinery (the scheduler registry's directives and launche
 hardware profile's site environment, the same quoting rules), so a profiling job asks for
 its nodes and GPUs the way `hpcinfer submit` does. The device count comes from the plan and
 the hardware profile: nodes = ceil(world_size / devices per node). The job runs
-`hpcinfer profile run CONFIG` once (vLLM starts its own TP/PP workers); across nodes the
-scheduler's launcher starts it once per node. A profiled run is not resumable, so these
-scripts do not resubmit themselves.
+`hpcinfer profile run CONFIG` once (vLLM starts its own TP/PP workers). `profile run`
+drives one node's engine, so a plan larger than one node is refused here, before a job
+waits in the queue to fail: started once per node, it would profile independent copies.
+A profiled run is not resumable, so these scripts do not resubmit themselves.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from hpcinfer import script_values as checks
 from hpcinfer.cluster.hardware import HardwareProfile
 from hpcinfer.errors import SpecError
 from hpcinfer.job_script_spec import JobScriptSpec
-from hpcinfer.launch import LaunchRequest
 from hpcinfer.profile.experiment import ExperimentConfig
 from hpcinfer.submit.directives import Request
 from hpcinfer.submit.environment import environment_lines, merge_environment
@@ -94,6 +94,15 @@ def render_profile_job(
             )
     scheduler = get_scheduler(scheduler_name)
     nodes = nodes_for(experiment, hardware)
+    if nodes > 1:
+        raise SpecError(
+            f"experiment {experiment.experiment_id}: its plan needs "
+            f"{experiment.parallelism.world_size} devices, more than one node of "
+            f"{hardware.name!r} has ({hardware.devices_per_node}); profile run drives one "
+            "node's vLLM engine (across nodes vLLM needs its Ray backend, which profile run "
+            "does not start): make tp x pp x dp at most "
+            f"{hardware.devices_per_node}, or name a --profile with more devices per node"
+        )
     base = job or JobScriptSpec()
     spec = base.model_copy(
         update={"nodes": nodes, "name": _job_name(experiment.experiment_id), "resubmit": 0}
@@ -118,8 +127,6 @@ def render_profile_job(
         ["hpcinfer"] if env.activates else list(hpcinfer or [sys.executable, "-m", "hpcinfer"])
     )
     run = [*command, "profile", "run", str(config), *(["--nsys"] if nsys else [])]
-    if nodes > 1:
-        run = scheduler.launch(LaunchRequest(command=run, nodes=nodes, ranks_per_node=1))
     text = (
         _templates()
         .get_template("profile_job.sh.j2")
