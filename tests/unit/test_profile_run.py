@@ -104,8 +104,9 @@ class FakeEngine:
     """Stands in for the engine child: records what would reach vLLM, writes the traces
     of `ranks` where vLLM's profiler would, and reports iterations."""
 
-    def __init__(self, ranks: tuple[int, ...]) -> None:
+    def __init__(self, ranks: tuple[int, ...], corrupt: tuple[int, ...] = ()) -> None:
         self.ranks = ranks
+        self.corrupt = corrupt
         self.launch: Any = None
 
     def __call__(self, launch: Any, events: Path, log: Path, progress: Any) -> dict[str, Any]:
@@ -114,6 +115,10 @@ class FakeEngine:
         raw.mkdir(parents=True, exist_ok=True)
         for rank in self.ranks:
             write_trace(raw / f"rank{rank}.9.pt.trace.json.gz", trace_document(rank))
+        for rank in self.corrupt:  # a gzip header, then bytes that are no deflate stream
+            (raw / f"rank{rank}.9.pt.trace.json.gz").write_bytes(
+                gzip.compress(b"{}")[:10] + b"\xff" * 64
+            )
         return {
             "ready": {"event": "ready", "vllm_version": "0.32.0"},
             "done": {
@@ -150,6 +155,23 @@ def test_a_missing_rank_is_named_and_what_was_written_is_kept(
     assert kwargs["profiler_config"]["profiler"] == "torch"
     assert kwargs["worker_extension_cls"].endswith("ProfileWorkerExtension")
     assert fake.launch.env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+
+
+def test_a_corrupt_trace_is_kept_aside_and_its_rank_named_missing_in_profile_json(
+    tmp_path: Path, main_cli: InProcessCLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = experiment(tmp_path)
+    monkeypatch.setattr(runner, "_drive", FakeEngine(ranks=(0,), corrupt=(1,)))
+    monkeypatch.chdir(tmp_path)
+    ran = main_cli("profile", "run", str(config), "--profile", "two-cores.yaml", "--no-analyze")
+    assert ran.code == 1
+    assert "rank(s) 1 have no trace" in ran.err
+    assert "unreadable (corrupt) trace(s) kept aside: unreadable_traces/rank1.9" in ran.err
+    run_dir = tmp_path / "runs" / "tp2"
+    assert (run_dir / "unreadable_traces" / "rank1.9.pt.trace.json.gz").is_file()
+    result = read_profile_result(run_dir)
+    assert result.missing_ranks == [1] and [r.rank for r in result.ranks] == [0]
+    assert any("rank1.9.pt.trace.json.gz cannot be read" in note for note in result.notes)
 
 
 def test_figures_come_from_the_tokens_processed_and_the_unprofiled_iterations(

@@ -2,7 +2,8 @@
 
 A run profiles every rank, so the folder must hold `kineto_trace_<rank>.json.gz` (or
 `.json`) for ranks 0 .. world_size-1. Users' earlier tooling profiled only the driver
-process and nothing said so; here a missing rank is named.
+process and nothing said so; here a missing rank is named, with the raw traces that could
+not be read (a corrupt gzip's rank is unknown: it is most likely the missing one's).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcinfer.profile.trace_collect import UNREADABLE_DIR
+
 KINETO = re.compile(r"^kineto_trace_(\d+)\.json(?:\.gz)?$")
 
 
@@ -18,6 +21,7 @@ KINETO = re.compile(r"^kineto_trace_(\d+)\.json(?:\.gz)?$")
 class RankCheck:
     world_size: int
     found: dict[int, Path]
+    unreadable: tuple[Path, ...] = ()
 
     @property
     def missing(self) -> list[int]:
@@ -39,6 +43,9 @@ class RankCheck:
         if self.missing:
             names = ", ".join(f"kineto_trace_{r}.json.gz" for r in self.missing)
             parts.append(f"rank(s) {_ranks(self.missing)} have no trace ({names} missing)")
+        if self.unreadable:
+            names = ", ".join(f"{UNREADABLE_DIR}/{p.name}" for p in self.unreadable)
+            parts.append(f"unreadable (corrupt) trace(s) kept aside: {names}")
         if self.extra:
             parts.append(
                 f"rank(s) {_ranks(self.extra)} have traces but the plan has only "
@@ -57,4 +64,6 @@ def check_rank_files(run_dir: Path, world_size: int) -> RankCheck:
         match = KINETO.match(path.name)
         if match:
             found.setdefault(int(match.group(1)), path)
-    return RankCheck(world_size, found)
+    aside = run_dir / UNREADABLE_DIR
+    unreadable = tuple(sorted(aside.iterdir())) if aside.is_dir() else ()
+    return RankCheck(world_size, found, unreadable)

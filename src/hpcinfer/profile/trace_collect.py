@@ -5,7 +5,9 @@ vLLM's workers write `<name>.<ns>.pt.trace.json.gz` into the profiler folder (th
 one too). The rank is read from the trace's own `distributedInfo`, never from the file name,
 and only the head of the (gzip) stream is read: `distributedInfo` comes before
 `traceEvents`, so a 500 MB trace costs a few kilobytes here. A trace without one (the
-frontend's) is set aside. `profile.rank_files` then checks the ranks against the plan.
+frontend's) is set aside, and so is a corrupt one (its rank cannot be read): the run still
+writes profile.json, whose rank check then names the rank as missing. `profile.rank_files`
+checks the ranks against the plan.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ HEAD_CHUNK = 64 * 1024
 HEAD_LIMIT = 16 * 1024 * 1024
 """How far into a trace distributedInfo is looked for (its pg_config can be long)."""
 KEY = b'"distributedInfo"'
+UNREADABLE_DIR = "unreadable_traces"
+"""Where a raw trace that cannot be decompressed is kept, inside the run folder."""
 
 
 def kineto_name(rank: int) -> str:
@@ -79,6 +84,8 @@ class CollectedTraces:
 
     by_rank: dict[int, Path] = field(default_factory=dict)
     set_aside: list[Path] = field(default_factory=list)
+    unreadable: list[Path] = field(default_factory=list)
+    """Corrupt traces (not gzip, or a damaged stream), moved to `UNREADABLE_DIR`."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -88,7 +95,18 @@ def collect_traces(raw_dir: Path, out_dir: Path) -> CollectedTraces:
     collected = CollectedTraces()
     traces = sorted(raw_dir.glob(TRACE_GLOB), key=lambda p: p.stat().st_mtime)
     for trace in traces:
-        rank = trace_rank(trace)
+        try:
+            rank = trace_rank(trace)
+        except (zlib.error, OSError, EOFError) as exc:  # corrupt, not merely cut short
+            kept = out_dir / UNREADABLE_DIR / trace.name
+            kept.parent.mkdir(exist_ok=True)
+            shutil.move(trace, kept)
+            collected.unreadable.append(kept)
+            collected.notes.append(
+                f"{trace.name} cannot be read ({exc}): kept as {kept.relative_to(out_dir)}; "
+                f"the rank that wrote it has no kineto_trace_<rank>.json.gz"
+            )
+            continue
         if rank is None:
             collected.set_aside.append(trace)
             collected.notes.append(
