@@ -17,6 +17,7 @@ from hpcinfer.profile import runner
 from hpcinfer.profile.engine_child import Iteration
 from hpcinfer.profile.result import read_profile_result
 from hpcinfer.profile.trace_collect import collect_traces, trace_rank
+from hpcinfer.profile.worker_extension import step_times_ms, timing_stats
 from tests.harness import InProcessCLI
 
 
@@ -234,3 +235,40 @@ def test_bad_configs_are_refused_before_anything_starts(
     assert ran.code == 2, ran.output
     assert str(config) in ran.err and expected in ran.err
     assert started == [] and not (tmp_path / "runs").exists()
+
+
+class _Range:
+    def __init__(self, start: float, us: float) -> None:
+        self.start = start
+        self._us = us
+
+    def elapsed_us(self) -> float:
+        return self._us
+
+
+class _Event:
+    """What the worker reads of one profiler event: its name and time range."""
+
+    def __init__(self, name: str, start: float, us: float) -> None:
+        self.name = name
+        self.time_range = _Range(start, us)
+
+
+def test_timing_stats_keep_every_step_and_average_the_ones_the_analysis_keeps() -> None:
+    events = [
+        _Event(f"execute_context_1(8)_generation_0(0)_{i}", start, us)
+        for i, (start, us) in enumerate([(30.0, 3000.0), (0.0, 9000.0), (10.0, 2000.0)])
+    ]
+    events.append(_Event("execute_context_0(0)_generation_2(2)", 50.0, 500.0))
+    events.append(_Event("aten::mm", 1.0, 100.0))
+    steps = step_times_ms(events)
+    assert steps == [9.0, 2.0, 3.0, 0.5]  # in order of start
+    stats = timing_stats(3, steps)
+    assert stats["rank"] == 3 and stats["steps"] == 4 and stats["step_ms"] == steps
+    assert stats["dropped_steps"] == [0, 3]  # the first and last: partial, as in analysis
+    assert stats["mean_step_ms"] == 2.5 and stats["mean_step_ms_all"] == 3.625
+    # ProfilerStep# windows, when present, are the steps (each holds a vLLM step)
+    events.append(_Event("ProfilerStep#1", 0.0, 10000.0))
+    assert step_times_ms(events) == [10.0]
+    two = timing_stats(0, [1.0, 3.0])
+    assert two["dropped_steps"] == [] and two["mean_step_ms"] == 2.0

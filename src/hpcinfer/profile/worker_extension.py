@@ -59,13 +59,37 @@ def operator_rows(averages: Any) -> list[dict[str, Any]]:
 
 
 def step_times_ms(events: Any) -> list[float]:
-    """Wall time of each engine step the profiler recorded, in order of start."""
-    steps = [
-        (e.time_range.start, e.time_range.elapsed_us())
-        for e in events
-        if str(e.name).startswith(STEP_PREFIXES)
-    ]
-    return [round(us / 1000.0, 4) for _, us in sorted(steps)]
+    """Wall time of each engine step the profiler recorded, in order of start: the
+    `ProfilerStep#N` windows when there are any, else vLLM's annotations (as the analysis
+    chooses them, so neither counts a step twice)."""
+    marks = [(str(e.name), e.time_range.start, e.time_range.elapsed_us()) for e in events]
+    for prefix in ("ProfilerStep#", "execute_context"):
+        steps = sorted((start, us) for name, start, us in marks if name.startswith(prefix))
+        if steps:
+            return [round(us / 1000.0, 4) for _, us in steps]
+    return []
+
+
+def timing_stats(rank: int, steps_ms: list[float]) -> dict[str, Any]:
+    """`timing_stats_<rank>.json`: every step, and the mean over the steps `profile analyze`
+    keeps. The profiler starts and stops inside the first and last steps, so the analysis
+    drops them (when there are at least three); they stay listed here, marked."""
+    dropped = [0, len(steps_ms) - 1] if len(steps_ms) >= 3 else []
+    kept = [ms for index, ms in enumerate(steps_ms) if index not in dropped]
+    return {
+        "rank": rank,
+        "pid": os.getpid(),
+        "steps": len(steps_ms),
+        "step_ms": steps_ms,
+        "dropped_steps": dropped,
+        "mean_step_ms": _mean(kept),
+        "mean_step_ms_all": _mean(steps_ms),
+        "source": "vLLM's step annotations in this rank's torch profiler",
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
 
 
 class ProfileWorkerExtension:
@@ -114,17 +138,5 @@ class ProfileWorkerExtension:
             writer.writerows(operator_rows(profiler.key_averages()))
         steps = step_times_ms(profiler.events())
         timing = out / f"timing_stats_{rank}.json"
-        timing.write_text(
-            json.dumps(
-                {
-                    "rank": rank,
-                    "pid": os.getpid(),
-                    "steps": len(steps),
-                    "step_ms": steps,
-                    "mean_step_ms": round(sum(steps) / len(steps), 4) if steps else None,
-                    "source": "vLLM's step annotations in this rank's torch profiler",
-                },
-                indent=1,
-            )
-        )
+        timing.write_text(json.dumps(timing_stats(rank, steps), indent=1))
         return {"rank": rank, "operators": operators.name, "timing_stats": timing.name}
