@@ -80,3 +80,28 @@ def test_plan_into_a_pipe_shows_every_binding_value_whole(
     assert ran.code == 0, ran.output
     assert "…" not in ran.out
     assert "ZE_AFFINITY_MASK=0.0,0.1,1.0,1.1,2.0,2.1,3.0,3.1" in ran.out
+
+
+@pytest.mark.parametrize(
+    ("command", "default"),
+    [
+        ("grid", "(default: experiments)"),
+        ("submit", "(default: beside each config)"),
+        ("card", "(default: the run folder)"),
+        ("summary", "(default: profile-summary)"),
+        ("analyze", "(default: TRACE_DIR"),
+    ],
+)
+def test_each_profile_command_says_where_its_out_goes(
+    command: str, default: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")
+    text = InProcessCLI(monkeypatch, capsys)("profile", command, "--help").out
+    words = " ".join(text.replace("│", " ").split()).replace("- ", "-")  # unwrapped
+    after = words[words.index("-o, --out") + len("-o, --out") :]
+    out = re.split(r" (?:-\w, )?--\w", after, maxsplit=1)[0]  # up to the next flag
+    assert default in out, out
+    assert "resume" not in out and "hpcinfer-out" not in out and "bench" not in out
+    # the shared help stays for the commands that use it
+    shared = InProcessCLI(monkeypatch, capsys)("run", "--help").out
+    assert "default hpcinfer-out/NAME" in shared

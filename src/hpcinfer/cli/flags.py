@@ -9,8 +9,10 @@ time flag reads its value through the one duration parser (hpcinfer.core.duratio
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -406,13 +408,17 @@ def takes(
     *names: str,
     fields: Mapping[str, str] | None = None,
     table: Mapping[str, Flag] | None = None,
+    helps: Mapping[str, str] | None = None,
 ) -> Callable[[F], F]:
     """Give a command the shared flags `names` (after its own parameters); it receives them
     as one keyword argument `flags: Flags`. `fields` moves a flag to another spec field for
     this command (serve writes the registry a client reads); `table` adds flags a family of
-    commands shares (bench offline and fom) to FLAGS."""
+    commands shares (bench offline and fom) to FLAGS; `helps` gives a flag this command's
+    own help text (where `-o` goes and its default differ by command), same spelling."""
     unique = list(dict.fromkeys(names))
     known = {**FLAGS, **(table or {})}
+    for name, text in (helps or {}).items():
+        known[name] = _with_help(known[name], text)
     mapping = {n: f for n in unique if (f := (fields or {}).get(n) or known[n].field)}
 
     def wrap(command: F) -> F:
@@ -443,6 +449,16 @@ def takes(
         return wrapper  # type: ignore[return-value]
 
     return wrap
+
+
+def _with_help(flag: Flag, text: str) -> Flag:
+    """`flag` with another help text, its spelling and spec field unchanged."""
+    kind, *extras = typing.get_args(flag.annotation)
+    options = [copy.copy(e) if isinstance(e, typer.models.OptionInfo) else e for e in extras]
+    for option in options:
+        if isinstance(option, typer.models.OptionInfo):
+            option.help = text
+    return Flag(Annotated[(kind, *options)], flag.field, flag.default)
 
 
 SPEC_AND_INPUTS = Annotated[

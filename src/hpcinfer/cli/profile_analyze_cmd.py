@@ -30,7 +30,14 @@ ANALYZE_EPILOG = (
 )
 
 
-@flags.takes("out", *flags.OUTPUT_MODE)
+@flags.takes(
+    "out",
+    *flags.OUTPUT_MODE,
+    helps={
+        "out": "Folder for analysis.json and the analysis_*.csv tables, created if missing "
+        "(default: TRACE_DIR, or the folder of the one trace file)."
+    },
+)
 def analyze(
     trace_dir: Annotated[
         Path,

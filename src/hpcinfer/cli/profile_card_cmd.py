@@ -19,7 +19,11 @@ CARD_EPILOG = (
 )
 
 
-@flags.takes("out", *flags.OUTPUT_MODE)
+@flags.takes(
+    "out",
+    *flags.OUTPUT_MODE,
+    helps={"out": "Folder for workload_card.yaml, created if missing (default: the run folder)."},
+)
 def card(
     run_dir: Annotated[
         Path,

@@ -24,7 +24,15 @@ GRID_EPILOG = (
 )
 
 
-@flags.takes("out", "profile", *flags.OUTPUT_MODE)
+@flags.takes(
+    "out",
+    "profile",
+    *flags.OUTPUT_MODE,
+    helps={
+        "out": "Folder for the <experiment_id>.yaml configs, created if missing "
+        "(default: experiments)."
+    },
+)
 def grid(
     grid_file: Annotated[
         Path | None,

@@ -24,7 +24,18 @@ SUBMIT_EPILOG = (
 )
 
 
-@flags.takes("out", "profile", "walltime", "account", "queue", *flags.OUTPUT_MODE)
+@flags.takes(
+    "out",
+    "profile",
+    "walltime",
+    "account",
+    "queue",
+    *flags.OUTPUT_MODE,
+    helps={
+        "out": "Folder for the job scripts and the scheduler's logs (OUT/logs/<experiment_id>/) "
+        "(default: beside each config)."
+    },
+)
 def submit(
     configs: Annotated[
         list[Path],

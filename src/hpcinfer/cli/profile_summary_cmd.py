@@ -22,7 +22,14 @@ SUMMARY_EPILOG = (
 )
 
 
-@flags.takes("out", *flags.OUTPUT_MODE)
+@flags.takes(
+    "out",
+    *flags.OUTPUT_MODE,
+    helps={
+        "out": "Folder for results_summary.csv, the scaling plot and profile_summary.json, "
+        "created if missing (default: profile-summary)."
+    },
+)
 def summary(
     run_dirs: Annotated[
         list[Path],
