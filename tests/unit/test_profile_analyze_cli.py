@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import InProcessCLI
-from tests.unit.test_traces import _gpu_rank, _vllm_cpu_rank
+from tests.unit.test_traces import _calls_rank, _gpu_rank, _vllm_cpu_rank
 
 
 @pytest.fixture
@@ -62,3 +62,20 @@ def test_a_folder_without_traces_exits_2_naming_it(tmp_path: Path, cli: InProces
     ran = cli("profile", "analyze", str(tmp_path))
     assert ran.code == 2
     assert str(tmp_path) in ran.err and "no Kineto trace" in ran.err
+
+
+def test_missing_ranks_and_the_straggler_line_are_printed(
+    tmp_path: Path, cli: InProcessCLI
+) -> None:
+    for rank in (0, 1, 3):  # of 4: rank 2 wrote no trace; rank 3 is 80 us late 24 times
+        _calls_rank(rank, 4, [80.0 if rank == 3 else 0.0] * 24).write(
+            tmp_path / f"kineto_trace_{rank}.json"
+        )
+    ran = cli("profile", "analyze", str(tmp_path))
+    assert ran.code == 0, ran.err
+    assert "missing ranks (no trace found): 2" in ran.out
+    assert (
+        "straggler: rank 3 arrived last at 100% of its matched collectives (p = 3.5e-12 by "
+        "chance; 24 matched in all); the others waited 3.840 ms for it"
+    ) in ran.out
+    assert "no trace was found for rank(s) 2" in ran.err

@@ -124,7 +124,7 @@ def test_summary_reads_what_profile_analyze_writes(tmp_path: Path) -> None:
     run = write_run(tmp_path, profile_result("tp4", tp=4))
     for rank in range(4):
         trace = TraceBuilder(rank=rank, world_size=4)
-        for step in range(6):
+        for step in range(24):  # 22 analysed: enough calls for a straggler to be named
             late = 80.0 if rank == 2 else 0.0
             trace.annotation(f"ProfilerStep#{step}", step * 1000, 1000)
             trace.kernel(gemm, step * 1000, 500)

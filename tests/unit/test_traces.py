@@ -60,31 +60,107 @@ def test_overlapping_comm_kernels_count_once_and_exposed_comm_is_what_compute_le
     assert rank.timeline == "device"
 
 
+def _calls_rank(
+    rank: int,
+    world: int,
+    lates: list[float],
+    *,
+    group: str | None = None,
+    offset: float = 0.0,
+    kernel: str = ALL_REDUCE,
+) -> TraceBuilder:
+    """Three 10 ms steps; in the middle one (the one analysed) call k starts at
+    10050 + 200 k + offset + lates[k] and ends 100 us after the on-time start."""
+    trace = TraceBuilder(rank=rank, world_size=world).steps(3, 10_000)
+    for k, late in enumerate(lates):
+        start = 10_050 + 200 * k + offset
+        trace.kernel(kernel, start + late, 100 - late)
+        if group is not None:
+            trace.events[-1]["args"]["Process Group Name"] = group
+    return trace
+
+
 def test_a_rank_whose_collectives_start_late_is_named_the_straggler(tmp_path: Path) -> None:
     for rank in range(4):
-        _gpu_rank(rank, delay=80.0 if rank == 2 else 0.0).write(
-            tmp_path / f"kineto_trace_{rank}.json"
-        )
-        # three more calls per rank so the straggler is clear, rank 2 again 80 us late
-        trace = TraceBuilder(rank=rank, world_size=4).steps(3, 1000)
-        for k in range(5):
-            start = 1050 + 150 * k + (80.0 if rank == 2 else 0.0)
-            trace.kernel(ALL_REDUCE, start, 1100 + 150 * k + 100 - start)
-        trace.write(tmp_path / f"kineto_trace_{rank}.json")
+        lates = [80.0 if rank == 2 else 0.0] * 24
+        _calls_rank(rank, 4, lates).write(tmp_path / f"kineto_trace_{rank}.json")
     analysis = _analyse(tmp_path)
     assert analysis.straggler == 2
-    assert analysis.matched_collectives == 5
-    # each of the 3 others waited 80 us at each of the 5 calls
-    assert analysis.straggler_wait_ms == pytest.approx(3 * 5 * 0.080)
+    assert analysis.matched_collectives == 24
+    assert analysis.straggler_last_share == 1.0
+    assert analysis.straggler_p_value == pytest.approx(0.25**24, rel=1e-2)
+    # each of the 3 others waited 80 us at each of the 24 calls
+    assert analysis.straggler_wait_ms == pytest.approx(3 * 24 * 0.080)
     by_rank = {r.rank: r for r in analysis.ranks}
-    assert by_rank[2].last_arrivals == 5
+    assert by_rank[2].last_arrivals == 24
     assert by_rank[2].wait_ms == 0
-    assert by_rank[0].wait_ms == pytest.approx(5 * 0.080)
+    assert by_rank[0].wait_ms == pytest.approx(24 * 0.080)
     # the late rank spends *less* time in the collective than those who waited for it
     assert by_rank[2].comm_ms < by_rank[0].comm_ms
     rows = list(csv.DictReader((tmp_path / "out" / "analysis_collectives.csv").open()))
-    assert len(rows) == 5 * 4
+    assert len(rows) == 24 * 4
     assert {r["rank"] for r in rows if r["last"] == "True"} == {"2"}
+
+
+@pytest.mark.parametrize(
+    ("calls", "late_at", "late_us"),
+    [
+        (3, range(3), 80.0),  # always last, but 3 calls prove nothing
+        (24, range(14), 80.0),  # last at 14 of 24: what chance gives two ranks (p ~ 0.27)
+        (24, range(24), 1.0),  # always last, by 1 us: nobody waited to speak of
+    ],
+)
+def test_a_straggler_needs_many_calls_a_share_above_chance_and_a_real_wait(
+    tmp_path: Path, calls: int, late_at: range, late_us: float
+) -> None:
+    for rank in range(2):
+        lates = [late_us if rank == 1 and k in late_at else 0.0 for k in range(calls)]
+        if rank == 0:  # rank 0 is last at the other calls
+            lates = [0.0 if k in late_at else late_us for k in range(calls)]
+        _calls_rank(rank, 2, lates).write(tmp_path / f"kineto_trace_{rank}.json")
+    analysis = _analyse(tmp_path)
+    assert analysis.matched_collectives == calls
+    assert analysis.straggler is None
+    assert analysis.straggler_wait_ms == 0
+    by_rank = {r.rank: r for r in analysis.ranks}
+    assert by_rank[1].last_arrivals == len(late_at)
+    if calls == 24 and late_us == 80.0:
+        assert analysis.straggler_p_value == pytest.approx(0.2706, abs=1e-3)
+
+
+def test_with_pipeline_stages_calls_are_matched_within_their_process_group(
+    tmp_path: Path,
+) -> None:
+    """TP 2 x PP 2: ranks 0-1 all-reduce in group "1", ranks 2-3 in group "2", 500 us later
+    (the second stage). Rank 3 is 40 us late in its group; rank 2 is never last."""
+    for rank in range(4):
+        group, offset = ("1", 0.0) if rank < 2 else ("2", 500.0)
+        lates = [40.0 if rank == 3 else 0.0] * 24
+        _calls_rank(rank, 4, lates, group=group, offset=offset).write(
+            tmp_path / f"kineto_trace_{rank}.json"
+        )
+    analysis = _analyse(tmp_path)
+    assert analysis.straggler == 3
+    assert analysis.matched_collectives == 48  # 24 in each group
+    assert analysis.straggler_wait_ms == pytest.approx(24 * 0.040)  # rank 2 waited
+    by_rank = {r.rank: r for r in analysis.ranks}
+    assert [by_rank[r].last_arrivals for r in range(4)] == [0, 0, 0, 24]
+    assert by_rank[2].wait_ms == pytest.approx(24 * 0.040)
+    assert by_rank[0].wait_ms == 0  # not compared with the other stage
+    rows = list(csv.DictReader((tmp_path / "out" / "analysis_collectives.csv").open()))
+    pairs = {(r["group"], r["rank"]) for r in rows}
+    assert pairs == {("1", "0"), ("1", "1"), ("2", "2"), ("2", "3")}
+
+
+def test_ungrouped_calls_that_differ_between_ranks_name_no_straggler(tmp_path: Path) -> None:
+    """No process group in the trace, and the stages ran different collectives: rank 1
+    arrives last every time, but what it would be compared with is unknown."""
+    _calls_rank(0, 2, [0.0] * 24).write(tmp_path / "kineto_trace_0.json")
+    _calls_rank(1, 2, [80.0] * 30).write(tmp_path / "kineto_trace_1.json")
+    analysis = _analyse(tmp_path)
+    assert analysis.straggler is None
+    assert analysis.matched_collectives == 0
+    assert any("do not say which process group" in n for n in analysis.notes)
 
 
 def test_ranks_that_arrive_together_have_no_straggler(tmp_path: Path) -> None:
@@ -347,3 +423,31 @@ def test_a_gloo_collective_recorded_twice_is_counted_once(tmp_path: Path) -> Non
     assert rank.collective_libraries == {"c10d": 2}
     assert rank.comm_ms == pytest.approx(0.205)  # [300, 505) on either thread
     assert rank.compute_ms == pytest.approx(0.300)
+
+
+def test_a_trace_without_a_rank_beside_workers_is_left_out_and_missing_ranks_named(
+    tmp_path: Path,
+) -> None:
+    """vLLM's frontend writes a trace with no distributedInfo; rank 2 of 4 wrote none."""
+    for rank in (0, 1, 3):
+        _calls_rank(rank, 4, [0.0] * 3).write(tmp_path / f"kineto_trace_{rank}.json")
+    frontend = TraceBuilder(rank=None).steps(3, 1000)
+    frontend.write(tmp_path / "nid001234_55555.1733389200123.pt.trace.json.gz")
+    analysis = _analyse(tmp_path)
+    assert [r.rank for r in analysis.ranks] == [0, 1, 3]
+    assert analysis.missing_ranks == [2]
+    assert any("rank(s) 2" in n for n in analysis.notes)
+    quality = analysis.data_quality["nid001234_55555.1733389200123.pt.trace.json.gz"]
+    assert "no distributedInfo rank: not a worker's trace, left out" in quality.notes
+    document = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert document["missing_ranks"] == [2]
+
+
+def test_a_single_trace_without_a_rank_is_rank_0(tmp_path: Path) -> None:
+    trace = _gpu_rank(0)
+    trace.rank = None
+    trace.write(tmp_path / "nid001234_55555.1733389200123.pt.trace.json.gz")
+    analysis = _analyse(tmp_path)
+    assert [r.rank for r in analysis.ranks] == [0]
+    assert analysis.missing_ranks == []
+    assert any("numbered 0" in n for n in analysis.notes)

@@ -73,6 +73,8 @@ def analyze(
 
 def summary_text(analysis: TraceAnalysis) -> str:
     """A table of the ranks and one line on the straggler."""
+    from hpcinfer.traces.stragglers import MAX_P_VALUE, MIN_CALLS, MIN_WAIT_US
+
     header = ("rank", "steps", "step ms", "comm %", "exposed %", "overlap %", "idle ms",
               "collectives/step")  # fmt: skip
     rows = [header]
@@ -96,13 +98,20 @@ def summary_text(analysis: TraceAnalysis) -> str:
     if analysis.straggler is not None:
         lines.append(
             f"straggler: rank {analysis.straggler} arrived last at "
-            f"{analysis.straggler_last_share:.0%} of {analysis.matched_collectives} matched "
-            f"collectives; the others waited {analysis.straggler_wait_ms:.3f} ms for it"
+            f"{analysis.straggler_last_share:.0%} of its matched collectives (p = "
+            f"{analysis.straggler_p_value:.2g} by chance; {analysis.matched_collectives} matched "
+            f"in all); the others waited {analysis.straggler_wait_ms:.3f} ms for it"
         )
     elif analysis.matched_collectives:
         lines.append(
-            f"no straggler: no rank arrived last at most of the "
-            f"{analysis.matched_collectives} matched collectives"
+            f"no straggler: no rank arrived last at the {analysis.matched_collectives} matched "
+            f"collectives more often than chance allows (at least {MIN_CALLS} calls, "
+            f"p < {MAX_P_VALUE}) with the others waiting at least {MIN_WAIT_US:g} us a call"
+        )
+    if analysis.missing_ranks:
+        lines.append(
+            "missing ranks (no trace found): "
+            + ", ".join(str(r) for r in analysis.missing_ranks)
         )
     if analysis.unknown_comm_share:
         lines.append(

@@ -26,7 +26,7 @@ from hpcinfer.traces.files import (
 )
 from hpcinfer.traces.models import RankAnalysis, TraceAnalysis
 from hpcinfer.traces.rank_metrics import RankResult, analyze_file
-from hpcinfer.traces.stragglers import match_collectives
+from hpcinfer.traces.stragglers import CallTuple, match_collectives
 
 STEP_COLUMNS = [
     "rank", "step", "name", "kind", "start_us", "wall_ms", "compute_ms", "comm_ms", "memcpy_ms",
@@ -40,7 +40,8 @@ RANK_COLUMNS = [
     "collectives_per_step",
 ]  # fmt: skip
 COLLECTIVE_COLUMNS = [
-    "call", "step", "op", "rank", "arrival_us", "skew_us", "wait_us", "duration_us", "last",
+    "call", "step", "op", "group", "rank", "arrival_us", "skew_us", "wait_us", "duration_us",
+    "last",
 ]  # fmt: skip
 
 
@@ -60,6 +61,12 @@ def analyze_traces(
     arrivals = match_collectives([r.rank or 0 for r in ranks], _on_one_clock(ranks))
     notes += arrivals.notes
     world = max((r.world_size or 0 for r in ranks), default=0) or len(ranks)
+    missing = _missing(ranks)
+    if missing:
+        notes.append(
+            f"distributedInfo says world_size {world}, but no trace was found for rank(s) "
+            f"{', '.join(map(str, missing))}: the figures cover the ranks found"
+        )
     entries = []
     for i, result in enumerate(ranks):
         entries.append(
@@ -86,12 +93,14 @@ def analyze_traces(
         straggler=arrivals.straggler,
         straggler_wait_ms=arrivals.straggler_wait_ms,
         straggler_last_share=arrivals.straggler_last_share,
+        straggler_p_value=arrivals.straggler_p_value,
         matched_collectives=arrivals.matched,
         collective_table_version=TABLE_VERSION,
         unknown_comm_share=round(unknown / (known + unknown), 6) if known + unknown else 0.0,
         unknown_comm_names=sorted(unknown_names, key=lambda n: -unknown_names[n])[:20],
         data_quality={r.file: r.quality for r in results},
         notes=notes,
+        missing_ranks=missing,
     )
     _write(Path(out_dir) if out_dir is not None else where if where.is_dir() else where.parent,
            analysis, ranks, arrivals.rows)  # fmt: skip
@@ -108,7 +117,7 @@ def _read_all(files: list[Path], workers: int | None) -> list[RankResult]:
         return list(pool.map(analyze_file, files))
 
 
-def _on_one_clock(ranks: list[RankResult]) -> list[list[tuple[float, float, str, int]]]:
+def _on_one_clock(ranks: list[RankResult]) -> list[list[CallTuple]]:
     """Each rank's calls with starts moved onto one clock: traces count microseconds from
     their own baseTimeNanoseconds (shifted by the difference, not added whole, which would
     cost float precision)."""
@@ -116,13 +125,17 @@ def _on_one_clock(ranks: list[RankResult]) -> list[list[tuple[float, float, str,
     shifted = []
     for result in ranks:
         offset = (result.base_time_ns - first) / 1000.0
-        shifted.append([(start + offset, dur, op, step) for start, dur, op, step in result.calls])
+        shifted.append(
+            [(start + offset, dur, op, step, group) for start, dur, op, step, group in result.calls]
+        )
     return shifted
 
 
 def _assign_ranks(results: list[RankResult]) -> tuple[list[RankResult], list[str]]:
-    """Ranks in order; a file with no rank gets the next free one, and of two files that
-    claim one rank the one whose distributedInfo says so is kept (the other is named)."""
+    """Ranks in order; of two files that claim one rank the one whose distributedInfo says
+    so is kept (the other is named). A file with no rank beside files with one is not a
+    worker's (vLLM's frontend writes one) and is left out, noted; where no file has a rank
+    (a single trace, say), they are numbered in file order."""
     notes: list[str] = []
     chosen: dict[int, RankResult] = {}
     for result in sorted(results, key=lambda r: r.rank_source != "distributedInfo"):
@@ -138,14 +151,28 @@ def _assign_ranks(results: list[RankResult]) -> tuple[list[RankResult], list[str
         )
         notes.append(note)
         result.quality.notes.append(note)
-    for result in results:
-        if result.rank is None:
-            result.rank = max(chosen, default=-1) + 1
-            chosen[result.rank] = result
-            note = f"{result.file}: rank unknown, numbered {result.rank} in file order"
-            notes.append(note)
+    workers_named = bool(chosen)
+    for result in (r for r in results if r.rank is None):
+        if workers_named:  # e.g. vLLM's frontend: its trace is not one of the workers'
+            note = "no distributedInfo rank: not a worker's trace, left out"
             result.quality.notes.append(note)
+            notes.append(f"{result.file}: {note}")
+            continue
+        # no file names a rank (a single trace, say): number them in file order
+        result.rank = max(chosen, default=-1) + 1
+        chosen[result.rank] = result
+        note = f"{result.file}: rank unknown, numbered {result.rank} in file order"
+        notes.append(note)
+        result.quality.notes.append(note)
     return [chosen[r] for r in sorted(chosen)], notes
+
+
+def _missing(ranks: list[RankResult]) -> list[int]:
+    """The ranks below the world size distributedInfo states that have no trace here."""
+    world = max((r.world_size or 0 for r in ranks if r.rank_source == "distributedInfo"),
+                default=0)  # fmt: skip
+    found = {r.rank for r in ranks}
+    return [r for r in range(world) if r not in found]
 
 
 def _write(

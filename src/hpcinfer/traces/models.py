@@ -22,6 +22,7 @@ class FileQuality(_Model):
     events_read: int = 0
     events_skipped: int = 0
     notes: list[str] = Field(default_factory=list)
+    missing_ranks: list[int] = Field(default_factory=list)  # of distributedInfo's world_size
 
 
 class StepKinds(_Model):
@@ -81,10 +82,13 @@ class TraceAnalysis(_Model):
     ranks: list[RankAnalysis]
     straggler: int | None
     straggler_wait_ms: float
-    straggler_last_share: float  # share of matched collectives the straggler arrived last at
+    straggler_last_share: float  # share of its matched collectives the last-arriving rank
+    # arrived last at (the straggler's, where one is named)
+    straggler_p_value: float = 1.0  # chance of arriving last that often if all were alike
     matched_collectives: int
     collective_table_version: str
     unknown_comm_share: float  # of communication-like calls, the share the table did not know
     unknown_comm_names: list[str]
     data_quality: dict[str, FileQuality]  # file name -> what reading it found
     notes: list[str] = Field(default_factory=list)
+    missing_ranks: list[int] = Field(default_factory=list)  # of distributedInfo's world_size

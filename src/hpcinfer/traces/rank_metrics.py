@@ -39,8 +39,9 @@ class RankResult:
     quality: FileQuality
     figures: dict[str, Any] = field(default_factory=dict)  # RankAnalysis fields
     step_rows: list[dict[str, Any]] = field(default_factory=list)
-    calls: list[tuple[float, float, str, int]] = field(default_factory=list)
-    # (start us, duration us, op, step index) of each collective call; starts are on the
+    calls: list[tuple[float, float, str, int, str]] = field(default_factory=list)
+    # (start us, duration us, op, step index, process group or "") of each collective call;
+    # starts are on the
     # trace's clock, which begins at base_time_ns (ranks are compared on the shared clock)
     base_time_ns: int = 0
     known_comm_calls: int = 0
@@ -70,7 +71,7 @@ def analyze_file(path: Path) -> RankResult:
     _measure(result, line, steps, calls, counted, device)
     result.base_time_ns = reader.metadata.base_time_ns
     result.calls = [
-        (c.start, c.end - c.start, c.op, i)
+        (c.start, c.end - c.start, c.op, i, c.group)
         for c, i in _in_steps(counted, steps)
         if c.op not in NOT_COUNTED
     ]

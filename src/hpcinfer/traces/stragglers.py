@@ -1,22 +1,37 @@
-"""Who holds the others back: the k-th collective call of every rank is the same collective,
-so its start times say who arrived last and how long the others waited.
+"""Who holds the others back: the k-th call of one collective type in one process group is
+the same collective on every rank of the group, so its start times say who arrived last and
+how long the others waited.
 
 A rank that arrives late at a collective shows *less* time in it than the others (they wait
 inside the call for it), so comm time alone points at the wrong rank; arrival order does not.
-Skew of rank r at call k = its start - the median start; the straggler is the rank that
-arrives last at most of the calls (more than STRAGGLER_SHARE of them).
+Skew of rank r at a call = its start - the median start. Calls are matched per process group
+(`args["Process Group Name"]`, which torch records on NCCL kernels and `record_param_comms`)
+and per type: with PP > 1 the stages run different collectives, and matching call k of every
+rank would compare unrelated calls. Where the trace names no group (CPU shm and gloo
+operators) calls are matched per type only, and only when every rank ran the same number of
+each type; otherwise no straggler is named, and a note says why.
+
+The straggler is the rank that arrives last more often than chance allows: at least
+MIN_CALLS matched calls, a one-sided binomial test against 1/(ranks in the call) at
+p < MAX_P_VALUE, and a mean wait of the others of at least MIN_WAIT_US a call.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-STRAGGLER_SHARE = 0.6
-MIN_CALLS = 3
+MIN_CALLS = 20
+MAX_P_VALUE = 0.01
+MIN_WAIT_US = 2.0
+
+CallTuple = tuple[float, float, str, int, str]  # start us, duration us, op, step, group
+"""One collective call of a rank; group is "" where the trace does not name it."""
 
 
 @dataclass
@@ -27,6 +42,7 @@ class Arrivals:
     straggler: int | None = None
     straggler_wait_ms: float = 0.0
     straggler_last_share: float = 0.0
+    straggler_p_value: float = 1.0
     skew_ms: list[float] = field(default_factory=list)
     wait_ms: list[float] = field(default_factory=list)
     last_arrivals: list[int] = field(default_factory=list)
@@ -34,78 +50,153 @@ class Arrivals:
     notes: list[str] = field(default_factory=list)
 
 
-def match_collectives(
-    ranks: Sequence[int], calls: Sequence[Sequence[tuple[float, float, str, int]]]
-) -> Arrivals:
-    """Match call k of every rank (calls in start order, one list per rank)."""
-    found = Arrivals(
-        skew_ms=[0.0] * len(ranks), wait_ms=[0.0] * len(ranks), last_arrivals=[0] * len(ranks)
-    )
-    if len(ranks) < 2:
+@dataclass
+class _Stream:
+    """The calls of one (group, type) that every participant made, matched k-th to k-th."""
+
+    group: str
+    op: str
+    members: list[int]  # positions in `ranks`
+    calls: list[list[CallTuple]]  # per member, the same length
+
+
+def match_collectives(ranks: Sequence[int], calls: Sequence[Sequence[CallTuple]]) -> Arrivals:
+    """Match the calls of every rank (in start order, one list per rank)."""
+    size = len(ranks)
+    found = Arrivals(skew_ms=[0.0] * size, wait_ms=[0.0] * size, last_arrivals=[0] * size)
+    if size < 2:
         return found
-    counts = [len(c) for c in calls]
-    n = min(counts)
-    if len(set(counts)) > 1:
-        found.notes.append(
-            "ranks made different numbers of collective calls in the analysed steps "
-            f"({', '.join(f'rank {r}: {c}' for r, c in zip(ranks, counts, strict=True))}); "
-            f"the first {n} are matched"
-        )
-    if n == 0:
+    streams = _streams(ranks, calls, found.notes)
+    skew_sum = np.zeros(size)
+    skew_n = np.zeros(size)
+    wait = np.zeros(size)
+    last_count = np.zeros(size, dtype=np.int64)
+    taken = np.zeros(size, dtype=np.int64)  # matched calls each rank took part in
+    chance = np.zeros(size)  # the largest 1/(members) among them: a conservative null
+    waited_for = np.zeros(size)  # others' wait at the calls the rank arrived last at
+    waiters = np.zeros(size)  # (other rank, call) pairs behind waited_for
+    matrices = []
+    for stream in streams:
+        members = np.array(stream.members)
+        start = np.array([[c[0] for c in member] for member in stream.calls])
+        median = np.median(start, axis=0)
+        ordered = np.sort(start, axis=0)
+        last = np.where(ordered[-1] > ordered[-2], start.argmax(axis=0), -1)
+        waits = start.max(axis=0) - start
+        skew_sum[members] += (start - median).sum(axis=1)
+        skew_n[members] += start.shape[1]
+        wait[members] += waits.sum(axis=1)
+        taken[members] += start.shape[1]
+        chance[members] = np.maximum(chance[members], 1.0 / len(members))
+        for local, member in enumerate(members):
+            mine = last == local
+            last_count[member] += int(mine.sum())
+            waited_for[member] += float(waits[:, mine].sum())
+            waiters[member] += float(mine.sum()) * (len(members) - 1)
+        found.matched += start.shape[1]
+        matrices.append((stream, start, median, waits, last))
+    found.skew_ms = [
+        round(float(s / n) / 1000, 6) if n else 0.0 for s, n in zip(skew_sum, skew_n, strict=True)
+    ]
+    found.wait_ms = [round(float(v) / 1000, 6) for v in wait]
+    found.last_arrivals = [int(v) for v in last_count]
+    found.rows = _rows(ranks, matrices)
+    if not found.matched:
         return found
-    ops = [[call[2] for call in rank_calls[:n]] for rank_calls in calls]
-    differing = sum(len({ops[r][k] for r in range(len(ranks))}) > 1 for k in range(n))
-    if differing:
-        found.notes.append(
-            f"{differing} of {n} matched calls are of different types on different ranks: "
-            "the ranks did not run the same collectives in the same order"
-        )
-    start = np.array([[call[0] for call in rank_calls[:n]] for rank_calls in calls])
-    duration = np.array([[call[1] for call in rank_calls[:n]] for rank_calls in calls])
-    median = np.median(start, axis=0)
-    latest = start.max(axis=0)
-    ordered = np.sort(start, axis=0)
-    # the rank that arrived last; -1 where two or more arrived together last
-    last = np.where(ordered[-1] > ordered[-2], start.argmax(axis=0), -1)
-    wait = latest - start  # how long each rank waited for the last one, per call
-    found.matched = n
-    found.skew_ms = [round(float(v) / 1000, 6) for v in (start - median).mean(axis=1)]
-    found.wait_ms = [round(float(v) / 1000, 6) for v in wait.sum(axis=1)]
-    found.last_arrivals = [int(v) for v in np.bincount(last[last >= 0], minlength=len(ranks))]
-    top = int(np.argmax(found.last_arrivals))
-    share = found.last_arrivals[top] / n
-    found.straggler_last_share = round(share, 4)
-    if n >= MIN_CALLS and share > STRAGGLER_SHARE and float(wait.sum()) > 0:
+    top = int(np.argmax(last_count))
+    share = last_count[top] / taken[top] if taken[top] else 0.0
+    found.straggler_last_share = round(float(share), 4)
+    found.straggler_p_value = _binomial_tail(int(last_count[top]), int(taken[top]), chance[top])
+    mean_wait = waited_for[top] / waiters[top] if waiters[top] else 0.0
+    if (
+        taken[top] >= MIN_CALLS
+        and found.straggler_p_value < MAX_P_VALUE
+        and mean_wait >= MIN_WAIT_US
+    ):
         found.straggler = ranks[top]
-        waited = wait[:, last == top].sum()
-        found.straggler_wait_ms = round(float(waited) / 1000, 6)
-    found.rows = _rows(ranks, calls, ops, start, median, wait, duration, last)
+        found.straggler_wait_ms = round(float(waited_for[top]) / 1000, 6)
     return found
 
 
-def _rows(
-    ranks: Sequence[int],
-    calls: Sequence[Sequence[tuple[float, float, str, int]]],
-    ops: list[list[str]],
-    start: Any,
-    median: Any,
-    wait: Any,
-    duration: Any,
-    last: Any,
-) -> Iterator[dict[str, Any]]:
+def _streams(
+    ranks: Sequence[int], calls: Sequence[Sequence[CallTuple]], notes: list[str]
+) -> list[_Stream]:
+    """The matchable calls, per (group, type); `notes` says what could not be matched."""
+    buckets: dict[tuple[str, str], dict[int, list[CallTuple]]] = {}
+    for i, rank_calls in enumerate(calls):
+        for call in rank_calls:
+            buckets.setdefault((call[4], call[2]), {}).setdefault(i, []).append(call)
+    ungrouped = [Counter(c[2] for c in rank_calls if not c[4]) for rank_calls in calls]
+    ungrouped_ok = all(u == ungrouped[0] for u in ungrouped)
+    if not ungrouped_ok:
+        shown = "; ".join(
+            f"rank {r}: " + (", ".join(f"{op} {n}" for op, n in sorted(u.items())) or "none")
+            for r, u in zip(ranks, ungrouped, strict=True)
+        )
+        notes.append(
+            "the traces do not say which process group each collective belongs to, and the "
+            f"ranks ran different collectives ({shown}): those calls cannot be matched across "
+            "ranks, so no straggler is named from them"
+        )
+    streams = []
+    for (group, op), by_rank in sorted(buckets.items()):
+        if not group and not ungrouped_ok:
+            continue
+        members = sorted(by_rank)
+        if len(members) < 2:
+            continue
+        counts = [len(by_rank[i]) for i in members]
+        n = min(counts)
+        if len(set(counts)) > 1:
+            where = f"process group {group}" if group else "the analysed steps"
+            each = ", ".join(
+                f"rank {ranks[i]}: {c}" for i, c in zip(members, counts, strict=True)
+            )
+            notes.append(
+                f"ranks made different numbers of {op} calls in {where} ({each}); "
+                f"the first {n} are matched"
+            )
+        streams.append(_Stream(group, op, members, [by_rank[i][:n] for i in members]))
+    return streams
+
+
+def _binomial_tail(hits: int, trials: int, chance: float) -> float:
+    """P(X >= hits) for X ~ Binomial(trials, chance): how likely arriving last this often
+    is when every rank is equally likely to be last."""
+    if trials == 0 or hits <= trials * chance:
+        return 1.0
+    log_p, log_q = math.log(chance), math.log1p(-chance)
+    total = 0.0
+    for k in range(hits, trials + 1):  # terms fall from `hits` on (hits is above the mean)
+        term = math.exp(
+            math.lgamma(trials + 1) - math.lgamma(k + 1) - math.lgamma(trials - k + 1)
+            + k * log_p + (trials - k) * log_q
+        )
+        total += term
+        if term < total * 1e-16:
+            break
+    return float(f"{min(total, 1.0):.3g}")
+
+
+def _rows(ranks: Sequence[int], matrices: list[tuple[Any, ...]]) -> Iterator[dict[str, Any]]:
     """One CSV row per rank and matched call, made as the file is written (a dict per row
     for every call of a long trace would cost hundreds of MB)."""
-    first = start.min(axis=0)
-    for k in range(start.shape[1]):
-        for r, rank in enumerate(ranks):
-            yield {
-                "call": k,
-                "step": calls[r][k][3],
-                "op": ops[r][k],
-                "rank": rank,
-                "arrival_us": round(float(start[r, k] - first[k]), 3),
-                "skew_us": round(float(start[r, k] - median[k]), 3),
-                "wait_us": round(float(wait[r, k]), 3),
-                "duration_us": round(float(duration[r, k]), 3),
-                "last": bool(last[k] == r),
-            }
+    call = 0
+    for stream, start, median, wait, last in matrices:
+        first = start.min(axis=0)
+        for k in range(start.shape[1]):
+            for local, member in enumerate(stream.members):
+                made = stream.calls[local][k]
+                yield {
+                    "call": call,
+                    "step": made[3],
+                    "op": stream.op,
+                    "group": stream.group,
+                    "rank": ranks[member],
+                    "arrival_us": round(float(start[local, k] - first[k]), 3),
+                    "skew_us": round(float(start[local, k] - median[k]), 3),
+                    "wait_us": round(float(wait[local, k]), 3),
+                    "duration_us": round(float(made[1]), 3),
+                    "last": bool(last[k] == local),
+                }
+            call += 1

@@ -26,6 +26,7 @@ class Call(NamedTuple):
     library: str
     name: str
     lane: str  # the stream (kernels) or thread (operators) it ran on
+    group: str = ""  # the process group, where the trace names it
 
 
 class Intervals:
@@ -91,16 +92,22 @@ def read_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
             else:
                 line.comm_kernels.add(start, end)
                 stream = _lane(event, "stream")
-                line.kernel_calls.append(Call(start, end, found.op, found.library, name, stream))
+                op = _op_from_args(event) or found.op  # `ncclDevKernel_Generic` says in args
+                group = _group(event)
+                line.kernel_calls.append(Call(start, end, op, found.library, name, stream, group))
         elif category in ("cpu_op", "user_annotation"):
             if is_step_name(name):
                 line.cpu_marks.append(Step(start, end, name, vllm_step_kind(name) or "unknown"))
                 continue
             found = classify(name, "operator")
             if found is not None:
-                op = _op_from_args(event) if found.op == "from_args" else found.op
+                op = found.op
+                if op == "from_args":
+                    op = _op_from_args(event) or "unknown"
                 lane = str(event.get("tid", ""))
-                line.operator_calls.append(Call(start, end, op, found.library, name, lane))
+                line.operator_calls.append(
+                    Call(start, end, op, found.library, name, lane, _group(event))
+                )
             elif category == "cpu_op":
                 line.cpu_ops.add(start, end)
             if category == "cpu_op":
@@ -128,8 +135,17 @@ def _lane(event: dict[str, Any], key: str) -> str:
     return str(value if value is not None else event.get("tid", ""))
 
 
-def _op_from_args(event: dict[str, Any]) -> str:
-    """`record_param_comms` names its collective in args["Collective name"]."""
+def _op_from_args(event: dict[str, Any]) -> str | None:
+    """The collective `record_param_comms` and torch's NCCL kernels name in
+    args["Collective name"] (a generic kernel name such as `ncclDevKernel_Generic` does not
+    say); None where the event has none."""
     args = event.get("args")
     name = args.get("Collective name") if isinstance(args, dict) else None
-    return op_type(name) if isinstance(name, str) else "unknown"
+    return op_type(name) if isinstance(name, str) and name else None
+
+
+def _group(event: dict[str, Any]) -> str:
+    """The process group torch records as args["Process Group Name"]; "" where absent."""
+    args = event.get("args")
+    name = args.get("Process Group Name") if isinstance(args, dict) else None
+    return str(name) if name is not None and name != "" else ""
