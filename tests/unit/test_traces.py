@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from hpcinfer.errors import InputError
 from hpcinfer.traces import TraceAnalysis, analyze_traces
-from hpcinfer.traces.collective_names import TABLE_VERSION, classify
+from hpcinfer.traces.collective_names import TABLE_VERSION, classify, looks_like_comm
 from hpcinfer.traces.intervals import IntervalSet
 from tests.unit.trace_fakes import TraceBuilder
 
@@ -451,3 +451,40 @@ def test_a_single_trace_without_a_rank_is_rank_0(tmp_path: Path) -> None:
     assert [r.rank for r in analysis.ranks] == [0]
     assert analysis.missing_ranks == []
     assert any("numbered 0" in n for n in analysis.notes)
+
+
+def test_compute_named_broadcast_or_barrier_is_not_unknown_comm(tmp_path: Path) -> None:
+    trace = _many_steps()
+    trace.kernel("void at::native::elementwise_kernel<128, 4, BroadcastFunctor<float>>", 2600, 5)
+    trace.write(tmp_path / "kineto_trace_0.json")
+    analysis = _analyse(tmp_path)
+    assert analysis.unknown_comm_names == []
+    assert analysis.unknown_comm_share == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "comm"),
+    [
+        ("aten::broadcast_tensors", False),
+        ("void at::native::vectorized_elementwise_kernel<4, BroadcastFunctor<float>>", False),
+        ("aten::_barrier_like_op", False),
+        ("custom_arange_kernel", False),
+        ("my_custom_allreduce_kernel", True),
+        ("c10d::monitored_barrier_", True),
+        ("gloo:broadcast", True),
+        ("ncclDevKernel_SomethingNew", True),
+        ("_C::shm_broadcast", True),
+    ],
+)
+def test_what_looks_like_communication(name: str, comm: bool) -> None:
+    assert looks_like_comm(name) is comm
+
+
+def test_a_generic_nccl_kernel_takes_its_type_from_collective_name(tmp_path: Path) -> None:
+    trace = TraceBuilder(rank=0, world_size=1).steps(3, 1000)
+    trace.kernel("ncclDevKernel_Generic_4(ncclDevKernelArgsStorage<4096ul>)", 1100, 50)
+    trace.events[-1]["args"]["Collective name"] = "_allgather_base"
+    trace.kernel("ncclDevKernel_Generic_4(ncclDevKernelArgsStorage<4096ul>)", 1300, 50)
+    trace.write(tmp_path / "kineto_trace_0.json")
+    rank = _analyse(tmp_path).ranks[0]
+    assert rank.collectives == {"all_gather": 1, "generic": 1}  # the second names no type

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-TABLE_VERSION = "2026.12.1"
+TABLE_VERSION = "2026.12.2"
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,15 @@ operator (`c10d::allreduce_`) records: their time is communication, but a call i
 from them only in a trace without c10d operators."""
 
 COMM_LIKE = re.compile(
-    r"(?i)nccl|rccl|ccl|gloo|mpi_|all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|"
-    r"broadcast|bcast|send_?recv|c10d|collective|multimem|custom_?ar|cross_device|barrier"
+    r"(?i:all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|send_?recv|multimem|"
+    r"cross_device)"
+    r"|(?<![A-Za-z0-9])(?i:nccl|rccl|oneccl|xccl|ccl|gloo|c10d|mpi|custom_?ar)(?![a-z])"
+    r"|^_C(?:_\w+)?::(?i:shm_)"
 )
-"""Names that look like communication; those the table does not know are reported."""
+"""Names that look like communication; those the table does not know are reported. A
+collective's name, or a communication library's token standing alone (`nccl` in
+`ncclFoo`, `c10d::`, `gloo:`): `broadcast` or `barrier` alone is no sign, compute is full
+of them (`aten::broadcast_tensors`, `BroadcastFunctor` kernels)."""
 
 _COMPILED = {
     "kernel": [(re.compile(p), lib, op) for p, lib, op in _KERNELS],
