@@ -488,3 +488,36 @@ def test_a_generic_nccl_kernel_takes_its_type_from_collective_name(tmp_path: Pat
     trace.write(tmp_path / "kineto_trace_0.json")
     rank = _analyse(tmp_path).ranks[0]
     assert rank.collectives == {"all_gather": 1, "generic": 1}  # the second names no type
+
+
+def test_only_hpcinfers_own_files_are_passed_over_by_name(tmp_path: Path) -> None:
+    for name in ("profile_tp2_rank0.json", "config3.pt.trace.json.gz"):
+        _gpu_rank(0 if name.startswith("profile") else 1).write(tmp_path / name)
+    for own in ("profile.json", "analysis.json", "analysis_ranks.json", "torch_et_0.json",
+                "timing_stats_1.json"):  # fmt: skip
+        _gpu_rank(3).write(tmp_path / own)  # even holding traceEvents: ours, not a trace
+    analysis = _analyse(tmp_path)
+    assert sorted(r.file for r in analysis.ranks) == [
+        "config3.pt.trace.json.gz",
+        "profile_tp2_rank0.json",
+    ]
+    assert analysis.notes == []
+
+
+def test_an_unreadable_file_reports_the_os_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpcinfer.traces import files
+
+    _gpu_rank(0).write(tmp_path / "kineto_trace_0.json")
+    locked = _gpu_rank(1).write(tmp_path / "kineto_trace_1.json")
+    real = files.open_trace
+
+    def refuse(path: Path) -> object:
+        if path == locked:  # root reads a chmod 000 file, so the refusal is made here
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(files, "open_trace", refuse)
+    _, notes = files.trace_files(tmp_path)
+    assert notes == ["kineto_trace_1.json: cannot be read (Permission denied), not analysed"]

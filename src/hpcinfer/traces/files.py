@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import tempfile
 import zlib
 from collections.abc import Iterable
@@ -18,8 +19,12 @@ ANALYSIS_JSON = "analysis.json"
 RANKS_CSV = "analysis_ranks.csv"
 STEPS_CSV = "analysis_steps.csv"
 COLLECTIVES_CSV = "analysis_collectives.csv"
-# Files a run folder holds beside its traces (written by `hpcinfer profile run`).
-_NOT_TRACES = ("analysis", "profile", "config", "torch_et_", "timing_stats_", "operators_")
+# Files a run folder holds beside its traces (written by `hpcinfer profile run` and
+# `profile analyze`), by their exact names: a trace called `profile_tp2.json` is still read.
+_OWN_OUTPUTS = re.compile(
+    r"^(?:profile\.json|config\.ya?ml|analysis\w*\.(?:json|csv)|timing_stats_\w*\.json"
+    r"|operators_\w*\.csv|torch_et_\w*\.json)$"
+)
 _PEEK_BYTES = 1 << 20
 
 
@@ -38,12 +43,13 @@ def trace_files(where: Path) -> tuple[list[Path], list[str]]:
     notes: list[str] = []
     found = []
     for path in candidates:
-        if where.is_dir() and path.name.startswith(_NOT_TRACES):
+        if where.is_dir() and _OWN_OUTPUTS.match(path.name):
             continue
-        if _has_trace_events(path):
+        problem = _not_a_trace(path)
+        if problem is None:
             found.append(path)
         else:
-            notes.append(f"{path.name}: no `traceEvents` in its first MiB, not read as a trace")
+            notes.append(f"{path.name}: {problem}")
     if not found:
         raise InputError(
             f"{where}: no Kineto trace (*.json or *.json.gz with `traceEvents`) found; pass "
@@ -53,8 +59,9 @@ def trace_files(where: Path) -> tuple[list[Path], list[str]]:
     return found, notes
 
 
-def _has_trace_events(path: Path) -> bool:
-    """Whether the first MiB names `traceEvents` (a cut or damaged gzip gives what it has)."""
+def _not_a_trace(path: Path) -> str | None:
+    """Why `path` is not read as a trace, or None when its first MiB names `traceEvents`
+    (a cut or damaged gzip gives what it has; a file that cannot be read says why)."""
     seen = b""
     try:
         with open_trace(path) as stream:
@@ -63,9 +70,14 @@ def _has_trace_events(path: Path) -> bool:
                 if not chunk:
                     break
                 seen += chunk
-    except (OSError, zlib.error):
+    except zlib.error:
         pass
-    return b'"traceEvents"' in seen
+    except OSError as exc:
+        if not seen:
+            return f"cannot be read ({exc.strerror or exc}), not analysed"
+    if b'"traceEvents"' in seen:
+        return None
+    return "no `traceEvents` in its first MiB, not read as a trace"
 
 
 def write_json(path: Path, document: Any) -> None:
