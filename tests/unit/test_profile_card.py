@@ -91,3 +91,17 @@ def test_a_library_without_a_version_keeps_its_whole_name(tmp_path: Path) -> Non
     card = card_of(write_card(write_run(tmp_path, result)).parent)
     library = card["Model-executor"]["communication_library"]
     assert (library["name"], library["version"]) == ("gloo (torch.distributed)", None)
+
+
+def test_a_cpu_run_says_it_has_no_driver(tmp_path: Path) -> None:
+    result = profile_result(tp=2)
+    result.versions.driver = None
+    result.hardware.device_type = "cpu"
+    result.hardware.network_topology = None
+    card = card_of(write_card(write_run(tmp_path, result)).parent)
+    assert card["workload"]["hardware"]["driver_version"] == "n/a (CPU)"
+    assert card["workload"]["hardware"]["network_topo"]["topology"] is None
+    # a GPU run whose driver was not found says nothing rather than guessing
+    result.hardware.device_type = "cuda"
+    card = card_of(write_card(write_run(tmp_path / "gpu", result)).parent)
+    assert card["workload"]["hardware"]["driver_version"] is None

@@ -196,6 +196,37 @@ def test_figures_come_from_the_tokens_processed_and_the_unprofiled_iterations(
     assert outcome.result.startup.first_token_s == 0.5
     assert outcome.result.versions.communication_library == "NCCL 2.21.5"
     assert "no torch_et_<rank>.json: this torch has no observer" in outcome.result.notes
+    # no platform in the engine's ready event (an older child): the trace's library stays
+    assert outcome.result.versions.driver is None
+
+
+def test_driver_and_library_come_from_the_engine_and_the_topology_from_the_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = experiment(tmp_path)
+    fake = FakeEngine(ranks=(0, 1))
+    platform = {
+        "driver": "NVIDIA driver 550.54.15, CUDA 12.4",
+        "communication_library": "NCCL 2.23.4",
+    }
+
+    def engine(*args: Any) -> dict[str, Any]:
+        seen = fake(*args)
+        seen["ready"]["platform"] = platform
+        return seen
+
+    monkeypatch.setattr(runner, "_drive", engine)
+    (tmp_path / "linked.yaml").write_text(
+        "name: linked\nvendor: cpu\ncores_per_node: 2\n"
+        "network_topology: one socket, shared memory\n"
+    )
+    options = runner.ProfileRunOptions(hardware_profile=str(tmp_path / "linked.yaml"))
+    result = runner.run_profile(config, options).result
+    assert result.versions.driver == "NVIDIA driver 550.54.15, CUDA 12.4"
+    assert result.versions.communication_library == "NCCL 2.23.4"  # the engine's, not the trace's
+    assert result.hardware.network_topology == "one socket, shared memory"
+    on_disk = read_profile_result(tmp_path / "runs" / "tp2")
+    assert on_disk.versions.driver == result.versions.driver
 
 
 def test_nsys_missing_is_a_usage_error_with_the_fix(

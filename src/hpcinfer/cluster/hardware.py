@@ -63,6 +63,11 @@ class HardwareProfile(BaseModel):
     accelerator: str = ""
     peak_tflops_bf16: float | None = Field(default=None, gt=0)
     memory_gib_per_device: float | None = Field(default=None, gt=0)
+    network_topology: str | None = Field(
+        default=None,
+        description="How the devices connect, within and between nodes (the CCL-Bench "
+        "workload card's network_topo); None where the profile does not say.",
+    )
     env: dict[str, str] = Field(default_factory=dict)
     job_env: JobEnvironment | None = Field(
         default=None, description="Site defaults for job scripts (hpcinfer submit)."

@@ -122,7 +122,8 @@ def build_card(run_dir: Path, result: ProfileResult) -> dict[str, Any]:
                         hardware.count_per_node, math.ceil(world / max(hardware.nodes, 1))
                     ),
                 },
-                "driver_version": versions.driver,
+                "driver_version": versions.driver
+                or ("n/a (CPU)" if hardware.device_type == "cpu" else None),
             },
         },
         "Model-executor": {

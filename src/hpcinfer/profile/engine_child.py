@@ -3,8 +3,9 @@ process, driven through warm-up, timed and profiled iterations.
 
 Run as `python -m hpcinfer.profile.engine_child JOB.json EVENTS.jsonl` (possibly under
 `nsys profile`, hence files rather than inherited descriptors). It writes JSON lines to
-EVENTS: `ready` (start-up phases, versions), `iteration` (progress), `done` (every
-measurement), `error`. vLLM's log goes to the child's stdout/stderr (the parent's log file).
+EVENTS: `ready` (start-up phases, versions, driver and communication library), `iteration`
+(progress), `done` (every measurement), `error`. vLLM's log goes to the child's
+stdout/stderr (the parent's log file).
 
 Each iteration is a batch as `bench offline` times one (`engines.batch_steps`): `batch_size`
 requests of exactly `seq_len` fresh random token ids, `max_tokens` with `ignore_eos`, each
@@ -35,6 +36,7 @@ from hpcinfer.engines.batch_steps import (
     shutdown_engine,
     step_batch,
 )
+from hpcinfer.profile.platform_info import platform_versions
 
 EXTENSION = "hpcinfer.profile.worker_extension.ProfileWorkerExtension"
 
@@ -146,11 +148,14 @@ def _execution_trace(engine: _Engine, events: _Events, out_dir: str) -> dict[str
 def run(job: ProfileJob, events: _Events) -> None:
     clock = StartupClock()  # vLLM logs to our stdout: the run's engine log
     engine = _Engine(job, clock)
+    import torch  # imported already: vLLM runs on it
+
     events.emit(
         "ready",
         startup_s=clock.engine_s,
         vllm_version=engine.vllm_version,
         dtype=engine.dtype,
+        platform=platform_versions(torch),
     )
     try:
         warmup = _phase(engine, events, "warm-up", job.warmup_iterations)

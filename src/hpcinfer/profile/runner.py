@@ -221,6 +221,7 @@ def _launch(
         device_model=profile.accelerator or platform.processor() or profile.name,
         count_per_node=devices,
         nodes=1,
+        network_topology=profile.network_topology,
     )
     launch = _Launch(argv, env, frozenset(cores) if cores else None, kwargs, devices, hardware)
     return launch, job
@@ -334,7 +335,9 @@ def _mean_ms(iterations: list[Iteration]) -> float:
     return 1000.0 * sum(it.wall_s for it in iterations) / len(iterations)
 
 
-def _versions(vllm_version: str | None, info: Mapping[str, Any] | None) -> Versions:
+def _versions(ready: Mapping[str, Any], info: Mapping[str, Any] | None) -> Versions:
+    """From the engine child's `ready` event (its vLLM, driver and communication library,
+    see profile.platform_info), else the library a rank's trace names."""
     import hpcinfer
 
     def installed(name: str) -> str | None:
@@ -343,15 +346,17 @@ def _versions(vllm_version: str | None, info: Mapping[str, Any] | None) -> Versi
         except importlib.metadata.PackageNotFoundError:
             return None
 
-    library = None
-    if info:
+    child = ready.get("platform") or {}
+    library = child.get("communication_library")
+    if library is None and info:
         nccl = info.get("nccl_version")
         library = f"NCCL {nccl}" if nccl else f"{info.get('backend', '?')} (torch.distributed)"
     return Versions(
         hpcinfer=hpcinfer.__version__,
         python=platform.python_version(),
         torch=installed("torch"),
-        vllm=vllm_version,
+        vllm=ready.get("vllm_version"),
+        driver=child.get("driver"),
         communication_library=library,
     )
 
@@ -463,9 +468,7 @@ def run_profile(config_path: Path, options: ProfileRunOptions) -> ProfileOutcome
         _analyze(run_dir, notes)
     result = ProfileResult(
         experiment=config,
-        versions=_versions(
-            seen["ready"].get("vllm_version"), trace_distributed_info(first) if first else None
-        ),
+        versions=_versions(seen["ready"], trace_distributed_info(first) if first else None),
         hardware=launch.hardware,
         timing=timing_of(timed),
         profiler=ProfilerOverhead(
