@@ -184,7 +184,8 @@ class VllmOfflineEngine:
                 continue
             try:
                 params = self._params_for(record)
-                if self._first_id is None:
+                timed = self._first_id is None and getattr(params, "n", 1) == 1
+                if timed:
                     params = _every_step(params)  # to see its first token come out
                 prompt = {"prompt_token_ids": token_ids}
                 self._engine.add_request(request_id, prompt, params, lora_request=lora)
@@ -195,7 +196,7 @@ class VllmOfflineEngine:
                 continue
             logprobs = record.sampling.get("logprobs")
             self._pending[request_id] = _Pending(record.id, time.monotonic(), logprobs)
-            if self._first_id is None:
+            if timed:
                 self._first_id, self._first = request_id, self._pending[request_id]
         return rejected
 
@@ -280,7 +281,9 @@ def _params_maker(sampling_params: Any) -> Any:
 
 def _every_step(params: Any) -> Any:
     """A copy of `params` returning cumulative outputs at every step (the final one is the
-    same as with final-only), so the first request's first token can be timed."""
+    same as with final-only), so the first request's first token can be timed. Only for
+    n == 1: with n > 1 vLLM's step outputs carry the samples that moved, and the final one
+    lost the others (a record asking n=2 got one text)."""
     try:
         from vllm.sampling_params import RequestOutputKind
 
