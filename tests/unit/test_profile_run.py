@@ -173,6 +173,11 @@ def test_a_corrupt_trace_is_kept_aside_and_its_rank_named_missing_in_profile_jso
     result = read_profile_result(run_dir)
     assert result.missing_ranks == [1] and [r.rank for r in result.ranks] == [0]
     assert any("rank1.9.pt.trace.json.gz cannot be read" in note for note in result.notes)
+    # a rerun that profiles every rank no longer names the old unreadable trace
+    monkeypatch.setattr(runner, "_drive", FakeEngine(ranks=(0, 1)))
+    ran = main_cli("profile", "run", str(config), "--profile", "two-cores.yaml", "--no-analyze")
+    assert ran.code == 0, ran.output
+    assert not (run_dir / "unreadable_traces").exists()
 
 
 def test_figures_come_from_the_tokens_processed_and_the_unprofiled_iterations(

@@ -47,7 +47,12 @@ from hpcinfer.profile.result import (
     Timing,
     Versions,
 )
-from hpcinfer.profile.trace_collect import collect_traces, kineto_name, trace_distributed_info
+from hpcinfer.profile.trace_collect import (
+    UNREADABLE_DIR,
+    collect_traces,
+    kineto_name,
+    trace_distributed_info,
+)
 
 Progress = Callable[[str], None]
 CONFIG_FILE = "config.yaml"
@@ -384,6 +389,7 @@ def _clear_previous(run_dir: Path) -> None:
         for stale in run_dir.glob(pattern):
             stale.unlink()
     shutil.rmtree(run_dir / RAW_TRACES, ignore_errors=True)
+    shutil.rmtree(run_dir / UNREADABLE_DIR, ignore_errors=True)
     (run_dir / PROFILE_FILE).unlink(missing_ok=True)
 
 
