@@ -58,7 +58,7 @@ from hpcinfer.bench.samples import (
     prefill_rate,
     request_stats,
 )
-from hpcinfer.cluster import HardwareProfile, cpu_affinity, plan_placement
+from hpcinfer.cluster import HardwareProfile, cpu_affinity, one_engine_placement
 from hpcinfer.cluster.placement import Placement
 from hpcinfer.core.models import resolve_model
 from hpcinfer.core.processes import bound_env
@@ -136,15 +136,15 @@ def resolve_hardware(settings: BenchSettings) -> Hardware:
 
     profile = resolve_profile(settings.spec.workers.profile)
     devices = settings.tp * settings.pp
-    available = profile.devices_per_node
-    if devices > available:
-        unit = "cores" if profile.is_cpu else "devices"
-        raise SpecError(
+    placement = one_engine_placement(
+        profile,
+        devices,
+        lambda unit: SpecError(
             f"--tp {settings.tp} x --pp {settings.pp} needs {devices} {unit}; the hardware "
-            f"profile '{profile.name}' has {available}: lower --tp/--pp (or pick the machine's "
-            "profile with --profile)"
-        )
-    placement = plan_placement(profile, workers=1, tp=devices).placements[0]
+            f"profile '{profile.name}' has {profile.devices_per_node}: lower --tp/--pp (or pick "
+            "the machine's profile with --profile)"
+        ),
+    )
     peak: float | None = settings.peak_tflops
     source = "--peak-tflops"
     if peak is None:

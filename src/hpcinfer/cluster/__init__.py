@@ -9,6 +9,7 @@ from hpcinfer.cluster.placement import (
     PlacementPlan,
     device_order,
     gpu_slot,
+    one_engine_placement,
     plan_placement,
 )
 from hpcinfer.core.binding_env import apply_env
@@ -30,6 +31,7 @@ __all__ = [
     "gpu_slot",
     "list_profiles",
     "load_profile",
+    "one_engine_placement",
     "plan_placement",
     "resolve_profile",
 ]

@@ -17,6 +17,7 @@ threads together).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -208,3 +209,14 @@ def plan_placement(
         idle_devices=idle,
         warnings=warnings,
     )
+
+
+def one_engine_placement(
+    profile: HardwareProfile, devices: int, too_many: Callable[[str], Exception]
+) -> Placement:
+    """Where one engine of `devices` (TP x PP) goes on one node of `profile`; when the node
+    has fewer, the caller's `too_many(unit)` error ("cores" or "devices"), which names the
+    caller's own flags or fields."""
+    if devices > profile.devices_per_node:
+        raise too_many("cores" if profile.is_cpu else "devices")
+    return plan_placement(profile, workers=1, tp=devices).placements[0]

@@ -153,7 +153,7 @@ def _launch(
     job_path: Path,
     events_path: Path,
 ) -> tuple[_Launch, ProfileJob]:
-    from hpcinfer.cluster import cpu_affinity, plan_placement, resolve_profile
+    from hpcinfer.cluster import cpu_affinity, one_engine_placement, resolve_profile
     from hpcinfer.core.processes import bound_env
     from hpcinfer.engines.vllm_offline import EngineSetup, engine_env, llm_kwargs
     from hpcinfer.profile.vllm_parallel import engine_args
@@ -162,14 +162,15 @@ def _launch(
     p, data = config.parallelism, config.data
     profile = resolve_profile(options.hardware_profile)
     devices = p.tp * p.pp
-    if devices > profile.devices_per_node:
-        unit = "cores" if profile.is_cpu else "devices"
-        raise HardwareError(
+    placement = one_engine_placement(
+        profile,
+        devices,
+        lambda unit: HardwareError(
             f"tp {p.tp} x pp {p.pp} needs {devices} {unit}; the hardware profile "
             f"'{profile.name}' has {profile.devices_per_node} per node: lower tp/pp in the "
             "config, or run it where there are more (--profile names the machine)"
-        )
-    placement = plan_placement(profile, workers=1, tp=devices).placements[0]
+        ),
+    )
     model_path, model_name = _model(config.model.name, options.cwd)
     engine = EngineSpec(
         dtype=config.model.precision,
