@@ -117,6 +117,31 @@ class JobScriptSpec(BaseModel):
         "to before the run, with `hpcinfer stage` (one rank per node); the run then reads "
         "that copy (its --model and HF_HOME are set to match).",
     )
+    steps: list[str] = Field(
+        default_factory=list,
+        description="Shell commands the job runs instead of `hpcinfer run` on the spec, in "
+        "order, as written (your own shell; an entry may span several lines); the job stops at "
+        "the first that fails and exits with its code. Commands left running in the "
+        "background (`hpcinfer serve ... &`) are stopped when the script exits.",
+    )
+    ray: bool = Field(
+        False,
+        description="Bring up a Ray cluster over the job's nodes before the run or the steps "
+        "(`hpcinfer ray up`, its file in $HPCINFER_RAY_CLUSTER) and take it down when the "
+        "script exits, also on failure, qdel/scancel or the walltime's signal.",
+    )
+    ray_gpus_per_node: int | None = Field(
+        None,
+        ge=1,
+        description="With ray: the GPUs (or tiles) each node declares to Ray (`ray up "
+        "--gpus-per-node`); default: the hardware profile's on the node.",
+    )
+    ray_interface: str | None = Field(
+        None,
+        description="With ray: the network interface whose address each Ray node uses (`ray "
+        "up --interface`, e.g. hsn0); default: the hardware profile's, else the address of "
+        "the host name.",
+    )
     resubmit: int = Field(
         0,
         ge=0,
@@ -214,6 +239,35 @@ class JobScriptSpec(BaseModel):
             raise ValueError("a setup entry holds NUL")
         return value
 
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _one_step(cls, value: object) -> object:
+        """A YAML block is one step (its lines may form one `if` or loop), not one per line."""
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not entry.strip() or "\0" in entry:
+                raise ValueError(f"step {entry!r}: a shell command, not blank, no NUL")
+            if entry.rstrip().endswith("\\"):
+                raise ValueError(
+                    f"step {entry!r} ends with a line continuation ('\\'); end the command "
+                    "in the entry, or write it on one line"
+                )
+        return value
+
+    @field_validator("ray_interface")
+    @classmethod
+    def _interface(cls, value: str | None) -> str | None:
+        if value is not None and not checks.INTERFACE.fullmatch(value):
+            raise ValueError(
+                f"interface {value!r}: a network interface name such as hsn0, ib0 or eth0 "
+                "(letters, digits and . _ : -, at most 15 characters)"
+            )
+        return value
+
     @field_validator("venv", "conda_env", "proxy", "no_proxy")
     @classmethod
     def _single_line(cls, value: str | None) -> str | None:
@@ -267,6 +321,20 @@ class JobScriptSpec(BaseModel):
         # A SpecError passes through pydantic unwrapped, so the message does not echo the
         # input (the secret) the way a validation error would.
         checks.check_no_secrets(self.env, self.setup, "job")
+        checks.check_no_secrets({}, self.steps, "job", lines_field="steps")
+        without_ray = [
+            name for name in ("ray_gpus_per_node", "ray_interface") if getattr(self, name)
+        ]
+        if without_ray and not self.ray:
+            raise ValueError(
+                f"job.{without_ray[0]} sets up the job's Ray cluster, but job.ray is off: "
+                "add ray: true (--ray), or drop it"
+            )
+        if self.steps and self.stage_to:
+            raise ValueError(
+                "job.stage_to stages the model for `hpcinfer run`, which job.steps replace: "
+                "make `hpcinfer stage MODEL --to DIR` (one rank per node) a step instead"
+            )
         return self
 
     def walltime_seconds(self) -> int | None:

@@ -24,6 +24,8 @@ FILESYSTEM = re.compile(r"[A-Za-z0-9_]+")
 # A path both schedulers read the same way in a directive (no ':' PBS reads as host:path,
 # no '%' Slurm expands, no spaces or quotes either parser treats specially).
 DIRECTIVE_PATH = re.compile(r"/[\w./+-]*")
+# A network interface name as Linux allows it (IFNAMSIZ: at most 15 characters).
+INTERFACE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
@@ -69,8 +71,11 @@ def _secret_error(name: str, where: str) -> SpecError:
     )
 
 
-def check_no_secrets(env: Mapping[str, str], setup: Iterable[str], where: str) -> None:
-    """Refuse variables named like secrets, and setup lines that assign one a literal.
+def check_no_secrets(
+    env: Mapping[str, str], setup: Iterable[str], where: str, lines_field: str = "setup"
+) -> None:
+    """Refuse variables named like secrets, and shell lines (``where.lines_field``: setup,
+    steps) that assign one a literal.
 
     The messages name the variable, never its value, so the secret is not echoed either.
     """
@@ -81,4 +86,4 @@ def check_no_secrets(env: Mapping[str, str], setup: Iterable[str], where: str) -
         for line in entry.splitlines():
             for match in _ASSIGNMENT.finditer(line):
                 if is_secret_name(match.group(1)):
-                    raise _secret_error(match.group(1), f"{where}.setup entry {number}")
+                    raise _secret_error(match.group(1), f"{where}.{lines_field} entry {number}")

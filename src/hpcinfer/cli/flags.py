@@ -329,6 +329,32 @@ FLAGS: dict[str, Flag] = {
         ),
         "job.resubmit",
     ),
+    "ray": Flag(
+        _bool(
+            "ray",
+            "Bring up a Ray cluster over the job's nodes first (`hpcinfer ray up`) and take it "
+            "down when the job ends; the run uses it (--launcher ray).",
+        ),
+        "job.ray",
+    ),
+    "ray_gpus_per_node": Flag(
+        _opt(
+            int | None,
+            min=1,
+            help="With --ray: GPUs (or tiles) each node declares to Ray (default: the "
+            "hardware profile's on the node).",
+        ),
+        "job.ray_gpus_per_node",
+    ),
+    "ray_interface": Flag(
+        _opt(
+            str | None,
+            metavar="IF",
+            help="With --ray: network interface for the Ray nodes' addresses, e.g. hsn0 "
+            "(default: the hardware profile's, else the host name's address).",
+        ),
+        "job.ray_interface",
+    ),
     # -- run and submit ------------------------------------------------------------------
     "retry_errors": Flag(
         _opt(
@@ -369,7 +395,8 @@ WORKERS = ("workers", "placement", "unit_size", "max_inflight", "launcher", "sch
 CLIENT = ("engine", "endpoints", "url", "api_key_env", "servers")
 SERVER = ("servers", "host", "port", "endpoints", "api_key_env", "ready_timeout", "log_dir",
           "launcher", "hostfile", "time_limit")  # fmt: skip
-JOB = ("nodes", "walltime", "account", "queue", "resubmit")
+JOB = ("nodes", "walltime", "account", "queue", "resubmit", "ray", "ray_gpus_per_node",
+       "ray_interface")  # fmt: skip
 OUTPUT_MODE = ("quiet", "json_out")
 COMMON = ("set_", *OUTPUT_MODE)
 RUN = (*ENGINE, *CLIENT, *SAMPLING, *INPUTS, *OUTPUT, *WORKERS, "retry_errors", *COMMON)

@@ -19,8 +19,10 @@ import jinja2
 from hpcinfer.cluster import HardwareProfile, plan_placement
 from hpcinfer.engines.kinds import kind_of
 from hpcinfer.errors import SpecError
+from hpcinfer.job_script_spec import JobScriptSpec
 from hpcinfer.launch import LaunchRequest
 from hpcinfer.spec import JobSpec
+from hpcinfer.submit import ray_bracket, steps
 from hpcinfer.submit.directives import Request
 from hpcinfer.submit.environment import environment_lines, merge_environment
 from hpcinfer.submit.scheduler import BatchScheduler
@@ -80,6 +82,9 @@ def launch_argv(
     """`mpiexec ... hpcinfer run SPEC` (PBS), `srun ... hpcinfer run SPEC` (Slurm); a
     one-shot server fleet (engine vllm-server) runs once and starts one serve rank per node
     itself, so its line is the bare command."""
+    if spec.job.ray:  # one driver here; its workers are Ray actors on the job's cluster
+        return [*hpcinfer, "run", str(spec_path), "--launcher", ray_bracket.RUN_LAUNCHER,
+                *run_options]  # fmt: skip
     command = [*hpcinfer, "run", str(spec_path), "--launcher", scheduler.run_launcher]
     if kind_of(spec).runs_once:
         if spec.job.nodes > 1:
@@ -120,6 +125,20 @@ def stage_lines(
     lines = [f"{shlex.join(step)} || hpcinfer_fail {fail}"]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
     return lines, ("--model", model)
+
+
+def bracket_lines(job: JobScriptSpec, scheduler: BatchScheduler, hpcinfer: list[str]) -> list[str]:
+    """What comes before the run or the steps: the exit handler that stops background steps
+    and the Ray cluster, and `ray up` (empty for a plain run: its script is unchanged)."""
+    cleanup = steps.stop_background_lines() if job.steps else []
+    if not job.ray:
+        return steps.exit_handler(cleanup)
+    cleanup += ray_bracket.ray_down_lines(hpcinfer)
+    return [
+        *ray_bracket.ray_export_lines(),
+        *steps.exit_handler(cleanup),
+        ray_bracket.ray_up_line(job, scheduler, hpcinfer),
+    ]
 
 
 def _templates() -> jinja2.Environment:
@@ -177,14 +196,13 @@ def render_job_script(
     refuse_foreign_directives(spec.job.extra_directives, scheduler)
     directives = scheduler.directives(request)
     command = ["hpcinfer"] if env.activates else list(hpcinfer or default_hpcinfer())
-    staging, run_options = stage_lines(spec, scheduler, command)
-    run_options = (*run_options, *run_flags)
-    launch = "\n".join(
-        [
-            *staging,
-            shlex.join(launch_argv(spec, scheduler, files.spec, command, ranks, run_options)),
-        ]
-    )
+    if spec.job.steps:
+        launch = "\n".join([*steps.hpcinfer_function(command), *steps.step_lines(spec.job.steps)])
+    else:
+        staging, run_options = stage_lines(spec, scheduler, command)
+        run_options = (*run_options, *run_flags)
+        run_line = launch_argv(spec, scheduler, files.spec, command, ranks, run_options)
+        launch = "\n".join([*staging, shlex.join(run_line)])
     template = _templates().get_template(scheduler.template)
     return template.render(
         shebang=scheduler.shebang,
@@ -196,6 +214,9 @@ def render_job_script(
         job_id_expr=f"${{{scheduler.job_id_var}:-unknown}}",
         workdir=shlex.quote(str(workdir)),
         cd_error=shlex.quote(f"cannot cd to {workdir}"),
+        steps=bool(spec.job.steps),
+        ray=spec.job.ray,
+        bracket=bracket_lines(spec.job, scheduler, command),
         launch=launch,
         pass_env=" ".join(shlex.quote(name) for name in spec.job.pass_env),
     )
