@@ -34,7 +34,10 @@ SUBMIT_EPILOG = (
     "hpcinfer submit spec.yaml --dry-run  (print the script, submit nothing); "
     "hpcinfer submit spec.yaml --scheduler pbs --nodes 4 --walltime 01:00:00 "
     "--account myproj --queue debug --resubmit 3; "
-    "hpcinfer submit spec.yaml --scheduler slurm --queue gpu --set job.constraint=gpu. "
+    "hpcinfer submit spec.yaml --scheduler slurm --queue gpu --set job.constraint=gpu; "
+    "hpcinfer submit spec.yaml --ray --ray-interface hsn0 (a Ray cluster over the job's "
+    "nodes around the run: up first, down at exit; job.steps runs your own commands "
+    "instead, e.g. a server and a benchmark). "
     "Prints the job id on stdout."
 )
 
