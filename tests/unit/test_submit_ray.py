@@ -371,3 +371,34 @@ def test_submit_flags_set_the_ray_fields(tmp_path: Path) -> None:
     )  # fmt: skip
     assert refused.returncode == 2
     assert "add ray: true (--ray)" in refused.stderr
+
+
+def test_steps_without_ray_still_stop_their_background_commands(tmp_path: Path) -> None:
+    job = RayJob(tmp_path, {"ray": False, "steps": ["hpcinfer serve &", "hpcinfer endpoints"]},
+                 inputs=False)  # fmt: skip
+    done = job.run(STUB_BLOCK="serve", STUB_AFTER={"endpoints": "serve start"})
+    assert done.returncode == 0, done.stderr
+    assert job.events()[-1] == "serve signal"
+    assert not any(event.startswith("ray") for event in job.events())
+    assert "Ray" not in job.prepared.script
+
+
+def test_steps_call_the_installation_submit_ran_with_when_nothing_is_activated(
+    tmp_path: Path,
+) -> None:
+    """No venv or conda in the job: `hpcinfer` in a step is this interpreter's hpcinfer."""
+    data = {
+        "output": {"dir": str(tmp_path / "out")},
+        "workers": {"profile": "cpu"},
+        "job": {"steps": ['hpcinfer --version > "$job_dir/version.txt"']},
+    }
+    prepared = prepare_job(build_spec(data, "test spec"), tmp_path, "pbs", None, lambda _: None)
+    prepared.write()
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "src"), "PBS_JOBID": "7.pbs"}
+    done = subprocess.run(
+        ["bash", str(prepared.files.script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    from hpcinfer import __version__
+
+    assert __version__ in (prepared.files.job_dir / "version.txt").read_text()
