@@ -12,7 +12,7 @@ raise `HpcinferError` subclasses. Every call works from any thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from hpcinfer.core.endpoints_registry import Endpoint
     from hpcinfer.core.stop import StopSignal
     from hpcinfer.profile.result import ProfileResult
+    from hpcinfer.raycluster.cluster_file import RayClusterFile
+    from hpcinfer.raycluster.down import DownReport
+    from hpcinfer.raycluster.status import ClusterStatus
     from hpcinfer.run.summary import RunSummary
     from hpcinfer.serve.fleet import Fleet
     from hpcinfer.spec import JobSpec
@@ -190,6 +193,62 @@ def profile_run(
         cwd=cwd or Path.cwd(),
     )
     return run_profile(config, options).result
+
+
+def ray_up(
+    *,
+    hostfile: Path | str | None = None,
+    launcher: str | None = None,
+    interface: str | None = None,
+    gpus_per_node: int | None = None,
+    cpus_per_node: int | None = None,
+    name: str | None = None,
+    cluster_file: Path | str | None = None,
+    port_base: int | None = None,
+    ready_timeout_s: float = 300.0,
+    stagger_s: float = 1.0,
+    profile: str | None = None,
+    note: Callable[[str], None] | None = None,
+) -> RayClusterFile:
+    """`hpcinfer ray up`: start Ray on every host of the allocation (the head on the first),
+    wait until every node joined with its GPUs and the same Python/Ray/vLLM/torch versions,
+    write the cluster file and return it. RayClusterError (naming each host at fault) when
+    it is not ready by `ready_timeout_s`; nothing of the cluster is left running then.
+    `note` receives progress lines."""
+    from hpcinfer.raycluster.request import resolve_up_request
+    from hpcinfer.raycluster.up import ray_up as start_cluster
+
+    request = resolve_up_request(
+        hostfile=Path(hostfile) if hostfile is not None else None,
+        launcher=launcher,
+        interface=interface,
+        gpus_per_node=gpus_per_node,
+        cpus_per_node=cpus_per_node,
+        name=name,
+        cluster_file=cluster_file,
+        port_base=port_base,
+        ready_timeout_s=ready_timeout_s,
+        stagger_s=stagger_s,
+        profile=profile,
+    )
+    return start_cluster(request, note=note)
+
+
+def ray_status(cluster_file: Path | str | None = None, *, name: str | None = None) -> ClusterStatus:
+    """`hpcinfer ray status`: the live cluster against its cluster file (`.ok`, `.rows`,
+    `.problems` naming each host at fault). InputError when there is no cluster file."""
+    from hpcinfer.raycluster.status import ray_status as read_status
+
+    return read_status(cluster_file, name)
+
+
+def ray_down(cluster_file: Path | str | None = None, *, name: str | None = None) -> DownReport:
+    """`hpcinfer ray down`: stop every node's Ray processes (only this cluster's), check none
+    is left and remove the cluster file. RayClusterError naming the hosts that could not be
+    stopped (the file is kept for another try)."""
+    from hpcinfer.raycluster.down import ray_down as stop_cluster
+
+    return stop_cluster(cluster_file, name)
 
 
 def _silent(_line: str) -> None:

@@ -48,6 +48,12 @@ class LaunchError(HpcinferError):
     exit_code = 1
 
 
+class RayClusterError(HpcinferError):
+    """A Ray cluster did not come up as asked, cannot be reached, or is not as recorded."""
+
+    exit_code = 1
+
+
 class ModelBuildError(HpcinferError):
     """The built-in tiny model could not be built."""
 

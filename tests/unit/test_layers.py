@@ -21,7 +21,7 @@ PACKAGE = "hpcinfer"
 # lives in core.binding_env).
 CORE_MUST_NOT_IMPORT = (
     "run", "serve", "bench", "submit", "stage", "report", "cli", "engines", "cluster", "api",
-    "profile",
+    "profile", "raycluster",
 )  # fmt: skip
 # The spec layer: the JobSpec and its sections, read by every command and adapter.
 SPEC_LAYER = ("spec", "job_script_spec", "script_values")
@@ -30,7 +30,7 @@ PEERS_OF_RUN = ("serve", "bench")
 # The adapters and data (engines, cluster, launch, inputs, outputs) stand below every command
 # package: a dispatcher engine reads the endpoints registry from core, not from serve.
 ADAPTERS = ("engines", "cluster", "launch", "inputs", "outputs")
-COMMANDS = ("run", "serve", "bench", "submit", "stage", "report", "cli", "api")
+COMMANDS = ("run", "serve", "bench", "submit", "stage", "report", "cli", "api", "raycluster")
 
 
 def _module_name(path: Path) -> str:

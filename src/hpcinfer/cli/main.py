@@ -256,13 +256,21 @@ def spec(
 
 def _register_commands() -> None:
     """Commands that live in their own modules (each imports nothing heavy at module level)."""
-    from hpcinfer.cli import bench_cmds, profile_cmds, serve_cmds, stage_cmds, submit_cmds
+    from hpcinfer.cli import (
+        bench_cmds,
+        profile_cmds,
+        ray_cmds,
+        serve_cmds,
+        stage_cmds,
+        submit_cmds,
+    )
 
     submit_cmds.register(app)
     stage_cmds.register(app)
     serve_cmds.register(app)
     bench_cmds.register(app)
     profile_cmds.register(app)
+    ray_cmds.register(app)
 
 
 _register_commands()

@@ -68,6 +68,12 @@ class HardwareProfile(BaseModel):
         description="How the devices connect, within and between nodes (the CCL-Bench "
         "workload card's network_topo); None where the profile does not say.",
     )
+    network_interface: str | None = Field(
+        default=None,
+        description="The interface nodes reach each other on (the high-speed network, e.g. "
+        "hsn0): Ray's node address and vLLM's VLLM_HOST_IP/GLOO_SOCKET_IFNAME come from it; "
+        "None: the address the host name resolves to.",
+    )
     env: dict[str, str] = Field(default_factory=dict)
     job_env: JobEnvironment | None = Field(
         default=None, description="Site defaults for job scripts (hpcinfer submit)."

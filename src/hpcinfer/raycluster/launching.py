@@ -1,0 +1,171 @@
+"""Running one node command on a set of hosts through the existing launchers.
+
+ssh: one command per host (hpcinfer's fan-out, `$HPCINFER_SSH` may hold options such as
+`ssh -F config`); mpi and srun: one launch over all the hosts, one rank per node, each
+node finding its host by its rank; local: the command on this machine (one host). Every
+launch is a `core.processes` child (own group, guard, parent-death signal), its output in
+one log, so a killed `ray up` takes its launchers along and a launch past its deadline is
+stopped. A node prints one line `RECORD_PREFIX {json}`; the rest of its output is kept
+for the error message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcinfer.core.processes import Child, spawn
+from hpcinfer.errors import HardwareError, RayClusterError
+from hpcinfer.launch.commands import LaunchRequest, mpiexec_mpich, mpiexec_openmpi, srun, ssh_fanout
+from hpcinfer.launch.rank_commands import SSH_FORWARDED_ENV, find_mpiexec, mpi_flavor
+
+RECORD_PREFIX = "hpcinfer-ray-node:"
+LAUNCHERS = ("ssh", "mpi", "srun", "local")
+FORWARDED_ENV = (*SSH_FORWARDED_ENV, "PYTHONPATH")
+"""What an ssh node command gets from here (a remote login shell lacks it); never
+$HPCINFER_RAY_FINGERPRINT, which is each node's own."""
+STOP_GRACE_S = 5.0
+SSH_UNREACHABLE = 255
+
+NodeArgv = Callable[[Sequence[str], int], list[str]]
+"""(hosts this command covers, rank offset) -> the `hpcinfer ray node-...` argv."""
+
+
+def hpcinfer_argv(*args: str) -> list[str]:
+    """`python -m hpcinfer ...` with this very Python (the job's environment)."""
+    return [sys.executable, "-m", "hpcinfer", *args]
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """One launch command and the hosts it covers."""
+
+    hosts: tuple[str, ...]
+    argv: list[str]
+
+
+def ssh_program(env: Mapping[str, str]) -> list[str]:
+    """`$HPCINFER_SSH` split like a shell would (`ssh -F /path/config`), default `ssh`."""
+    words = shlex.split(env.get("HPCINFER_SSH", "") or "ssh")
+    return words or ["ssh"]
+
+
+def node_launches(
+    launcher: str,
+    hosts: Sequence[str],
+    node_argv: NodeArgv,
+    env: Mapping[str, str],
+    cwd: str | None = None,
+) -> list[NodeLaunch]:
+    """The launch command(s) that run the node command once on every host of `hosts`."""
+    if not hosts:
+        return []
+    if launcher == "ssh":
+        forwarded = {k: env[k] for k in FORWARDED_ENV if env.get(k)}
+        ssh = ssh_program(env)
+        launches = []
+        for offset, host in enumerate(hosts):
+            req = LaunchRequest(
+                node_argv([host], offset), nodes=1, ranks_per_node=1, hosts=(host,), env=forwarded
+            )
+            command = ssh_fanout(req, ssh="ssh", cwd=cwd or os.getcwd())[0]
+            launches.append(NodeLaunch((host,), [*ssh, *command[1:]]))
+        return launches
+    if launcher == "local":
+        if len(hosts) != 1:
+            raise HardwareError(
+                f"--launcher local starts Ray on this machine only, not on {len(hosts)} hosts; "
+                "use ssh, mpi or srun"
+            )
+        return [NodeLaunch(tuple(hosts), node_argv(hosts, 0))]
+    req = LaunchRequest(node_argv(hosts, 0), nodes=len(hosts), ranks_per_node=1, hosts=tuple(hosts))
+    if launcher == "srun":
+        if not (env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")):
+            raise HardwareError("--launcher srun runs inside a Slurm allocation (salloc, sbatch)")
+        return [NodeLaunch(tuple(hosts), srun(req))]
+    if launcher == "mpi":
+        mpiexec = find_mpiexec()
+        if mpi_flavor(mpiexec) == "openmpi":
+            argv = mpiexec_openmpi(req, as_root=os.geteuid() == 0)
+        else:
+            argv = mpiexec_mpich(req)
+        return [NodeLaunch(tuple(hosts), [mpiexec, *argv[1:]])]
+    raise HardwareError(f"--launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+
+
+class RunningLaunch:
+    """A started launch: its process, its log, and what its nodes reported."""
+
+    def __init__(self, launch: NodeLaunch, log: Path, env: Mapping[str, str]) -> None:
+        self.launch = launch
+        self.log = log
+        try:
+            self.child: Child = spawn(launch.argv, env=env, log=log, fresh_log=True)
+        except OSError as exc:
+            raise RayClusterError(
+                f"{', '.join(launch.hosts)}: cannot start {launch.argv[0]!r}: {exc}"
+            ) from None
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return self.launch.hosts
+
+    def poll(self) -> int | None:
+        return self.child.returncode
+
+    def stop(self) -> None:
+        self.child.stop(STOP_GRACE_S)
+
+    def finish(self) -> None:
+        """After it exited: reap its process group and stand its guard down."""
+        self.child.stop(STOP_GRACE_S, first_signal=None)
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def records(self) -> list[dict]:
+        """The JSON records its nodes printed."""
+        found = []
+        for line in self.output().splitlines():
+            if line.startswith(RECORD_PREFIX):
+                try:
+                    found.append(json.loads(line[len(RECORD_PREFIX) :]))
+                except json.JSONDecodeError:
+                    continue
+        return found
+
+    def failure(self, tail_lines: int = 12) -> str:
+        """Why it failed, naming its hosts: ssh's 'unreachable' or the output's tail."""
+        code = self.poll()
+        hosts = ", ".join(self.hosts)
+        if self.launch.argv and code == SSH_UNREACHABLE and len(self.hosts) == 1:
+            return (
+                f"{hosts}: ssh could not reach it (exit {SSH_UNREACHABLE}); check the host name "
+                f"and that `ssh -o BatchMode=yes {hosts} true` works"
+            )
+        lines = [line for line in self.output().splitlines() if not line.startswith(RECORD_PREFIX)]
+        tail = "\n".join(f"    {line}" for line in lines[-tail_lines:])
+        return f"{hosts}: the node command exited with {self.child.exit_text()}:\n{tail}"
+
+
+def start_launches(
+    launches: Sequence[NodeLaunch], log_dir: Path, env: Mapping[str, str], tag: str
+) -> list[RunningLaunch]:
+    """Start every launch at once, each logging to `log_dir/<tag>-<i>.log`."""
+    running: list[RunningLaunch] = []
+    try:
+        for i, launch in enumerate(launches):
+            running.append(RunningLaunch(launch, log_dir / f"{tag}-{i}.log", env))
+    except BaseException:
+        for started in running:
+            started.stop()
+        raise
+    return running

@@ -1,0 +1,266 @@
+"""`hpcinfer ray up`: the head on the first host, the workers on the others, verified.
+
+The head starts first (the workers need its address); then the workers, through the
+launcher, in a staggered order (all at once fails on some machines: ray 59778). While
+they start, the GCS's node list is read every half second: ready is `readiness.assess`
+finding nothing wrong; a version mismatch or a failed node command ends the wait at once;
+the deadline ends it naming every host still missing. On any failure the nodes are taken
+down (only this cluster's processes) before the error is raised, so a failed `up` leaves
+nothing running. The cluster file is written only for a verified cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcinfer.errors import RayClusterError
+from hpcinfer.raycluster.cluster_file import (
+    Launcher,
+    RayClusterFile,
+    RayNodeRecord,
+    now_text,
+    save_cluster,
+)
+from hpcinfer.raycluster.down import stop_hosts
+from hpcinfer.raycluster.fingerprint import label_value
+from hpcinfer.raycluster.gcs import LiveNode, cluster_id_of, live_nodes, tcp_answers
+from hpcinfer.raycluster.launching import (
+    RunningLaunch,
+    hpcinfer_argv,
+    node_launches,
+    start_launches,
+)
+from hpcinfer.raycluster.layout import cluster_root, node_temp_dir
+from hpcinfer.raycluster.ports import RayPorts, port_base_for, ray_ports
+from hpcinfer.raycluster.readiness import ExpectedNode, NodeProblem, assess, summary
+
+POLL_S = 0.5
+GCS_TIMEOUT_S = 5.0
+
+Note = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class UpRequest:
+    """What `ray up` was asked for, every default already resolved."""
+
+    name: str
+    hosts: tuple[str, ...]  # the allocation's order: the head is hosts[0]
+    launcher: Launcher
+    cluster_file: Path
+    gpus_per_node: int
+    cpus_per_node: int | None = None
+    interface: str | None = None
+    port_base: int | None = None
+    ready_timeout_s: float = 300.0
+    stagger_s: float = 1.0
+
+    @property
+    def temp_root(self) -> Path:
+        """The cluster's temp root on every node (see `layout.cluster_root`)."""
+        return cluster_root(self.name, record=str(self.cluster_file))
+
+    @property
+    def ports(self) -> RayPorts:
+        """The cluster's ports: from --port-base, else from the name (a bad base raises)."""
+        return ray_ports(self.port_base if self.port_base is not None else port_base_for(self.name))
+
+
+def _node_start_argv(request: UpRequest, head_address: str | None) -> Callable[..., list[str]]:
+    base = request.ports.base
+
+    def argv(hosts: Sequence[str], offset: int) -> list[str]:
+        args = [
+            "ray",
+            "node-start",
+            "--cluster",
+            request.name,
+            "--temp-root",
+            str(request.temp_root),
+            "--port-base",
+            str(base),
+            "--gpus",
+            str(request.gpus_per_node),
+            "--stagger",
+            f"{request.stagger_s:g}",
+            "--rank-offset",
+            str(offset),
+        ]
+        if request.cpus_per_node is not None:
+            args += ["--cpus", str(request.cpus_per_node)]
+        if request.interface:
+            args += ["--interface", request.interface]
+        if head_address:
+            args += ["--head-address", head_address]
+        for host in hosts:
+            args += ["--host", host]
+        return hpcinfer_argv(*args)
+
+    return argv
+
+
+def _remaining(deadline: float) -> float:
+    return deadline - time.monotonic()
+
+
+def _failed(running: Sequence[RunningLaunch]) -> list[str]:
+    return [launch.failure() for launch in running if launch.poll() not in (None, 0)]
+
+
+def _start_head(request: UpRequest, log_dir: Path, env: Mapping[str, str], deadline: float) -> str:
+    """Start the head on hosts[0]; its GCS address ("ip:port")."""
+    launches = node_launches(
+        request.launcher, request.hosts[:1], _node_start_argv(request, None), env
+    )
+    (head,) = start_launches(launches, log_dir, env, "head")
+    while head.poll() is None and _remaining(deadline) > 0:
+        time.sleep(0.1)
+    if head.poll() is None:
+        head.stop()
+        raise RayClusterError(
+            f"{request.hosts[0]}: the head did not start within the deadline "
+            f"({request.ready_timeout_s:g} s); its output:\n{head.output()[-2000:]}"
+        )
+    head.finish()
+    if head.poll() != 0 or not head.records():
+        raise RayClusterError("the head did not start: " + head.failure())
+    return f"{head.records()[0]['address']}:{request.ports.gcs}"
+
+
+def _expected(request: UpRequest) -> list[ExpectedNode]:
+    return [ExpectedNode(h, request.gpus_per_node, request.cpus_per_node) for h in request.hosts]
+
+
+def _raylet_answers(node: LiveNode) -> bool:
+    return tcp_answers(node.address, node.node_manager_port, 2.0)
+
+
+def _wait_ready(
+    request: UpRequest, address: str, workers: Sequence[RunningLaunch], deadline: float
+) -> list[LiveNode]:
+    """Poll until ready; RayClusterError naming the hosts on a final problem or deadline."""
+    expected = _expected(request)
+    problems: list[NodeProblem] = []
+    nodes: list[LiveNode] = []
+    while True:
+        failed = _failed(workers)
+        if failed:
+            raise RayClusterError(
+                "Ray did not start on every host:\n" + "\n".join(f"  {f}" for f in failed)
+            )
+        nodes = live_nodes(address, min(GCS_TIMEOUT_S, max(_remaining(deadline), 1.0)))
+        problems = assess(expected, nodes, request.name)
+        final = [p for p in problems if p.final]
+        if final:
+            raise RayClusterError(
+                "the nodes do not run the same versions (a job would fail on them later):\n"
+                + summary(final)
+                + "\ninstall the same environment on every node"
+            )
+        if not problems and all(w.poll() == 0 for w in workers):
+            problems = assess(expected, nodes, request.name, _raylet_answers)
+            if not problems:
+                return nodes
+        if _remaining(deadline) <= 0:
+            raise RayClusterError(
+                f"the Ray cluster was not ready within {request.ready_timeout_s:g} s:\n"
+                + summary(
+                    problems
+                    or [
+                        NodeProblem(h, "node start still running")
+                        for w in workers
+                        if w.poll() is None
+                        for h in w.hosts
+                    ]
+                )
+            )
+        time.sleep(POLL_S)
+
+
+def _record(request: UpRequest, address: str, nodes: Sequence[LiveNode]) -> RayClusterFile:
+    by_host = {n.host: n for n in nodes if n.alive}
+    root = request.temp_root
+    records = []
+    for i, host in enumerate(request.hosts):
+        node = next(n for label, n in by_host.items() if label == label_value(host))
+        records.append(
+            RayNodeRecord(
+                host=host,
+                address=node.address,
+                gpus=node.gpus,
+                cpus=node.cpus,
+                temp_dir=str(node_temp_dir(root, host)),
+                head=i == 0,
+            )
+        )
+    return RayClusterFile(
+        name=request.name,
+        address=address,
+        cluster_id=_cluster_id(address),
+        head_host=request.hosts[0],
+        nodes=records,
+        gpus_per_node=request.gpus_per_node,
+        cpus_per_node=request.cpus_per_node,
+        ports=request.ports,
+        temp_root=str(root),
+        interface=request.interface,
+        launcher=request.launcher,
+        created_at=now_text(),
+    )
+
+
+def _cluster_id(address: str) -> str | None:
+    try:
+        return cluster_id_of(address)
+    except RayClusterError:
+        return None
+
+
+def ray_up(
+    request: UpRequest, env: Mapping[str, str] | None = None, note: Note | None = None
+) -> RayClusterFile:
+    """Start, verify and record the cluster; on failure nothing of it is left running."""
+    env = dict(os.environ if env is None else env)
+    if request.cluster_file.exists():
+        raise RayClusterError(
+            f"a Ray cluster is already recorded in {request.cluster_file}: take it down "
+            f"first (hpcinfer ray down --cluster-file {request.cluster_file}), or pass "
+            "another --name"
+        )
+    say = note or (lambda _text: None)
+    deadline = time.monotonic() + request.ready_timeout_s
+    with tempfile.TemporaryDirectory(prefix="hpcinfer-ray-up-") as logs:
+        log_dir = Path(logs)
+        workers: list[RunningLaunch] = []
+        try:
+            say(f"starting the Ray head on {request.hosts[0]}")
+            address = _start_head(request, log_dir, env, deadline)
+            say(f"head at {address}; starting {len(request.hosts) - 1} worker node(s)")
+            launches = node_launches(
+                request.launcher, request.hosts[1:], _node_start_argv(request, address), env
+            )
+            workers = start_launches(launches, log_dir, env, "workers")
+            nodes = _wait_ready(request, address, workers, deadline)
+            for worker in workers:
+                worker.finish()
+            cluster = _record(request, address, nodes)
+        except BaseException:
+            for worker in workers:
+                worker.stop()
+            say("taking down what was started")
+            stop_hosts(
+                request.launcher,
+                request.hosts,
+                request.temp_root,
+                env,
+                log_dir,
+                tolerate=True,
+            )
+            raise
+    save_cluster(cluster, request.cluster_file)
+    return cluster
