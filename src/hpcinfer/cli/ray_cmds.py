@@ -43,8 +43,9 @@ DOWN_EPILOG = (
 NAME = Annotated[
     str | None,
     typer.Option(
+        metavar="NAME",
         help="The cluster's name (default: the job id, PBS_JOBID/SLURM_JOB_ID, else "
-        "'local'); it picks the cluster file, temp dir and ports."
+        "'local'); it picks the cluster file, temp dir and ports.",
     ),
 ]
 CLUSTER_FILE = Annotated[
@@ -76,15 +77,17 @@ def up(
     launcher: Annotated[
         str | None,
         typer.Option(
+            metavar="ssh|mpi|srun|local",
             help="How Ray starts on the other hosts: ssh, mpi (mpiexec), srun, or "
-            "local (this machine alone; the default without an allocation; else ssh)."
+            "local (this machine alone; the default without an allocation; else ssh).",
         ),
     ] = None,
     interface: Annotated[
         str | None,
         typer.Option(
+            metavar="IF",
             help="Network interface whose address each node gives Ray, read on the "
-            "node (default: the hardware profile's, else the host name's address)."
+            "node (default: the hardware profile's, else the host name's address).",
         ),
     ] = None,
     gpus_per_node: Annotated[
@@ -109,7 +112,10 @@ def up(
     ready_timeout: Annotated[
         float,
         typer.Option(
-            parser=flags.seconds("--ready-timeout"), metavar="DURATION", help=READY_TIMEOUT_HELP
+            parser=flags.seconds("--ready-timeout"),
+            metavar="DURATION",
+            help=READY_TIMEOUT_HELP,
+            show_default=False,
         ),
     ] = 300.0,
     stagger: Annotated[
@@ -118,6 +124,7 @@ def up(
             parser=_stagger,
             metavar="DURATION",
             help="Delay between worker nodes' starts (default 1s; 0: all at once).",
+            show_default=False,
         ),
     ] = 1.0,
     *,

@@ -40,6 +40,8 @@ from hpcinfer.raycluster.ports import RayPorts, port_base_for, ray_ports
 from hpcinfer.raycluster.readiness import ExpectedNode, NodeProblem, assess, summary
 
 POLL_S = 0.5
+SETTLE_S = 60.0
+"""How long a failed `up` lets node starts still running end before stopping the nodes."""
 GCS_TIMEOUT_S = 5.0
 
 Note = Callable[[str], None]
@@ -112,16 +114,22 @@ def _failed(running: Sequence[RunningLaunch]) -> list[str]:
     return [launch.failure() for launch in running if launch.poll() not in (None, 0)]
 
 
-def _start_head(request: UpRequest, log_dir: Path, env: Mapping[str, str], deadline: float) -> str:
+def _start_head(
+    request: UpRequest,
+    log_dir: Path,
+    env: Mapping[str, str],
+    deadline: float,
+    started: list[RunningLaunch],
+) -> str:
     """Start the head on hosts[0]; its GCS address ("ip:port")."""
     launches = node_launches(
         request.launcher, request.hosts[:1], _node_start_argv(request, None), env
     )
     (head,) = start_launches(launches, log_dir, env, "head")
+    started.append(head)
     while head.poll() is None and _remaining(deadline) > 0:
         time.sleep(0.1)
     if head.poll() is None:
-        head.stop()
         raise RayClusterError(
             f"{request.hosts[0]}: the head did not start within the deadline "
             f"({request.ready_timeout_s:g} s); its output:\n{head.output()[-2000:]}"
@@ -130,6 +138,19 @@ def _start_head(request: UpRequest, log_dir: Path, env: Mapping[str, str], deadl
     if head.poll() != 0 or not head.records():
         raise RayClusterError("the head did not start: " + head.failure())
     return f"{head.records()[0]['address']}:{request.ports.gcs}"
+
+
+def _settle(started: Sequence[RunningLaunch], seconds: float) -> None:
+    """Let node starts still running finish (bounded) before the nodes are stopped: a
+    remote `ray start` whose ssh was killed would go on and start Ray after the stop."""
+    deadline = time.monotonic() + seconds
+    while any(launch.poll() is None for launch in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for launch in started:
+        if launch.poll() is None:
+            launch.stop()
+        else:
+            launch.finish()
 
 
 def _expected(request: UpRequest) -> list[ExpectedNode]:
@@ -236,23 +257,23 @@ def ray_up(
     deadline = time.monotonic() + request.ready_timeout_s
     with tempfile.TemporaryDirectory(prefix="hpcinfer-ray-up-") as logs:
         log_dir = Path(logs)
-        workers: list[RunningLaunch] = []
+        started: list[RunningLaunch] = []
         try:
             say(f"starting the Ray head on {request.hosts[0]}")
-            address = _start_head(request, log_dir, env, deadline)
+            address = _start_head(request, log_dir, env, deadline, started)
             say(f"head at {address}; starting {len(request.hosts) - 1} worker node(s)")
             launches = node_launches(
                 request.launcher, request.hosts[1:], _node_start_argv(request, address), env
             )
             workers = start_launches(launches, log_dir, env, "workers")
+            started += workers
             nodes = _wait_ready(request, address, workers, deadline)
             for worker in workers:
                 worker.finish()
             cluster = _record(request, address, nodes)
         except BaseException:
-            for worker in workers:
-                worker.stop()
             say("taking down what was started")
+            _settle(started, SETTLE_S)
             stop_hosts(
                 request.launcher,
                 request.hosts,
