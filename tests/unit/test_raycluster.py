@@ -4,6 +4,7 @@ launch commands."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 import sys
@@ -29,6 +30,7 @@ from hpcinfer.raycluster.node_processes import names_dir
 from hpcinfer.raycluster.ports import BLOCK, FIRST_BASE, LAST_BASE, port_base_for, ray_ports
 from hpcinfer.raycluster.readiness import ExpectedNode, assess
 from hpcinfer.raycluster.start_argv import NodeStart, ray_start_argv, shown
+from hpcinfer.raycluster.up import UpRequest, _node_start_argv
 
 FINGERPRINT = {"python": "3.11.7", "ray": "2.60.0", "vllm": "0.32.0", "torch": "2.13.0-cpu"}
 
@@ -115,12 +117,18 @@ def test_the_head_is_given_every_port_and_no_dashboard() -> None:
     opts = _options(argv)
     assert argv[:3] == ["/venv/bin/ray", "start", "--head"]
     for option, port in {
-        "port": 26800, "node-manager-port": 26801, "object-manager-port": 26802,
-        "ray-client-server-port": 26803, "dashboard-port": 26804,
-        "dashboard-agent-listen-port": 26805, "dashboard-agent-grpc-port": 26806,
-        "runtime-env-agent-port": 26807, "metrics-export-port": 26808,
-        "min-worker-port": 26820, "max-worker-port": 26999,
-    }.items():  # fmt: skip
+        "port": 26800,
+        "node-manager-port": 26801,
+        "object-manager-port": 26802,
+        "ray-client-server-port": 26803,
+        "dashboard-port": 26804,
+        "dashboard-agent-listen-port": 26805,
+        "dashboard-agent-grpc-port": 26806,
+        "runtime-env-agent-port": 26807,
+        "metrics-export-port": 26808,
+        "min-worker-port": 26820,
+        "max-worker-port": 26999,
+    }.items():
         assert opts[option] == str(port), option
     assert opts["include-dashboard"] == "false"
     assert opts["node-ip-address"] == "10.0.0.1"
@@ -182,8 +190,15 @@ def test_differences_name_each_version_and_the_heads() -> None:
 # --- readiness -----------------------------------------------------------------------------
 
 
-def _node(host: str, *, gpus: float = 2, alive: bool = True, cluster: str = "job1",
-          versions: dict[str, str] | None = None, cpus: float = 1) -> LiveNode:  # fmt: skip
+def _node(
+    host: str,
+    *,
+    gpus: float = 2,
+    alive: bool = True,
+    cluster: str = "job1",
+    versions: dict[str, str] | None = None,
+    cpus: float = 1,
+) -> LiveNode:
     labels = fp.node_labels(host, cluster, versions or FINGERPRINT)
     return LiveNode(
         node_id=f"id-{host}-{alive}",
@@ -317,13 +332,25 @@ def test_a_missing_or_broken_cluster_file_is_named_with_the_fix(tmp_path: Path) 
 
 
 def _argv(hosts: list[str], offset: int) -> list[str]:
-    return ["python", "-m", "hpcinfer", "ray", "node-x", "--offset", str(offset),
-            *(a for h in hosts for a in ("--host", h))]  # fmt: skip
+    return [
+        "python",
+        "-m",
+        "hpcinfer",
+        "ray",
+        "node-x",
+        "--offset",
+        str(offset),
+        *(a for h in hosts for a in ("--host", h)),
+    ]
 
 
 def test_ssh_runs_one_command_per_host_with_the_configured_ssh() -> None:
-    env = {"HPCINFER_SSH": "ssh -F '/tmp/my config'", "PATH": "/venv/bin:/usr/bin",
-           "PYTHONPATH": "/src", fp.FINGERPRINT_ENV: "ray=1"}  # fmt: skip
+    env = {
+        "HPCINFER_SSH": "ssh -F '/tmp/my config'",
+        "PATH": "/venv/bin:/usr/bin",
+        "PYTHONPATH": "/src",
+        fp.FINGERPRINT_ENV: "ray=1",
+    }
     launches = node_launches("ssh", ["h2", "h3"], _argv, env, cwd="/work")
     assert [launch.hosts for launch in launches] == [("h2",), ("h3",)]
     first = launches[0].argv
@@ -349,7 +376,16 @@ def test_local_runs_on_this_machine_only() -> None:
 
 def test_srun_is_one_launch_over_every_host_inside_slurm() -> None:
     (launch,) = node_launches("srun", ["n1", "n2"], _argv, {"SLURM_JOB_ID": "5"})
-    assert launch.argv[:6] == ["srun", "--nodes", "2", "--ntasks-per-node", "1", "--nodelist"]
+    # --overlap: the node commands' step lasts as long as Ray; ray down's step runs beside it
+    assert launch.argv[:7] == [
+        "srun",
+        "--overlap",
+        "--nodes",
+        "2",
+        "--ntasks-per-node",
+        "1",
+        "--nodelist",
+    ]
     assert launch.hosts == ("n1", "n2")
     with pytest.raises(HardwareError, match="Slurm allocation"):
         node_launches("srun", ["n1"], _argv, {})
@@ -376,3 +412,27 @@ def test_a_node_matches_only_its_own_temp_dir() -> None:
     assert names_dir("gcs --log_dir=/tmp/hpcinfer-ray-abcd1234/h1/session_1/logs", temp)
     assert not names_dir("raylet --temp_dir=/tmp/hpcinfer-ray-abcd1234/h10 --x", temp)
     assert not names_dir("raylet --temp_dir=/tmp/hpcinfer-ray-abcd1234/h2", temp)
+
+
+@pytest.mark.parametrize(
+    ("launcher", "blocks"), [("ssh", False), ("local", False), ("mpi", True), ("srun", True)]
+)
+def test_node_commands_stay_for_the_clusters_life_under_mpi_and_srun(
+    launcher: str, blocks: bool, tmp_path: Path
+) -> None:
+    """Slurm ends a step's processes with the step: under srun (and mpi) each node command
+    holds on while its node's Ray runs; under ssh it returns once Ray is up."""
+    request = UpRequest(
+        name="job1",
+        hosts=("h1", "h2"),
+        launcher=launcher,  # type: ignore[arg-type]
+        cluster_file=tmp_path / "c.json",
+        gpus_per_node=4,
+        interface="hsn0",
+    )
+    argv = _node_start_argv(request, "10.0.0.1:26800")(["h2"], 1)
+    assert ("--block" in argv) is blocks
+    opts = dict(itertools.pairwise(argv))
+    assert opts["--temp-root"] == str(request.temp_root) and opts["--host"] == "h2"
+    assert opts["--port-base"] == str(port_base_for("job1")) and opts["--rank-offset"] == "1"
+    assert opts["--head-address"] == "10.0.0.1:26800" and opts["--interface"] == "hsn0"

@@ -246,8 +246,10 @@ def node_start(
     stagger: Annotated[float, typer.Option()] = 0.0,
     rank_offset: Annotated[int, typer.Option()] = 0,
     timeout: Annotated[float, typer.Option()] = 120.0,
+    block: Annotated[bool, typer.Option("--block")] = False,
 ) -> None:
-    """Start Ray on this node (run by `ray up` through the launcher on every node)."""
+    """Start Ray on this node (run by `ray up` through the launcher on every node); with
+    --block (mpi, srun) stay until the node's Ray is stopped."""
     import os
 
     from hpcinfer.raycluster.launching import RECORD_PREFIX
@@ -269,6 +271,10 @@ def node_start(
     )
     record = node_start(request, me, index + rank_offset, env)
     print(RECORD_PREFIX + json.dumps(record), flush=True)
+    if block:
+        from hpcinfer.raycluster.node import hold_node
+
+        hold_node(Path(record["temp_dir"]))
 
 
 def node_stop(

@@ -135,6 +135,12 @@ def load_cluster(
     return read_document(where, RayClusterFile, "Ray cluster file")
 
 
+def launch_log_dir(path: Path) -> Path:
+    """Beside the cluster file: the logs of the launches that run the node commands (kept
+    while a blocking launcher's commands run, for `ray down` to remove)."""
+    return path.with_name(path.name + ".logs")
+
+
 def save_cluster(cluster: RayClusterFile, path: Path) -> Path:
     """Write the cluster file atomically (a reader sees the whole record or none)."""
     write_text_atomic(path, cluster.model_dump_json(indent=1) + "\n")

@@ -9,6 +9,7 @@ removed only when every node reported that nothing of the cluster is left on it,
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcinfer.errors import RayClusterError
-from hpcinfer.raycluster.cluster_file import RayClusterFile, cluster_path, load_cluster
+from hpcinfer.raycluster.cluster_file import (
+    RayClusterFile,
+    cluster_path,
+    launch_log_dir,
+    load_cluster,
+)
 from hpcinfer.raycluster.gcs import tcp_answers
 from hpcinfer.raycluster.launching import (
     RunningLaunch,
@@ -111,4 +117,5 @@ def ray_down(
             "another program holds it? The cluster file is kept"
         )
     where.unlink(missing_ok=True)
+    shutil.rmtree(launch_log_dir(where), ignore_errors=True)
     return DownReport(cluster.name, cluster.hosts, stopped)

@@ -11,21 +11,27 @@ for the error message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcinfer.core.processes import Child, spawn
+from hpcinfer.core.processes import Child, spawn, start_process
 from hpcinfer.errors import HardwareError, RayClusterError
 from hpcinfer.launch.commands import LaunchRequest, mpiexec_mpich, mpiexec_openmpi, srun, ssh_fanout
 from hpcinfer.launch.rank_commands import SSH_FORWARDED_ENV, find_mpiexec, mpi_flavor
 
 RECORD_PREFIX = "hpcinfer-ray-node:"
 LAUNCHERS = ("ssh", "mpi", "srun", "local")
+BLOCKING_LAUNCHERS = ("mpi", "srun")
+"""Launchers whose node commands must stay for the cluster's life: Slurm ends a step's
+processes with the step (and an MPI launcher's may do the same), Ray's daemons included."""
 FORWARDED_ENV = (*SSH_FORWARDED_ENV, "PYTHONPATH")
 """What an ssh node command gets from here (a remote login shell lacks it); never
 $HPCINFER_RAY_FINGERPRINT, which is each node's own."""
@@ -87,7 +93,8 @@ def node_launches(
     if launcher == "srun":
         if not (env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")):
             raise HardwareError("--launcher srun runs inside a Slurm allocation (salloc, sbatch)")
-        return [NodeLaunch(tuple(hosts), srun(req))]
+        argv = srun(req)  # --overlap: ray down's step runs beside the node commands' step
+        return [NodeLaunch(tuple(hosts), [argv[0], "--overlap", *argv[1:]])]
     if launcher == "mpi":
         mpiexec = find_mpiexec()
         if mpi_flavor(mpiexec) == "openmpi":
@@ -99,13 +106,27 @@ def node_launches(
 
 
 class RunningLaunch:
-    """A started launch: its process, its log, and what its nodes reported."""
+    """A started launch: its process, its log, and what its nodes reported.
 
-    def __init__(self, launch: NodeLaunch, log: Path, env: Mapping[str, str]) -> None:
+    A blocking launch (mpi, srun: their node commands run as long as the node's Ray) is
+    `detached`: its own session, no guard and no parent-death signal, so it outlives `ray
+    up`; it ends when the node's Ray is stopped (`ray down`)."""
+
+    def __init__(
+        self, launch: NodeLaunch, log: Path, env: Mapping[str, str], detached: bool = False
+    ) -> None:
         self.launch = launch
         self.log = log
+        self.detached = detached
+        self._child: Child | None = None
         try:
-            self.child: Child = spawn(launch.argv, env=env, log=log, fresh_log=True)
+            if detached:
+                self.proc = start_process(
+                    launch.argv, env=env, log=log, fresh_log=True, death_signal=0
+                )
+            else:
+                self._child = spawn(launch.argv, env=env, log=log, fresh_log=True)
+                self.proc = self._child.proc
         except OSError as exc:
             raise RayClusterError(
                 f"{', '.join(launch.hosts)}: cannot start {launch.argv[0]!r}: {exc}"
@@ -116,14 +137,29 @@ class RunningLaunch:
         return self.launch.hosts
 
     def poll(self) -> int | None:
-        return self.child.returncode
+        return self.proc.poll()
 
     def stop(self) -> None:
-        self.child.stop(STOP_GRACE_S)
+        """SIGTERM its process group, a bounded wait, SIGKILL; reaped."""
+        if self._child is not None:
+            self._child.stop(STOP_GRACE_S)
+            return
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signum)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=STOP_GRACE_S)
+                return
 
     def finish(self) -> None:
-        """After it exited: reap its process group and stand its guard down."""
-        self.child.stop(STOP_GRACE_S, first_signal=None)
+        """After it exited: reap its process group and stand its guard down (a detached
+        launch is left alone: it runs as long as its nodes' Ray)."""
+        if self._child is not None:
+            self._child.stop(STOP_GRACE_S, first_signal=None)
+
+    def exit_text(self) -> str:
+        code = self.poll()
+        return "running" if code is None else f"exit code {code}"
 
     def output(self) -> str:
         try:
@@ -153,17 +189,21 @@ class RunningLaunch:
             )
         lines = [line for line in self.output().splitlines() if not line.startswith(RECORD_PREFIX)]
         tail = "\n".join(f"    {line}" for line in lines[-tail_lines:])
-        return f"{hosts}: the node command exited with {self.child.exit_text()}:\n{tail}"
+        return f"{hosts}: the node command exited with {self.exit_text()}:\n{tail}"
 
 
 def start_launches(
-    launches: Sequence[NodeLaunch], log_dir: Path, env: Mapping[str, str], tag: str
+    launches: Sequence[NodeLaunch],
+    log_dir: Path,
+    env: Mapping[str, str],
+    tag: str,
+    detached: bool = False,
 ) -> list[RunningLaunch]:
     """Start every launch at once, each logging to `log_dir/<tag>-<i>.log`."""
     running: list[RunningLaunch] = []
     try:
         for i, launch in enumerate(launches):
-            running.append(RunningLaunch(launch, log_dir / f"{tag}-{i}.log", env))
+            running.append(RunningLaunch(launch, log_dir / f"{tag}-{i}.log", env, detached))
     except BaseException:
         for started in running:
             started.stop()

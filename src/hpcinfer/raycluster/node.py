@@ -11,9 +11,8 @@ for the command that launched it; errors go to stderr, led by the host's name.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -179,10 +178,22 @@ def node_stop(temp_root: Path, host: str, grace_s: float) -> dict:
     return {"host": host, "stopped": stopped, "left": 0}
 
 
-def print_record(record: dict) -> None:
-    """The one JSON line the launching command reads from this node's stdout."""
-    print(json.dumps(record), flush=True)
+HOLD_POLL_S = 1.0
 
 
-def node_env() -> dict[str, str]:
-    return dict(os.environ)
+def hold_node(temp_dir: Path, poll_s: float = HOLD_POLL_S) -> None:
+    """Under a blocking launcher (mpi, srun): stay while the node's Ray runs, so the
+    launcher's step (and with it Ray) lives on; return once `ray down` stopped it. SIGTERM,
+    SIGINT or SIGHUP (a cancelled job, a failed `up` stopping its launch) stop the node's
+    Ray first."""
+    asked: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        asked.append(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    while not asked and node_processes(temp_dir):
+        time.sleep(poll_s)
+    if asked:
+        stop_node_processes(temp_dir)

@@ -12,7 +12,7 @@ nothing running. The cluster file is written only for a verified cluster.
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from hpcinfer.raycluster.cluster_file import (
     Launcher,
     RayClusterFile,
     RayNodeRecord,
+    launch_log_dir,
     now_text,
     save_cluster,
 )
@@ -30,6 +31,7 @@ from hpcinfer.raycluster.down import stop_hosts
 from hpcinfer.raycluster.fingerprint import label_value
 from hpcinfer.raycluster.gcs import LiveNode, cluster_id_of, live_nodes, tcp_answers
 from hpcinfer.raycluster.launching import (
+    BLOCKING_LAUNCHERS,
     RunningLaunch,
     hpcinfer_argv,
     node_launches,
@@ -61,6 +63,11 @@ class UpRequest:
     port_base: int | None = None
     ready_timeout_s: float = 300.0
     stagger_s: float = 1.0
+
+    @property
+    def blocking(self) -> bool:
+        """Whether node commands stay for the cluster's life (mpi, srun)."""
+        return self.launcher in BLOCKING_LAUNCHERS
 
     @property
     def temp_root(self) -> Path:
@@ -99,6 +106,8 @@ def _node_start_argv(request: UpRequest, head_address: str | None) -> Callable[.
             args += ["--interface", request.interface]
         if head_address:
             args += ["--head-address", head_address]
+        if request.blocking:
+            args.append("--block")
         for host in hosts:
             args += ["--host", host]
         return hpcinfer_argv(*args)
@@ -125,17 +134,16 @@ def _start_head(
     launches = node_launches(
         request.launcher, request.hosts[:1], _node_start_argv(request, None), env
     )
-    (head,) = start_launches(launches, log_dir, env, "head")
+    (head,) = start_launches(launches, log_dir, env, "head", detached=request.blocking)
     started.append(head)
-    while head.poll() is None and _remaining(deadline) > 0:
+    while head.poll() is None and not head.records() and _remaining(deadline) > 0:
         time.sleep(0.1)
-    if head.poll() is None:
+    if head.poll() is None and not head.records():
         raise RayClusterError(
             f"{request.hosts[0]}: the head did not start within the deadline "
             f"({request.ready_timeout_s:g} s); its output:\n{head.output()[-2000:]}"
         )
-    head.finish()
-    if head.poll() != 0 or not head.records():
+    if head.poll() not in (None, 0) or not head.records():
         raise RayClusterError("the head did not start: " + head.failure())
     return f"{head.records()[0]['address']}:{request.ports.gcs}"
 
@@ -151,6 +159,18 @@ def _settle(started: Sequence[RunningLaunch], seconds: float) -> None:
             launch.stop()
         else:
             launch.finish()
+
+
+def _take_down(
+    request: UpRequest, started: Sequence[RunningLaunch], env: Mapping[str, str], log_dir: Path
+) -> None:
+    """Stop whatever a failed `up` started. Blocking node commands end once their node's
+    Ray is stopped; the others are first let finish (a remote `ray start` whose ssh was
+    killed would go on and start Ray after the stop)."""
+    if not request.blocking:
+        _settle(started, SETTLE_S)
+    stop_hosts(request.launcher, request.hosts, request.temp_root, env, log_dir, tolerate=True)
+    _settle(started, SETTLE_S if request.blocking else 0.0)
 
 
 def _expected(request: UpRequest) -> list[ExpectedNode]:
@@ -183,7 +203,8 @@ def _wait_ready(
                 + summary(final)
                 + "\ninstall the same environment on every node"
             )
-        if not problems and all(w.poll() == 0 for w in workers):
+        reported = {str(r.get("host")) for w in workers for r in w.records()}
+        if not problems and set(request.hosts[1:]) <= reported:
             problems = assess(expected, nodes, request.name, _raylet_answers)
             if not problems:
                 return nodes
@@ -193,10 +214,9 @@ def _wait_ready(
                 + summary(
                     problems
                     or [
-                        NodeProblem(h, "node start still running")
-                        for w in workers
-                        if w.poll() is None
-                        for h in w.hosts
+                        NodeProblem(h, "its node start has not reported")
+                        for h in request.hosts[1:]
+                        if h not in reported
                     ]
                 )
             )
@@ -255,33 +275,29 @@ def ray_up(
         )
     say = note or (lambda _text: None)
     deadline = time.monotonic() + request.ready_timeout_s
-    with tempfile.TemporaryDirectory(prefix="hpcinfer-ray-up-") as logs:
-        log_dir = Path(logs)
-        started: list[RunningLaunch] = []
-        try:
-            say(f"starting the Ray head on {request.hosts[0]}")
-            address = _start_head(request, log_dir, env, deadline, started)
-            say(f"head at {address}; starting {len(request.hosts) - 1} worker node(s)")
-            launches = node_launches(
-                request.launcher, request.hosts[1:], _node_start_argv(request, address), env
-            )
-            workers = start_launches(launches, log_dir, env, "workers")
-            started += workers
-            nodes = _wait_ready(request, address, workers, deadline)
-            for worker in workers:
-                worker.finish()
-            cluster = _record(request, address, nodes)
-        except BaseException:
-            say("taking down what was started")
-            _settle(started, SETTLE_S)
-            stop_hosts(
-                request.launcher,
-                request.hosts,
-                request.temp_root,
-                env,
-                log_dir,
-                tolerate=True,
-            )
-            raise
+    log_dir = launch_log_dir(request.cluster_file)
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir(parents=True)
+    started: list[RunningLaunch] = []
+    try:
+        say(f"starting the Ray head on {request.hosts[0]}")
+        address = _start_head(request, log_dir, env, deadline, started)
+        say(f"head at {address}; starting {len(request.hosts) - 1} worker node(s)")
+        launches = node_launches(
+            request.launcher, request.hosts[1:], _node_start_argv(request, address), env
+        )
+        workers = start_launches(launches, log_dir, env, "workers", detached=request.blocking)
+        started += workers
+        nodes = _wait_ready(request, address, workers, deadline)
+        for launch in started:
+            launch.finish()
+        cluster = _record(request, address, nodes)
+    except BaseException:
+        say("taking down what was started")
+        _take_down(request, started, env, log_dir)
+        shutil.rmtree(log_dir, ignore_errors=True)  # what failed is in the error
+        raise
+    if not request.blocking:
+        shutil.rmtree(log_dir, ignore_errors=True)
     save_cluster(cluster, request.cluster_file)
     return cluster
