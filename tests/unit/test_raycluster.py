@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from hpcinfer.raycluster.gcs import LiveNode
 from hpcinfer.raycluster.launching import RECORD_PREFIX, node_launches, ssh_program
 from hpcinfer.raycluster.layout import SOCKET_PATH_MAX, cluster_root, node_temp_dir
 from hpcinfer.raycluster.node import which_host
-from hpcinfer.raycluster.node_processes import names_dir
+from hpcinfer.raycluster.node_processes import names_dir, write_node_record
 from hpcinfer.raycluster.ports import BLOCK, FIRST_BASE, LAST_BASE, port_base_for, ray_ports
 from hpcinfer.raycluster.readiness import ExpectedNode, assess
 from hpcinfer.raycluster.start_argv import NodeStart, ray_start_argv, shown
@@ -436,3 +437,33 @@ def test_node_commands_stay_for_the_clusters_life_under_mpi_and_srun(
     assert opts["--temp-root"] == str(request.temp_root) and opts["--host"] == "h2"
     assert opts["--port-base"] == str(port_base_for("job1")) and opts["--rank-offset"] == "1"
     assert opts["--head-address"] == "10.0.0.1:26800" and opts["--interface"] == "hsn0"
+
+
+def test_a_node_stop_ends_its_session_and_its_folders_processes_only(tmp_path: Path) -> None:
+    """A renamed daemon in the node's session, one naming its folder that ignores SIGTERM
+    (as gcs_server at times does): both end; a neighbour node's process is left alone."""
+    import subprocess
+
+    from hpcinfer.raycluster.node_processes import node_processes, stop_node_processes
+
+    mine, other = tmp_path / "h1", tmp_path / "h10"
+    ignore_term = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    stubborn = subprocess.Popen([sys.executable, "-c", ignore_term, f"--temp-dir={mine}"])
+    neighbour = subprocess.Popen([sys.executable, "-c", ignore_term, f"--temp-dir={other}"])
+    try:
+        write_node_record(mine, daemon.pid, "h1", "job1")
+        found = {p.pid for p in node_processes(mine)}
+        assert found == {daemon.pid, stubborn.pid}
+        stopped, left = stop_node_processes(mine, grace_s=0.5)
+        assert stopped == 2 and left == []
+        assert daemon.wait(5) == -signal.SIGTERM and stubborn.wait(5) == -signal.SIGKILL
+        assert neighbour.poll() is None
+    finally:
+        for proc in (daemon, stubborn, neighbour):
+            proc.kill()
+            proc.wait()
