@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers
         run_batch,
     )
     from hpcinfer.bench.documents import FomDocument, OfflineDocument, ServeDocument
+    from hpcinfer.bench.fom_server import FomServer
     from hpcinfer.bench.offline import BenchSettings
     from hpcinfer.bench.serve_bench import ServeBenchOptions
     from hpcinfer.core.spec_loading import load_job_spec
@@ -46,6 +47,7 @@ __all__ = [
     "ExitCode",
     "FleetHandle",
     "FomDocument",
+    "FomServer",
     "HpcinferError",
     "InputError",
     "JobSpec",
@@ -82,6 +84,7 @@ _LAZY = {
     "BenchSettings": "hpcinfer.bench.offline",
     "FleetHandle": "hpcinfer.api",
     "FomDocument": "hpcinfer.bench.documents",
+    "FomServer": "hpcinfer.bench.fom_server",
     "OfflineDocument": "hpcinfer.bench.documents",
     "RunDocument": "hpcinfer.run.summary",
     "RunOptions": "hpcinfer.run.job",

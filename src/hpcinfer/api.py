@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from hpcinfer.bench.documents import FomDocument, OfflineDocument, ServeDocument
+    from hpcinfer.bench.fom_server import FomServer
     from hpcinfer.bench.offline import BenchSettings
     from hpcinfer.bench.serve_bench import ServeBenchOptions
     from hpcinfer.core.endpoints_registry import Endpoint
@@ -121,14 +122,23 @@ def bench_offline(
 
 
 def bench_fom(
-    settings: BenchSettings, preset: str | None = None, cases: Sequence[str] = ()
+    settings: BenchSettings,
+    preset: str | None = None,
+    cases: Sequence[str] = (),
+    *,
+    only: Sequence[str] = (),
+    server: FomServer | None = None,
 ) -> FomDocument:
-    """`hpcinfer bench fom`: the ALCF inference FOM over its cases; writes fom.json/fom.csv
-    into `settings.out_dir` and returns the document."""
+    """`hpcinfer bench fom`: the ALCF inference FOM over its cases (`only`: just those named);
+    writes fom.json/fom.csv into `settings.out_dir` and returns the document. With `server`
+    (`FomServer(urls=("http://host:8000",))` or `registry=Path("endpoints.json")`) the cases
+    run on that running server, whose max-model-len each case's must equal (SpecError
+    otherwise, before anything is sent); `settings` then sets no engine
+    (`bench_settings(JobSpec(), out_dir, iters=...)`)."""
     from hpcinfer.bench.documents import FomDocument
     from hpcinfer.bench.fom_bench import run_fom
 
-    outcome = run_fom(settings, preset, list(cases), _silent)
+    outcome = run_fom(settings, preset, list(cases), _silent, list(only), server)
     return FomDocument.model_validate(outcome.document)
 
 

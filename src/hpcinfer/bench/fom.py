@@ -306,18 +306,18 @@ def fom_sum(results: Sequence[FomResult]) -> FomSum:
 
 def fom_csv_row(
     model: str,
-    precision: str,
+    precision: str | None,
     throughput: float,
     latency_s: float,
     batch_size: int,
-    tensor_parallel: int,
+    tensor_parallel: int | None,
     input_len: int,
     output_len: int,
     context_length: int,
-) -> dict[str, str | int | float]:
+) -> dict[str, str | int | float | None]:
     """One row of the FOM's CSV: throughput in tokens/s, latency in seconds, context_length
-    the server's max-model-len."""
-    values: tuple[str | int | float, ...] = (
+    the server's max-model-len; a precision or TP not known (None) is an empty cell."""
+    values: tuple[str | int | float | None, ...] = (
         model,
         precision,
         throughput,

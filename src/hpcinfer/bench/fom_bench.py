@@ -6,6 +6,8 @@ The cases come from, in this order of precedence: `--case NAME:IN:OUT:BATCH:MAXL
 `hpcinfer bench offline` times its batch (same engine, prompts, exact-length check and
 figures). Cases sharing a max-model-len share one engine; engines start one after the
 other, in the order the cases first name their context length, each in its own process.
+`--only FOM1,FOM2` keeps just the cases named. With `--url` or `--endpoints` the cases run
+on a server that is already running instead (`bench.fom_server`), with the same figures.
 
 Results (see `bench.results`): `DIR/fom.json` (`cases` in the order given, each with the
 documented keys plus `latency_stats`, `iterations_s`, prefill/decode rates and per-request
@@ -18,11 +20,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hpcinfer.bench.fom import FomCase, FomResult, append_csv_row, fom_preset, fom_sum
+from hpcinfer.bench.fom import (
+    FomCase,
+    FomResult,
+    ModelShape,
+    append_csv_row,
+    fom_preset,
+    fom_sum,
+)
 from hpcinfer.bench.offline import (
     BenchSettings,
+    MfuBasis,
     Progress,
     base_config,
     case_csv_row,
@@ -36,7 +46,11 @@ from hpcinfer.bench.offline import (
 )
 from hpcinfer.bench.offline_engine import BatchCase, EngineRun
 from hpcinfer.bench.results import result_document, write_result, write_table
+from hpcinfer.bench.samples import IterationSample
 from hpcinfer.errors import SpecError
+
+if TYPE_CHECKING:
+    from hpcinfer.bench.fom_server import FomServer
 
 CPU_PRESET = "cpu-tiny"
 ACCELERATOR_PRESET = "alcf-fom-405b"
@@ -82,8 +96,10 @@ def resolve_cases(
     case_texts: Sequence[str],
     spec_cases: Sequence[Any],
     on_cpu: bool,
+    only: Sequence[str] = (),
 ) -> tuple[str, tuple[FomCase, ...]]:
-    """(where the cases came from, the cases): --case, else the spec, else the preset."""
+    """(where the cases came from, the cases): --case, else the spec, else the preset; with
+    `only` (--only) just the cases of those names, in their source's order."""
     if case_texts and preset is not None:
         raise SpecError("give --preset or --case, not both (--case replaces a preset's cases)")
     if case_texts:
@@ -102,7 +118,24 @@ def resolve_cases(
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise SpecError(f"{source}: case name(s) {', '.join(repeated)} given twice")
+    if only:
+        unknown = [name for name in only if name not in names]
+        if unknown:
+            raise SpecError(
+                f"--only {','.join(only)}: {source} has no case {', '.join(unknown)} "
+                f"(its cases: {', '.join(names)})"
+            )
+        cases = tuple(case for case in cases if case.name in only)
+        source += f" (only {', '.join(case.name for case in cases)})"
     return source, cases
+
+
+def parse_only(text: str | None) -> tuple[str, ...]:
+    """'FOM1,FOM2' -> ('FOM1', 'FOM2'); None or '' -> () (every case)."""
+    names = tuple(name.strip() for name in (text or "").split(",") if name.strip())
+    if text and not names:
+        raise SpecError(f"--only {text!r}: name the cases to run, e.g. --only FOM1,FOM2")
+    return names
 
 
 def _spec_case(index: int, case: Any) -> FomCase:
@@ -144,8 +177,15 @@ def run_fom(
     preset: str | None,
     case_texts: Sequence[str],
     progress: Progress,
+    only: Sequence[str] = (),
+    server: FomServer | None = None,
 ) -> FomOutcome:
-    """Every case, one engine per max-model-len; fom.json, fom.csv (and the FOM's CSV rows)."""
+    """Every case, one engine per max-model-len; fom.json, fom.csv (and the FOM's CSV rows).
+    With `server`, every case on that running server instead (`bench.fom_server`)."""
+    if server is not None:
+        from hpcinfer.bench.fom_server import run_fom_on_server
+
+        return run_fom_on_server(settings, server, preset, case_texts, progress, only)
     if settings.spec.engine.max_model_len is not None:
         raise SpecError(
             "bench fom sets max-model-len per case: drop engine.max_model_len "
@@ -153,7 +193,7 @@ def run_fom(
         )
     hardware = resolve_hardware(settings)
     source, cases = resolve_cases(
-        preset, case_texts, settings.spec.bench.fom_cases, hardware.profile.is_cpu
+        preset, case_texts, settings.spec.bench.fom_cases, hardware.profile.is_cpu, only
     )
     copies = fom_csv_tables(settings)
     model = resolve_bench_model(settings)
@@ -192,33 +232,62 @@ def run_fom(
     assert launch is not None  # there is at least one case
     info = runs[cases[0].name][1].info
     shape, shape_note = model_shape(info)
-    figures: list[dict[str, Any]] = []
-    results: list[FomResult] = []
-    for case in cases:
-        measured, result = case_figures(
+    measured = [
+        fom_case_figures(
             case, runs[case.name][1].cases[case.name], shape, hardware, settings.percentiles
         )
-        stats = measured["latency_s"]
-        figures.append({**measured, "latency_s": stats["mean"], "latency_stats": stats})
-        results.append(result)
+        for case in cases
+    ]
+    config = base_config(settings, hardware, launch, info, shape_note)
+    config.pop("llm_kwargs")  # one per engine, in "engines"
+    config.pop("engine_startup")  # likewise
+    config["cases_from"] = source
+    config["cases"] = [asdict(case) for case in cases]
+    return write_fom(
+        settings, config, measured, engines, copies, (launch.model_name, info.dtype, settings.tp)
+    )
+
+
+def fom_case_figures(
+    case: FomCase,
+    iterations: Sequence[IterationSample],
+    shape: ModelShape | None,
+    basis: MfuBasis,
+    percentiles: Sequence[float],
+) -> tuple[dict[str, Any], FomResult]:
+    """One case's entry in fom.json (latency_s the mean, its statistics beside it) and its
+    FOM figures, from its timed iterations (checked for exact lengths)."""
+    measured, result = case_figures(case, iterations, shape, basis, percentiles)
+    stats = measured["latency_s"]
+    return {**measured, "latency_s": stats["mean"], "latency_stats": stats}, result
+
+
+def write_fom(
+    settings: BenchSettings,
+    config: dict[str, Any],
+    measured: Sequence[tuple[dict[str, Any], FomResult]],
+    engines: list[dict[str, Any]],
+    copies: Sequence[Path],
+    row: tuple[str, str | None, int | None],
+) -> FomOutcome:
+    """fom.json, fom.csv and the FOM's CSV rows (`row`: the model, precision and TP its
+    rows name) from every case's figures, in the order measured."""
+    figures = [entry for entry, _ in measured]
+    results = [result for _, result in measured]
     total = fom_sum(results)
     fom = {
         "throughput": total.throughput,
         "flops_per_s": total.flops_per_s,
         "cases": list(total.cases),
     }
-    config = base_config(settings, hardware, launch, info, shape_note)
-    config.pop("llm_kwargs")  # one per engine, in "engines"
-    config.pop("engine_startup")  # likewise
-    config["cases_from"] = source
-    config["cases"] = [asdict(case) for case in cases]
     body = {"cases": figures, "fom": fom, "engines": engines}
     document = result_document("fom", config, body, settings.command)
     json_path = write_result(settings.out_dir, document)
     csv_path = write_table(
         settings.out_dir / "fom.csv", fom_table_rows(figures, fom), FOM_CSV_COLUMNS
     )
+    model_name, precision, tp = row
     for path in copies:
         for result in results:
-            append_csv_row(path, case_csv_row(launch.model_name, result, info.dtype, settings.tp))
+            append_csv_row(path, case_csv_row(model_name, result, precision, tp))
     return FomOutcome(document, json_path, csv_path, copies[0] if copies else None)

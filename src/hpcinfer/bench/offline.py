@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hpcinfer.bench.fom import (
     FomCase,
@@ -236,18 +236,33 @@ def run_cases(
 
 def model_shape(info: EngineInfo) -> tuple[ModelShape | None, str]:
     """The shape for the FLOP FOM from the engine's model config, or None and why not."""
+    return shape_from_config(info.text_config)
+
+
+def shape_from_config(config: Mapping[str, Any]) -> tuple[ModelShape | None, str]:
+    """The shape for the FLOP FOM from a Hugging Face config, or None and why not."""
     try:
-        shape = ModelShape.from_hf_config(info.text_config)
+        shape = ModelShape.from_hf_config(config)
     except ValueError as exc:
         return None, f"FLOP FOM n/a: {exc}"
     return shape, f"the FOM's FLOP form with N={shape.layers} layers, d={shape.hidden}"
+
+
+class MfuBasis(Protocol):
+    """What MFU is measured against: the peak per device and the devices used."""
+
+    @property
+    def peak_tflops(self) -> float | None: ...
+
+    @property
+    def devices(self) -> int: ...
 
 
 def case_figures(
     case: FomCase,
     iterations: Sequence[IterationSample],
     shape: ModelShape | None,
-    hardware: Hardware,
+    hardware: MfuBasis,
     percentiles: Sequence[float],
 ) -> tuple[dict[str, Any], FomResult]:
     """Every figure of one batch shape from its timed iterations (for the result file) and
@@ -327,8 +342,11 @@ def base_config(
     }
 
 
-def case_csv_row(model_name: str, result: FomResult, precision: str, tp: int) -> dict[str, Any]:
-    """The FOM's CSV row for one case (latency: the mean over the timed iterations, s)."""
+def case_csv_row(
+    model_name: str, result: FomResult, precision: str | None, tp: int | None
+) -> dict[str, Any]:
+    """The FOM's CSV row for one case (latency: the mean over the timed iterations, s);
+    precision or TP None (a server does not report them) leave their cells empty."""
     return fom_csv_row(
         model=model_name,
         precision=precision,

@@ -307,15 +307,24 @@ def served_model(url: str, api_key: str | None, wanted: str | None) -> ServedMod
 def tokenizer_source(options: ServeBenchOptions, model: ServedModel) -> Path | int:
     """Where the random dataset's token ids come from: --tokenizer, else the served model's
     directory when it exists here, else --vocab-size; else a SpecError saying so."""
-    if options.tokenizer is not None:
-        if not options.tokenizer.is_dir():
+    return token_id_source(options.tokenizer, options.vocab_size, model, "--dataset random")
+
+
+def token_id_source(
+    tokenizer: Path | None, vocab_size: int | None, model: ServedModel, user: str
+) -> Path | int:
+    """Where random token-id prompts draw their ids from: `tokenizer` (a directory), else
+    `vocab_size`, else the served model's directory when it exists here; else a SpecError
+    naming `user` (what wants the ids) and the flags that fix it."""
+    if tokenizer is not None:
+        if not tokenizer.is_dir():
             raise SpecError(
-                f"--tokenizer {options.tokenizer}: not a directory; give the model's "
+                f"--tokenizer {tokenizer}: not a directory; give the model's "
                 "directory (with tokenizer.json or tokenizer_config.json)"
             )
-        return options.tokenizer
-    if options.vocab_size is not None:
-        return options.vocab_size
+        return tokenizer
+    if vocab_size is not None:
+        return vocab_size
     if model.root and Path(model.root).is_dir():
         return Path(model.root)
     where = (
@@ -324,7 +333,7 @@ def tokenizer_source(options: ServeBenchOptions, model: ServedModel) -> Path | i
         else ("the server does not say where its model is")
     )
     raise SpecError(
-        f"--dataset random draws token ids from the model's tokenizer, and {where}: pass "
+        f"{user} draws token ids from the model's tokenizer, and {where}: pass "
         "--tokenizer DIR (the model's directory) or --vocab-size N"
     )
 

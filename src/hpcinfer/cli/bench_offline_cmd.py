@@ -244,7 +244,10 @@ def _print_offline(outcome: Any) -> None:
     wide_console().print(unclipped(table))
 
 
-@flags.takes(*(f for f in _ENGINE_FLAGS if f != "max_model_len"), *_BENCH_FLAGS, table=BENCH)
+@flags.takes(
+    *(f for f in _ENGINE_FLAGS if f != "max_model_len"), "url", "endpoints", "api_key_env",
+    *_BENCH_FLAGS, table=BENCH,
+)  # fmt: skip
 def fom(
     spec_file: flags.SPEC_ONLY = None,
     preset: Annotated[
@@ -261,6 +264,33 @@ def fom(
             "replaces the preset).",
         ),
     ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAMES",
+            help="Run only these cases, e.g. FOM1,FOM2 (the FOM is then their sum).",
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            help="With a server: the model directory whose tokenizer gives the prompts' "
+            "token ids (default: the server's model directory, when it is on this machine)."
+        ),
+    ] = None,
+    vocab_size: Annotated[
+        int | None,
+        typer.Option(min=2, help="With a server: draw the prompts' token ids below N instead."),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            parser=flags.seconds("--timeout"),
+            metavar="DURATION",
+            help=f"With a server: how long one request may take ({flags.DURATION_FORMS}; "
+            "default 1h).",
+        ),
+    ] = None,
     *,
     flags: flags.Flags,
 ) -> None:
@@ -268,15 +298,54 @@ def fom(
 
     FOM1 is prefill-heavy, FOM2 decode-heavy, FOM3 has a large max-model-len; each case is
     timed as `bench offline` times a batch. Cases sharing a max-model-len share one engine;
-    the engines run one after the other."""
-    from hpcinfer.bench.fom_bench import run_fom
+    the engines run one after the other. With --url or --endpoints the cases run on that
+    running server instead (the OpenAI API, the same figures): each case's batch is sent
+    at once, exact lengths checked in every answer's usage, and every case's max-model-len
+    must be the server's."""
+    from hpcinfer.bench.fom_bench import parse_only, run_fom
 
     settings = settings_from_flags(spec_file, flags)
-    outcome = run_fom(settings, preset, case or [], _progress(flags.quiet))
+    server = fom_server(settings, tokenizer, vocab_size, timeout)
+    outcome = run_fom(
+        settings, preset, case or [], _progress(flags.quiet), parse_only(only), server
+    )
     if flags.json_out:
         print(json.dumps(outcome.document, indent=1))
         return
     _print_fom(outcome)
+
+
+def fom_server(
+    settings: Any, tokenizer: Path | None, vocab_size: int | None, timeout: float | None
+) -> Any:
+    """The running server to measure (--url/--endpoints, or the spec's client section), or
+    None; the server-only flags without one are an error."""
+    from hpcinfer.bench.fom_server import DEFAULT_TIMEOUT_S, FomServer
+
+    client = settings.spec.client
+    if not client.urls and not client.registry:
+        given = [
+            name
+            for name, value in (
+                ("--tokenizer", tokenizer), ("--vocab-size", vocab_size), ("--timeout", timeout)
+            )
+            if value is not None
+        ]  # fmt: skip
+        if given:
+            raise SpecError(
+                f"{', '.join(given)}: for a running server only; add --url URL or "
+                f"--endpoints FILE, or drop {'it' if len(given) == 1 else 'them'}"
+            )
+        return None
+    return FomServer(
+        urls=tuple(client.urls),
+        registry=None if client.registry is None else Path(client.registry),
+        model=settings.spec.model,
+        tokenizer=None if tokenizer is None else settings.cwd / tokenizer,
+        vocab_size=vocab_size,
+        api_key_env=client.api_key_env if "api_key_env" in client.model_fields_set else None,
+        timeout_s=DEFAULT_TIMEOUT_S if timeout is None else timeout,
+    )
 
 
 def _print_fom(outcome: Any) -> None:
@@ -285,12 +354,15 @@ def _print_fom(outcome: Any) -> None:
     from hpcinfer.core.terminal import unclipped, wide_console
 
     config = outcome.document["config"]
-    table = Table(
-        title=(
-            f"bench fom: {config['model']} ({config['precision']}), TP={config['tensor_parallel']}"
-            f" PP={config['pipeline_parallel']}, cases from {config['cases_from']}"
+    server = config.get("server")
+    if server:
+        engine = f"served at {server['url']} (max-model-len {server['max_model_len']})"
+    else:
+        engine = (
+            f"({config['precision']}), TP={config['tensor_parallel']}"
+            f" PP={config['pipeline_parallel']}"
         )
-    )
+    table = Table(title=f"bench fom: {config['model']} {engine}, cases from {config['cases_from']}")
     for column in (
         "case",
         "input",

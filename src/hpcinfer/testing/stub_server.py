@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import math
@@ -198,6 +199,11 @@ class StubConfig:
     """Requests answered at once (vLLM's --max-num-seqs); later ones wait for a slot and
     their tokens count from when they get it, so a load above capacity queues. None: no
     limit."""
+    max_model_len: int = 1_000_000
+    """The context length /v1/models reports (vLLM's `max_model_len`)."""
+    answer_cap: int | None = None
+    """Answer at most this many tokens whatever `max_tokens` asks (a server that stops
+    early, ignoring ignore_eos and min_tokens); usage then counts what was sent."""
 
     @staticmethod
     def faults_from(specs: Iterable[Fault | str]) -> tuple[Fault, ...]:
@@ -442,7 +448,7 @@ class _Stub:
             "owned_by": "vllm",
             "root": self.config.model,
             "parent": None,
-            "max_model_len": 1_000_000,
+            "max_model_len": self.config.max_model_len,
         }
         return web.json_response({"object": "list", "data": [card]})
 
@@ -529,6 +535,9 @@ class _Stub:
         except _BadRequest as exc:
             stats.bad_request += 1
             return web.json_response(_error_body(str(exc), "BadRequestError", 400), status=400)
+        cap = self.config.answer_cap
+        if cap is not None and req.max_tokens > cap:
+            req = dataclasses.replace(req, max_tokens=cap)
         model = body.get("model")
         if model is not None and model != self.config.model and not self.config.accept_any_model:
             stats.bad_request += 1
@@ -812,6 +821,8 @@ class StubServer:
         accept_any_model: bool = False,
         keep_bodies: bool = False,
         capacity: int | None = None,
+        max_model_len: int = 1_000_000,
+        answer_cap: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         held: bool = False,
@@ -828,6 +839,8 @@ class StubServer:
             accept_any_model=accept_any_model,
             keep_bodies=keep_bodies,
             capacity=capacity,
+            max_model_len=max_model_len,
+            answer_cap=answer_cap,
         )
         self.host = host
         self._requested_port = port
