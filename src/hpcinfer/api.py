@@ -137,8 +137,12 @@ def bench_fom(
     (`bench_settings(JobSpec(), out_dir, iters=...)`)."""
     from hpcinfer.bench.documents import FomDocument
     from hpcinfer.bench.fom_bench import run_fom
+    from hpcinfer.bench.fom_server import run_fom_on_server
 
-    outcome = run_fom(settings, preset, list(cases), _silent, list(only), server)
+    if server is not None:
+        outcome = run_fom_on_server(settings, server, preset, list(cases), _silent, list(only))
+    else:
+        outcome = run_fom(settings, preset, list(cases), _silent, list(only))
     return FomDocument.model_validate(outcome.document)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hpcinfer.bench.fom import (
     FomCase,
@@ -48,9 +48,6 @@ from hpcinfer.bench.offline_engine import BatchCase, EngineRun
 from hpcinfer.bench.results import result_document, write_result, write_table
 from hpcinfer.bench.samples import IterationSample
 from hpcinfer.errors import SpecError
-
-if TYPE_CHECKING:
-    from hpcinfer.bench.fom_server import FomServer
 
 CPU_PRESET = "cpu-tiny"
 ACCELERATOR_PRESET = "alcf-fom-405b"
@@ -178,14 +175,9 @@ def run_fom(
     case_texts: Sequence[str],
     progress: Progress,
     only: Sequence[str] = (),
-    server: FomServer | None = None,
 ) -> FomOutcome:
     """Every case, one engine per max-model-len; fom.json, fom.csv (and the FOM's CSV rows).
-    With `server`, every case on that running server instead (`bench.fom_server`)."""
-    if server is not None:
-        from hpcinfer.bench.fom_server import run_fom_on_server
-
-        return run_fom_on_server(settings, server, preset, case_texts, progress, only)
+    (`bench.fom_server.run_fom_on_server` runs them on a running server instead.)"""
     if settings.spec.engine.max_model_len is not None:
         raise SpecError(
             "bench fom sets max-model-len per case: drop engine.max_model_len "

@@ -303,12 +303,15 @@ def fom(
     at once, exact lengths checked in every answer's usage, and every case's max-model-len
     must be the server's."""
     from hpcinfer.bench.fom_bench import parse_only, run_fom
+    from hpcinfer.bench.fom_server import run_fom_on_server
 
     settings = settings_from_flags(spec_file, flags)
     server = fom_server(settings, tokenizer, vocab_size, timeout)
-    outcome = run_fom(
-        settings, preset, case or [], _progress(flags.quiet), parse_only(only), server
-    )
+    progress, names = _progress(flags.quiet), parse_only(only)
+    if server is not None:
+        outcome = run_fom_on_server(settings, server, preset, case or [], progress, names)
+    else:
+        outcome = run_fom(settings, preset, case or [], progress, names)
     if flags.json_out:
         print(json.dumps(outcome.document, indent=1))
         return
