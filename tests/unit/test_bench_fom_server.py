@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import hpcinfer
 from hpcinfer.core.endpoints_registry import READY, Endpoint, write_registry
 from hpcinfer.errors import SpecError
 from hpcinfer.report import render_report
 from hpcinfer.testing.stub_server import StubServer
+from tests.conftest import REPO
 from tests.harness import call_main
 
 CPU_TINY_512 = ("FOM1", "FOM2")  # the cpu-tiny cases at max-model-len 512 (FOM3: 2048)
@@ -225,3 +228,21 @@ def test_library_call(tmp_path: Path) -> None:
     assert [case.name for case in document.cases] == ["FOM2"]
     assert document.cases[0].output_tokens == 4 * 448
     assert (tmp_path / "out" / "fom.json").exists()
+
+
+def test_the_aurora_examples_step_runs_against_a_4096_server(fom: Fom, tmp_path: Path) -> None:
+    """examples/aurora-llama405b-ray.yaml's `bench fom` step, as written, against a server
+    of the FOM's --max-model-len 4096: FOM1 and FOM2 run, nothing is refused (the stub's
+    model is not on this machine, so the ids come from --vocab-size)."""
+    example = yaml.safe_load((REPO / "examples" / "aurora-llama405b-ray.yaml").read_text())
+    (step,) = [s for s in example["job"]["steps"] if s.startswith("hpcinfer bench fom")]
+    results = tmp_path / "results"
+    results.mkdir()
+    argv = shlex.split(step.replace("$RESULTS", str(results)))
+    with StubServer(max_model_len=4096) as stub:
+        write_registry(results / "endpoints.json", [Endpoint(stub.url, "tiny", state=READY)])
+        code, output = fom(*argv[3:], "--vocab-size", "32000", "--iters", "1", "--quiet")
+    assert code == 0, output
+    document = json.loads((results / "fom" / "fom.json").read_text())
+    assert document["fom"]["cases"] == ["FOM1", "FOM2"]
+    assert len(_rows(results / "fom-rows.csv")) == 2
