@@ -31,7 +31,6 @@ DEFAULT_MAX_TOKENS = 256
 ExportFormat = Literal["jsonl", "text", "parquet"]
 
 
-
 def _seconds(value: object) -> object:
     """A duration field takes seconds or any form the one duration parser reads (`90s`,
     `15m`, `1.5h`, `01:30:00`), like every time flag: `--set serve.ready_timeout_s=15m`."""
@@ -41,6 +40,7 @@ def _seconds(value: object) -> object:
 
 
 Seconds = Annotated[float, BeforeValidator(_seconds)]
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -176,11 +176,18 @@ class WorkersSpec(_Model):
         description="Most records one worker has queued in its engine; "
         "default: the engine's max_num_seqs plus two units.",
     )
-    launcher: Literal["local", "mpi", "srun", "ssh"] = Field(
+    launcher: Literal["local", "mpi", "srun", "ssh", "ray"] = Field(
         "local",
         description="How workers start: 'local' subprocesses on this node, or one rank per "
         "worker under mpiexec, srun or ssh (started by hpcinfer, or detected when the user "
-        "started the ranks).",
+        "started the ranks), or 'ray': one Ray actor per device group of a running Ray "
+        "cluster (`hpcinfer ray up`).",
+    )
+    ray_cluster: str | None = Field(
+        None,
+        description="With launcher 'ray': the cluster file `hpcinfer ray up` wrote; default: "
+        "$RAY_ADDRESS, else the cluster file of this job ($HPCINFER_RAY_CLUSTER, else "
+        "~/.hpcinfer/ray/<job id or local>.json).",
     )
     schedule: Literal["dynamic", "static"] = Field(
         "dynamic",

@@ -227,9 +227,19 @@ FLAGS: dict[str, Flag] = {
         _opt(
             str | None,
             help="local (default), or one rank per worker (per node for serve): mpi "
-            "(mpiexec), srun, ssh. Started by hpcinfer, or joined when you started the ranks.",
+            "(mpiexec), srun, ssh. Started by hpcinfer, or joined when you started the ranks. "
+            "run only: ray (one Ray actor per device group of a Ray cluster).",
         ),
         "workers.launcher",
+    ),
+    "ray_cluster": Flag(
+        _opt(
+            str | None,
+            metavar="FILE",
+            help="With --launcher ray: the cluster file of `hpcinfer ray up` (default: "
+            "$RAY_ADDRESS, else this job's cluster file).",
+        ),
+        "workers.ray_cluster",
     ),
     "schedule": Flag(
         _opt(str | None, help="dynamic (default) or static: input file i to worker/rank i only."),
@@ -390,8 +400,8 @@ ENGINE = ("model", "dtype", "max_model_len", "tp", "memory_share", "kv_cache_byt
 SAMPLING = ("temperature", "top_p", "top_k", "max_tokens", "seed", "stop", "ignore_eos")
 INPUTS = ("input_format", "prompt_field", "id_field", "template", "max_tokens_field")
 OUTPUT = ("out", "export", "include_prompt", "local_dir")
-WORKERS = ("workers", "placement", "unit_size", "max_inflight", "launcher", "schedule",
-           "time_limit")  # fmt: skip
+WORKERS = ("workers", "placement", "unit_size", "max_inflight", "launcher", "ray_cluster",
+           "schedule", "time_limit")  # fmt: skip
 CLIENT = ("engine", "endpoints", "url", "api_key_env", "servers")
 SERVER = ("servers", "host", "port", "endpoints", "api_key_env", "ready_timeout", "log_dir",
           "launcher", "hostfile", "time_limit")  # fmt: skip

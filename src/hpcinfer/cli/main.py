@@ -87,6 +87,8 @@ def run(
     Across nodes: `hpcinfer run spec.yaml --launcher mpi` inside a PBS/Slurm job (or
     `mpiexec -n 48 -ppn 12 hpcinfer run spec.yaml --launcher mpi`) makes every rank a worker
     of one job, balanced dynamically; rank 0 coordinates and prints the summary.
+    On a Ray cluster (`hpcinfer ray up`): `--launcher ray [--ray-cluster FILE]` runs one
+    worker per device group as Ray actors; this process coordinates.
 
     On servers: `--engine openai --endpoints endpoints.json` (from `hpcinfer serve`) or
     `--url http://HOST:PORT` dispatches to running OpenAI-compatible servers;
@@ -117,8 +119,10 @@ def run(
         on_note=None if quiet or json_out else _note,
     )
     ctx = None
-    # A one-shot fleet runs its dispatcher here and starts one serve rank per node itself.
-    if spec.workers.launcher != "local" and not kind_of(spec).runs_once:
+    # A one-shot fleet runs its dispatcher here and starts one serve rank per node itself;
+    # on a Ray cluster this process is the coordinator and the workers are Ray actors.
+    ranks = spec.workers.launcher not in ("local", "ray")
+    if ranks and not kind_of(spec).runs_once:
         ctx = _rank_context(spec, flags["hostfile"])
         if ctx.info.rank != 0:
             from hpcinfer.run.agent import serve_rank

@@ -65,6 +65,11 @@ def serve(spec_file: flags.SPEC_ONLY = None, *, flags: flags.Flags) -> None:
         fields["serve.registry"] = flags["registry"]
     spec = build_serve_spec(spec_file, fields, flags.sets, Path.cwd())
     rank = None
+    if spec.workers.launcher == "ray":
+        raise SpecError(
+            "--launcher ray is `hpcinfer run`'s (its workers as Ray actors); serve starts one "
+            "rank per node with --launcher mpi, srun or ssh"
+        )
     if spec.workers.launcher != "local":
         from hpcinfer.run.ranks import current_rank
 

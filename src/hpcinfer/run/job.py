@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcinfer.cluster import HardwareProfile, PlacementPlan, resolve_profile
 from hpcinfer.cluster.allocation import remaining_walltime_s
@@ -67,6 +67,9 @@ from hpcinfer.run.summary import RunSummary, WorkerSummary
 from hpcinfer.run.worker import WorkerConfig, progress_interval_s
 from hpcinfer.spec import JobSpec, digest_identity
 
+if TYPE_CHECKING:
+    from hpcinfer.run.ray_job import RayWorkers
+
 REAP_GRACE_S = 60.0
 
 
@@ -76,6 +79,8 @@ def run_job(spec: JobSpec, options: RunOptions, ctx: RankContext | None = None) 
         options = dataclasses.replace(options, started=time.monotonic())
     check_model_present(spec, options.cwd)
     check_lora(spec, options.cwd)
+    if spec.workers.launcher == "ray":
+        return _run_on_ray(spec, options)
     if kind_of(spec).starts_fleet(spec):
         from hpcinfer.run.fleet_job import run_with_fleet
 
@@ -93,10 +98,26 @@ def run_job(spec: JobSpec, options: RunOptions, ctx: RankContext | None = None) 
         rendezvous.finish()
 
 
+def _run_on_ray(spec: JobSpec, options: RunOptions) -> RunSummary:
+    """The job's workers as actors of a Ray cluster; this process coordinates them."""
+    from hpcinfer.run.ray_job import ray_workers
+
+    with ray_workers(spec) as actors:
+        try:
+            return _run(spec, options, _Cluster(None, actors.joins, actors))
+        except EngineError as exc:
+            failed = actors.failures()
+            raise EngineError(f"{exc}; {failed}" if failed else str(exc)) from None
+
+
 @dataclass
 class _Cluster:
-    ctx: RankContext
+    """Workers that join over TCP: other ranks' (ctx), or Ray actors (ray: this process
+    runs no worker of its own)."""
+
+    ctx: RankContext | None
     joins: JoinListener
+    ray: RayWorkers | None = None
 
 
 def _run(spec: JobSpec, options: RunOptions, cluster: _Cluster | None) -> RunSummary:
@@ -187,13 +208,20 @@ def _start_workers(spec: JobSpec, job: _Prepared, cluster: _Cluster | None) -> _
         spec = spec.model_copy(update={"model": served_model(spec, targets)})
     if cluster is None:
         placement = job_placement(spec, job.profile, job.units_left)
+    elif cluster.ray is not None:
+        placement = cluster.ray.placement(job.profile)
     else:
+        assert cluster.ctx is not None
         placement = rank_placement(spec, job.profile, cluster.ctx)
     n_spawn = len(placement.placements)
     if job.units_left is not None:
         n_spawn = min(n_spawn, job.units_left)  # a rerun of a finished job starts no engine
-    node_workers = len(placement.placements) * (cluster.ctx.info.local_size if cluster else 1)
-    total_workers = len(placement.placements) * (cluster.ctx.info.world_size if cluster else 1)
+    ranks = cluster.ctx.info if cluster and cluster.ctx else None
+    node_workers = len(placement.placements) * (ranks.local_size if ranks else 1)
+    total_workers = len(placement.placements) * (ranks.world_size if ranks else 1)
+    if cluster is not None and cluster.ray is not None:
+        # The actors join (and import vLLM) while this process plans the job.
+        total_workers = cluster.ray.start(job.store, job.units_left)
     # Workers start now and import vLLM while this process plans the job and finds the model.
     engine_vars = engine_vars_for(spec, job.profile, node_workers)
     spawned = [
@@ -221,7 +249,8 @@ class _Coordinated:
     model_path: str
     handles: list[WorkerHandle]
     result: CoordinatorResult | None
-    never_joined: list[int]
+    never_joined: str
+    """Who was expected and never joined (ranks, or Ray actors), or ""."""
 
 
 def _coordinate(
@@ -271,15 +300,19 @@ def _coordinate(
         joins=cluster.joins if cluster else None,
         on_join=_admitter(job.store, handles, configure) if cluster is not None else None,
     )
-    if handles:
-        view.workers_starting(len(handles))
+    remote_only = cluster is not None and cluster.ray is not None
+    if handles or remote_only:
+        view.workers_starting(len(handles) or workers.total_workers)
     with view:
         result = coordinator.run(options.stop)
-    never_joined: list[int] = []
+    never_joined = ""
     if cluster is not None:
         cluster.joins.close()
         handles = coordinator.workers
-        never_joined = cluster.joins.missing_ranks()
+        if cluster.ray is not None:
+            never_joined = cluster.ray.never_joined(job.store.logs_dir)
+        elif missing := cluster.joins.missing_ranks():
+            never_joined = f"rank(s) {missing} never joined (see {job.store.logs_dir})"
     return _Coordinated(plan, model_path, handles, result, never_joined)
 
 
@@ -351,9 +384,7 @@ def _finish(
     except EngineError:
         view.finished()
         raise
-    if done.never_joined:
-        never = f"rank(s) {done.never_joined} never joined (see {store.logs_dir})"
-        message = "; ".join(m for m in (message, never) if m)
+    message = "; ".join(m for m in (message, done.never_joined) if m)
     out_tokens_run = sum(h.stats["output_tokens"] for h in handles)
     gen_s = result.generation_s if result and result.generation_s else None
     summary = RunSummary(

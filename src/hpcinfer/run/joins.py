@@ -14,6 +14,7 @@ import resource
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener, Pipe
@@ -36,9 +37,17 @@ class Joined:
 
 
 class JoinListener:
-    """Accepts the workers of ranks 1..world_size-1 until closed."""
+    """Accepts the workers of ranks 1..world_size-1 (or of `ranks`: Ray actors, whose
+    coordinator runs none) until closed."""
 
-    def __init__(self, bind_host: str, advertise_host: str, world_size: int, wait_s: float):
+    def __init__(
+        self,
+        bind_host: str,
+        advertise_host: str,
+        world_size: int,
+        wait_s: float,
+        ranks: Iterable[int] | None = None,
+    ):
         _allow_open_files(world_size * 2 + 256)
         self.key = secrets.token_bytes(32)
         self._listener = Listener((bind_host, 0), authkey=self.key, backlog=512)
@@ -46,6 +55,8 @@ class JoinListener:
         self.address = f"{advertise_host}:{port}"
         self._local_address = ("127.0.0.1" if bind_host in ("", "0.0.0.0") else bind_host, port)
         self.world_size = world_size
+        self.ranks = list(range(1, world_size) if ranks is None else ranks)
+        self.gone: set[int] = set()  # ranks known never to join (their actor ended)
         self.deadline = time.monotonic() + wait_s
         self.slots: dict[int, int] = {}  # rank -> workers it said it runs
         self.joined: dict[int, int] = {}  # rank -> workers that joined
@@ -71,15 +82,22 @@ class JoinListener:
         if time.monotonic() > self.deadline:
             return False
         with self._lock:
-            if len(self.slots) < self.world_size - 1:
+            if len(self.slots.keys() | self.gone) < len(self.ranks):
                 return True
-            return any(self.joined.get(r, 0) < n for r, n in self.slots.items())
+            return any(
+                self.joined.get(r, 0) < n for r, n in self.slots.items() if r not in self.gone
+            )
+
+    def give_up(self, rank: int) -> None:
+        """`rank` will never join (or join again): the coordinator stops waiting for it."""
+        with self._lock:
+            self.gone.add(rank)
 
     def missing_ranks(self) -> list[int]:
         with self._lock:
             return [
                 r
-                for r in range(1, self.world_size)
+                for r in self.ranks
                 if r not in self.slots or self.joined.get(r, 0) < self.slots[r]
             ]
 
