@@ -316,6 +316,9 @@ def _connect(cluster: ClusterAddress) -> list[dict[str, Any]]:
         for sig, handler in handlers.items():
             if handler is not None:
                 signal.signal(sig, handler)
+    # Ray prints its raylets' error messages (a killed actor, ...) on this process's stdout,
+    # which holds the --json summary; the job's own message names a lost worker.
+    ray._private.worker._worker_logs_enabled = False
     return list(ray.nodes())
 
 
