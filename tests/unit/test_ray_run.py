@@ -73,6 +73,13 @@ def test_a_worker_count_keeps_the_first_slots_of_every_node() -> None:
     ]  # fmt: skip
 
 
+def test_more_cpu_workers_than_nodes_split_the_nodes_cores() -> None:
+    actors = plan_actors([_node("n1"), _node("n2")], tp=1, use_gpus=False, count=3)
+    assert [(a.index, a.node.host, a.slot, a.node_slots) for a in actors] == [
+        (0, "n1", 0, 2), (1, "n2", 0, 1), (2, "n1", 1, 2),
+    ]  # fmt: skip
+
+
 def test_an_empty_cluster_is_an_error() -> None:
     with pytest.raises(HardwareError, match="no live node"):
         plan_actors([], tp=1, use_gpus=False)

@@ -56,12 +56,9 @@ def start_worker(task: ActorTask) -> Child:
     """The worker process of this actor, bound to device group `slot` of this node."""
     spec = JobSpec.model_validate_json(task.spec_json)
     profile = resolve_profile(spec.workers.profile)
-    if profile.vendor == "cpu":
-        entry = plan_placement(profile, workers=1).placements[0]
-    else:
-        tp, mode = spec.engine.tensor_parallel_size, spec.workers.placement
-        plan = plan_placement(profile, workers=task.node_slots, tp=tp, mode=mode)
-        entry = plan.placements[task.slot]
+    tp, mode = spec.engine.tensor_parallel_size, spec.workers.placement
+    plan = plan_placement(profile, workers=task.node_slots, tp=tp, mode=mode)
+    entry = plan.placements[task.slot]
     engine_vars = engine_vars_for(spec, profile, task.node_slots)
     log = Path(task.log)
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ one actor per `tensor_parallel_size` of them; a cluster without GPUs gets one ac
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,12 +76,14 @@ def plan_actors(
     """One actor per device group of every node: GPU groups of `tp` when `use_gpus` (the
     engine runs on GPUs and the cluster declares them), else one per node. `count`
     (workers.count) keeps the first that many, slot 0 of every node before slot 1 of any,
-    so a smaller job still spreads over the nodes."""
+    so a smaller job still spreads over the nodes; on CPU a larger count puts several
+    actors on a node, splitting its cores between them."""
     if not nodes:
         raise HardwareError("the Ray cluster has no live node; check it with `hpcinfer ray status`")
     per_node: list[list[ActorSlot]] = []
+    cpu_groups = -(-(count or 1) // len(nodes))  # ceil: enough actors per node for count
     for node in nodes:
-        groups = node.gpus // tp if use_gpus else 1
+        groups = node.gpus // tp if use_gpus else cpu_groups
         gpus, cpus = (tp if use_gpus else 0), (1 if node.cpus >= 1 else 0)
         per_node.append([ActorSlot(0, node, s, groups, gpus, cpus) for s in range(groups)])
     if not any(per_node):
@@ -93,6 +96,9 @@ def plan_actors(
     ordered = [slot for group in _round_robin(per_node) for slot in group]
     if count is not None:
         ordered = ordered[:count]
+    if not use_gpus:  # the node's cores are split between the actors it really runs
+        on_node = Counter(a.node.node_id for a in ordered)
+        ordered = [dataclasses.replace(a, node_slots=on_node[a.node.node_id]) for a in ordered]
     return [dataclasses.replace(actor, index=i) for i, actor in enumerate(ordered)]
 
 
