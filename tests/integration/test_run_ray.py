@@ -1,10 +1,10 @@
 """`hpcinfer run --launcher ray` on a real Ray cluster with real actors and the CPU vLLM.
 
-The cluster is one Ray node of this test's own (its own ports and temp dir; stopped by
-its processes, never `ray stop`, which would end every Ray of the user), with two actors
-on it (`--workers 2`): every record exactly once; an actor killed mid-run and the other
-actor finishes the job; hpcinfer killed and no actor or worker is left, and a rerun
-resumes. The module shares one cluster (about 15 s to start).
+The cluster is one node on this machine from `hpcinfer ray up --launcher local` (its own
+ports and temp dir; `hpcinfer ray down` stops only its processes), with two actors on it
+(`--workers 2`): every record exactly once and nothing left; an actor killed mid-run and the
+other finishes the job; hpcinfer killed takes its actors down, and a rerun resumes. The
+module shares one cluster.
 """
 
 from __future__ import annotations
@@ -13,19 +13,14 @@ import contextlib
 import importlib.util
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from hpcinfer.raycluster.cluster_file import RayClusterFile, load_cluster
 from tests.conftest import hpcinfer_cmd, read_rows, require, run_cli, start_cli, write_prompts
 from tests.harness import exited, wait_for
 from tests.processes import children, command_lines, titled
@@ -35,38 +30,27 @@ pytestmark = pytest.mark.integration
 ACTOR_TITLE = "ray::WorkerActor"
 COMMON = ["--max-tokens", "16", "--ignore-eos", "--unit-size", "4", "--max-num-seqs", "4",
           "--kv-cache-bytes", str(256 << 20), "--json"]  # fmt: skip
-CLUSTER_START_S = 180.0
-STOP_GRACE_S = 8.0
+UP_TIMEOUT_S = 240.0
 
 
 @dataclass
-class LocalRay:
-    """A one-node Ray cluster of this module's own."""
+class RayCluster:
+    """A cluster `hpcinfer ray up` started for this module, and its record."""
 
-    proc: subprocess.Popen[str]
-    address: str
     cluster_file: Path
-    temp_dir: Path
+    record: RayClusterFile
 
     def processes(self) -> list[int]:
-        """Every process of the cluster (the raylet's workers, the actors) now."""
-        return _descendants(self.proc.pid)
-
-    def stop(self) -> None:
-        """SIGTERM to every process of this cluster, then SIGKILL to what is left."""
-        pids = [self.proc.pid, *self.processes()]
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S  # Ray's daemons may ignore SIGTERM
-        while _alive(pids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for pid in _alive(pids):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=30)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        """Every process below this cluster's raylets (its Ray workers, the actors) now."""
+        root = self.record.temp_root.encode()
+        raylets = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    cmdline = (proc / "cmdline").read_bytes()
+                    if b"raylet" in cmdline.split(b"\0")[0] and root in cmdline:
+                        raylets.append(int(proc.name))
+        return [pid for raylet in raylets for pid in _descendants(raylet)]
 
 
 def _descendants(pid: int) -> list[int]:
@@ -88,77 +72,31 @@ def _alive(pids: list[int]) -> list[int]:
     return alive
 
 
-def _free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports on 127.0.0.1."""
-    base = 30000 + (os.getpid() % 500) * 40
-    while base < 60000:
-        if all(_port_free(base + i) for i in range(count)):
-            return base
-        base += count
-    raise AssertionError(f"no {count} consecutive free ports")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRay]:
+def ray_cluster(
+    tmp_path_factory: pytest.TempPathFactory, cli_env: dict[str, str]
+) -> Iterator[RayCluster]:
     require("Ray", importlib.util.find_spec("ray") is not None, "pip install 'hpcinfer[ray]'")
-    # a short path: Ray's unix sockets live under the temp dir (108 characters at most)
-    temp_dir = Path(tempfile.mkdtemp(prefix="hpci-ray-", dir="/tmp"))
-    base = _free_ports(64)
-    ports = {
-        "--port": base, "--ray-client-server-port": base + 1, "--dashboard-port": base + 2,
-        "--dashboard-agent-grpc-port": base + 3, "--dashboard-agent-listen-port": base + 4,
-        "--metrics-export-port": base + 5, "--node-manager-port": base + 6,
-        "--object-manager-port": base + 7, "--runtime-env-agent-port": base + 8,
-        "--min-worker-port": base + 16, "--max-worker-port": base + 63,
-    }  # fmt: skip
-    ray = str(Path(sys.executable).parent / "ray")
-    argv = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-            "--temp-dir", str(temp_dir), "--num-cpus", "2", "--include-dashboard=false",
-            "--disable-usage-stats", "--labels", '{"hpcinfer-node": "local"}']  # fmt: skip
-    for flag, port in ports.items():
-        argv += [flag, str(port)]
-    env = dict(os.environ, RAY_agent_register_timeout_ms="120000")
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
+    work = tmp_path_factory.mktemp("ray")
+    cluster_file = work / "cluster.json"
+    up = run_cli(
+        ["ray", "up", "--launcher", "local", "--name", f"run{os.getpid()}", "--cluster-file",
+         str(cluster_file), "--cpus-per-node", "2", "--gpus-per-node", "0",
+         "--ready-timeout", "150s", "--json"],
+        work,
+        # a raylet waits 15 s for its agents by default: too short on a loaded 2-core machine
+        dict(cli_env, RAY_raylet_start_wait_time_s="60"),
+        timeout=UP_TIMEOUT_S,
     )  # fmt: skip
-    address = f"127.0.0.1:{base}"
-    cluster_file = tmp_path_factory.mktemp("ray") / "cluster.json"
-    cluster_file.write_text(json.dumps({"name": "test", "address": address}))
-    cluster = LocalRay(proc, address, cluster_file, temp_dir)
     try:
-        wait_for(
-            lambda: _node_alive(address),
-            CLUSTER_START_S,
-            f"the Ray node at {address}",
-            give_up=lambda: exited(proc),
-            interval=0.5,
-        )
-        yield cluster
+        assert up.returncode == 0, up.stderr[-3000:]
+        yield RayCluster(cluster_file, load_cluster(cluster_file))
     finally:
-        cluster.stop()
+        down = run_cli(["ray", "down", "--cluster-file", str(cluster_file)], work, cli_env, 120)
+        assert down.returncode == 0 or not cluster_file.exists(), down.stderr[-3000:]
 
 
-def _node_alive(address: str) -> bool:
-    from ray._raylet import GcsClient
-
-    try:
-        nodes = GcsClient(address=address).get_all_node_info(timeout=2)
-    except Exception:
-        return False
-    return any(info.state == 0 for info in nodes.values())
-
-
-def _job_processes(cluster: LocalRay, out: Path) -> list[int]:
+def _job_processes(cluster: RayCluster, out: Path) -> list[int]:
     """The job's actors on the cluster, and the worker processes logging into `out`
     (wherever they were re-parented)."""
     actors = titled(cluster.processes(), ACTOR_TITLE)
@@ -172,7 +110,7 @@ def _job_processes(cluster: LocalRay, out: Path) -> list[int]:
     return [*actors, *_alive(workers)]
 
 
-def _assert_nothing_left(cluster: LocalRay, out: Path) -> None:
+def _assert_nothing_left(cluster: RayCluster, out: Path) -> None:
     wait_for(
         lambda: not _job_processes(cluster, out),
         60,
@@ -189,7 +127,7 @@ def _assert_exactly_once(out: Path, count: int) -> None:
     assert sum(len(read_rows(p)) for p in (out / "units").glob("*.jsonl")) == count
 
 
-def _args(cluster: LocalRay, *extra: str) -> list[str]:
+def _args(cluster: RayCluster, *extra: str) -> list[str]:
     return ["run", "prompts.txt", "-o", "out", "--launcher", "ray",
             "--ray-cluster", str(cluster.cluster_file), *COMMON, *extra]  # fmt: skip
 
@@ -202,7 +140,7 @@ def _worker_units(out: Path, worker: int) -> int:
 
 
 def test_two_actors_do_every_record_once_and_leave_nothing(
-    tmp_path: Path, cli_env: dict[str, str], ray_cluster: LocalRay
+    tmp_path: Path, cli_env: dict[str, str], ray_cluster: RayCluster
 ) -> None:
     write_prompts(tmp_path / "prompts.txt", 120)
     done = run_cli(_args(ray_cluster, "--workers", "2"), tmp_path, cli_env, timeout=300)
@@ -210,13 +148,14 @@ def test_two_actors_do_every_record_once_and_leave_nothing(
     summary = json.loads(done.stdout)
     _assert_exactly_once(tmp_path / "out", 120)
     assert sorted(w["worker"] for w in summary["workers"]) == [0, 1]
-    assert {w["host"] for w in summary["workers"]} == {"local"}  # the node's hpcinfer label
+    # the node's name in the allocation, as ray up labelled it
+    assert {w["host"] for w in summary["workers"]} == {ray_cluster.record.nodes[0].host}
     assert sum(w["records"] for w in summary["workers"]) == 120
     _assert_nothing_left(ray_cluster, tmp_path / "out")
 
 
 def test_a_killed_actor_s_units_go_to_the_other(
-    tmp_path: Path, cli_env: dict[str, str], ray_cluster: LocalRay
+    tmp_path: Path, cli_env: dict[str, str], ray_cluster: RayCluster
 ) -> None:
     """Actor 1 is killed once its worker has committed a unit (it holds more: units are
     granted ahead of the engine); Ray does not restart it, its worker dies with it, and the
@@ -242,7 +181,7 @@ def test_a_killed_actor_s_units_go_to_the_other(
     _assert_nothing_left(ray_cluster, out)
 
 
-def _actor_of_worker(cluster: LocalRay, out: Path, worker: int) -> int:
+def _actor_of_worker(cluster: RayCluster, out: Path, worker: int) -> int:
     """The actor process whose child logs to worker-<worker>.log."""
     log = str((out / "logs" / f"worker-{worker}.log").resolve())
     for actor in titled(cluster.processes(), ACTOR_TITLE):
@@ -254,7 +193,7 @@ def _actor_of_worker(cluster: LocalRay, out: Path, worker: int) -> int:
 
 
 def test_killing_hpcinfer_takes_its_actors_down_and_a_rerun_resumes(
-    tmp_path: Path, cli_env: dict[str, str], ray_cluster: LocalRay
+    tmp_path: Path, cli_env: dict[str, str], ray_cluster: RayCluster
 ) -> None:
     write_prompts(tmp_path / "prompts.txt", 160)
     out = tmp_path / "out"

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from hpcinfer.errors import HardwareError, LaunchError, SpecError
+from hpcinfer.errors import HardwareError, InputError, LaunchError, SpecError
 from hpcinfer.outputs.store import OutputStore
+from hpcinfer.raycluster.cluster_file import RayClusterFile, now_text, save_cluster
+from hpcinfer.raycluster.ports import ray_ports
 from hpcinfer.run import ray_job, spawn
 from hpcinfer.run.joins import JoinListener
 from hpcinfer.run.ray_actor import ActorTask, start_worker
@@ -23,7 +25,6 @@ from hpcinfer.run.ray_job import (
     check_ray_installed,
     check_reachable,
     cluster_address,
-    default_cluster_file,
 )
 from hpcinfer.run.ray_placement import RayNode, plan_actors, ray_nodes
 from hpcinfer.run.worker import COORDINATOR_KEY_ENV, WORKER_HELLO_ENV
@@ -106,22 +107,29 @@ def test_live_nodes_by_hpcinfer_label_dead_ones_left_out() -> None:
 # -- which cluster ----------------------------------------------------------------------------
 
 
+def _cluster_file(path: Path, address: str) -> Path:
+    """A cluster file as `hpcinfer ray up` writes it."""
+    record = RayClusterFile(
+        name="x", address=address, head_host="h1", nodes=[], gpus_per_node=0,
+        ports=ray_ports(27000), temp_root="/tmp/x", launcher="local", created_at=now_text(),
+    )  # fmt: skip
+    return save_cluster(record, path)
+
+
 def test_the_cluster_file_gives_the_address(tmp_path: Path) -> None:
-    path = tmp_path / "c.json"
-    path.write_text('{"name": "x", "address": "10.1.2.3:6380"}')
+    path = _cluster_file(tmp_path / "c.json", "10.1.2.3:6380")
     found = cluster_address(str(path), env={"RAY_ADDRESS": "9.9.9.9:1"})
     assert (found.address, found.source, found.host_port) == (
         "10.1.2.3:6380", str(path), ("10.1.2.3", 6380)
     )  # fmt: skip
 
 
-def test_ray_address_then_the_job_s_default_cluster_file(tmp_path: Path) -> None:
+def test_ray_address_then_the_job_s_cluster_file(tmp_path: Path) -> None:
     assert cluster_address(None, env={"RAY_ADDRESS": "10.0.0.1:6379"}).address == "10.0.0.1:6379"
+    _cluster_file(tmp_path / ".hpcinfer" / "ray" / "123.aurora.json", "10.0.0.8:7000")
     env = {"HOME": str(tmp_path), "PBS_JOBID": "123.aurora"}
-    assert default_cluster_file(env) == tmp_path / ".hpcinfer" / "ray" / "123.aurora.json"
-    assert default_cluster_file({"HOME": str(tmp_path)}).name == "local.json"
-    chosen = tmp_path / "mine.json"
-    chosen.write_text('{"address": "10.0.0.9:7000"}')
+    assert cluster_address(None, env=env).address == "10.0.0.8:7000"
+    chosen = _cluster_file(tmp_path / "mine.json", "10.0.0.9:7000")
     # $HPCINFER_RAY_CLUSTER (set by a job script around `ray up`) beats $RAY_ADDRESS
     env = {"HPCINFER_RAY_CLUSTER": str(chosen), "RAY_ADDRESS": "10.0.0.1:6379"}
     assert cluster_address(None, env=env).address == "10.0.0.9:7000"
@@ -130,15 +138,14 @@ def test_ray_address_then_the_job_s_default_cluster_file(tmp_path: Path) -> None
 def test_a_missing_or_broken_cluster_file_names_the_file_and_the_fix(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"no Ray cluster file at .*nope.json.*hpcinfer ray up"):
         cluster_address(str(tmp_path / "nope.json"), env={})
-    with pytest.raises(SpecError, match=r"local.json \(the default cluster file\)"):
+    with pytest.raises(SpecError, match=r"local.json \(this job's cluster file\)"):
         cluster_address(None, env={"HOME": str(tmp_path)})
     bad = tmp_path / "bad.json"
     bad.write_text('{"name": "x"}')
-    with pytest.raises(SpecError, match=r'bad.json has no "address"'):
+    with pytest.raises(InputError, match=r"(?s)bad.json.*address: Field required"):
         cluster_address(str(bad), env={})
-    bad.write_text('{"address": "nohostport"}')
     with pytest.raises(SpecError, match="not HOST:PORT"):
-        _ = cluster_address(str(bad), env={}).host_port
+        _ = ray_job.ClusterAddress("nohostport", "c.json").host_port
 
 
 def test_a_cluster_that_does_not_answer_is_named_at_once() -> None:

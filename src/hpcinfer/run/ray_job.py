@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import logging
 import os
 import signal
@@ -30,13 +29,13 @@ from typing import Any
 from hpcinfer.cluster import HardwareProfile, PlacementPlan
 from hpcinfer.errors import HardwareError, LaunchError, SpecError
 from hpcinfer.outputs.store import OutputStore
+from hpcinfer.raycluster.cluster_file import CLUSTER_FILE_ENV, cluster_path, load_cluster
 from hpcinfer.run.joins import JoinListener
 from hpcinfer.run.ranks import COORDINATOR_HOST_ENV, JOIN_WAIT_S
 from hpcinfer.run.ray_actor import ActorTask, run_worker
 from hpcinfer.run.ray_placement import ActorSlot, plan_actors, ray_nodes
 from hpcinfer.spec import JobSpec
 
-CLUSTER_FILE_ENV = "HPCINFER_RAY_CLUSTER"
 CONNECT_TIMEOUT_S = 5.0
 KILL_WAIT_S = 10.0
 FORWARDED_ENV = ("PYTHONPATH",)
@@ -59,39 +58,20 @@ class ClusterAddress:
         return host, int(port)
 
 
-def default_cluster_file(env: dict[str, str] | None = None) -> Path:
-    """Where `hpcinfer ray up` writes the cluster file: $HPCINFER_RAY_CLUSTER, else
-    ~/.hpcinfer/ray/<job id or "local">.json."""
-    env = dict(os.environ) if env is None else env
-    if env.get(CLUSTER_FILE_ENV):
-        return Path(env[CLUSTER_FILE_ENV])
-    name = env.get("PBS_JOBID") or env.get("SLURM_JOB_ID") or "local"
-    return Path(env.get("HOME", "~")).expanduser() / ".hpcinfer" / "ray" / f"{name}.json"
-
-
 def cluster_address(cluster_file: str | None, env: dict[str, str] | None = None) -> ClusterAddress:
-    """The cluster: `--ray-cluster FILE`, else $RAY_ADDRESS, else the default cluster file."""
+    """The cluster: `--ray-cluster FILE`, else $RAY_ADDRESS, else the cluster file of this
+    job (`$HPCINFER_RAY_CLUSTER`, else ~/.hpcinfer/ray/<job id or local>.json)."""
     env = dict(os.environ) if env is None else env
     if cluster_file is None and env.get("RAY_ADDRESS") and not env.get(CLUSTER_FILE_ENV):
         return ClusterAddress(env["RAY_ADDRESS"], "$RAY_ADDRESS")
-    path = Path(cluster_file) if cluster_file is not None else default_cluster_file(env)
-    how = "--ray-cluster" if cluster_file is not None else "the default cluster file"
-    try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    path = cluster_path(cluster_file, None, env)
+    if not path.is_file():
+        how = "--ray-cluster" if cluster_file is not None else "this job's cluster file"
         raise SpecError(
             f"no Ray cluster file at {path} ({how}): start a cluster with `hpcinfer ray up` "
             "(it writes that file), or name one with --ray-cluster FILE or $RAY_ADDRESS=HOST:PORT"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SpecError(f"the Ray cluster file {path} cannot be read: {exc}") from None
-    address = body.get("address") if isinstance(body, dict) else None
-    if not isinstance(address, str) or not address:
-        raise SpecError(
-            f'the Ray cluster file {path} has no "address" (HOST:PORT of the cluster); '
-            "write it again with `hpcinfer ray up`"
         )
-    return ClusterAddress(address, str(path))
+    return ClusterAddress(load_cluster(path).address, str(path))
 
 
 def check_reachable(cluster: ClusterAddress) -> str:
