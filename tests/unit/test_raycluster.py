@@ -448,13 +448,21 @@ def test_a_node_stop_ends_its_session_and_its_folders_processes_only(tmp_path: P
 
     mine, other = tmp_path / "h1", tmp_path / "h10"
     ignore_term = (
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(60)"
     )
     daemon = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
     )
-    stubborn = subprocess.Popen([sys.executable, "-c", ignore_term, f"--temp-dir={mine}"])
-    neighbour = subprocess.Popen([sys.executable, "-c", ignore_term, f"--temp-dir={other}"])
+    stubborn, neighbour = (
+        subprocess.Popen(
+            [sys.executable, "-c", ignore_term, f"--temp-dir={folder}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for folder in (mine, other)
+    )
+    assert stubborn.stdout and stubborn.stdout.readline() == "ready\n"  # SIGTERM is ignored now
     try:
         write_node_record(mine, daemon.pid, "h1", "job1")
         found = {p.pid for p in node_processes(mine)}

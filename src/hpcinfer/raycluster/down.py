@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,9 @@ from hpcinfer.raycluster.cluster_file import (
 )
 from hpcinfer.raycluster.gcs import tcp_answers
 from hpcinfer.raycluster.launching import (
-    RunningLaunch,
     hpcinfer_argv,
     node_launches,
+    settle,
     start_launches,
 )
 from hpcinfer.raycluster.node_processes import TERM_GRACE_S
@@ -55,16 +54,6 @@ def _node_stop_argv(root: Path) -> object:
     return argv
 
 
-def _wait_all(running: Sequence[RunningLaunch], deadline: float) -> None:
-    while any(r.poll() is None for r in running) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for launch in running:
-        if launch.poll() is None:
-            launch.stop()
-        else:
-            launch.finish()
-
-
 def stop_hosts(
     launcher: str,
     hosts: Sequence[str],
@@ -78,7 +67,7 @@ def stop_hosts(
     naming the hosts where it failed, unless `tolerate` (a failed `up` cleaning up)."""
     launches = node_launches(launcher, hosts, _node_stop_argv(root), env)  # type: ignore[arg-type]
     running = start_launches(launches, log_dir, env, "stop")
-    _wait_all(running, time.monotonic() + STOP_DEADLINE_S)
+    settle(running, STOP_DEADLINE_S)
     stopped: dict[str, int] = {}
     for launch in running:
         for record in launch.records():

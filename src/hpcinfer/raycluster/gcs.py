@@ -76,10 +76,7 @@ def live_nodes(address: str, timeout: float = 5.0, cluster_id: str | None = None
     """Every node the GCS at `address` ("ip:port") knows, alive or dead.
 
     RayClusterError when the GCS does not answer within `timeout` seconds."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise RayClusterError(f"{address!r} is not a GCS address; expected ip:port")
-    if not tcp_answers(host, int(port), timeout):
+    if not tcp_answers(*_split(address), timeout):
         raise RayClusterError(
             f"the Ray head at {address} does not answer (no TCP connection within "
             f"{timeout:g} s): the cluster is down or the address is wrong"
@@ -108,4 +105,6 @@ def cluster_id_of(address: str, timeout: float = 5.0) -> str:
 
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayClusterError(f"{address!r} is not a GCS address; expected ip:port")
     return host, int(port)

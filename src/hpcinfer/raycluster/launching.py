@@ -18,6 +18,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,3 +210,16 @@ def start_launches(
             started.stop()
         raise
     return running
+
+
+def settle(running: Sequence[RunningLaunch], seconds: float) -> None:
+    """Let the launches still running end by themselves for up to `seconds`, then stop
+    the rest; every one is reaped."""
+    deadline = time.monotonic() + seconds
+    while any(launch.poll() is None for launch in running) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for launch in running:
+        if launch.poll() is None:
+            launch.stop()
+        else:
+            launch.finish()

@@ -35,6 +35,7 @@ from hpcinfer.raycluster.launching import (
     RunningLaunch,
     hpcinfer_argv,
     node_launches,
+    settle,
     start_launches,
 )
 from hpcinfer.raycluster.layout import cluster_root, node_temp_dir
@@ -148,19 +149,6 @@ def _start_head(
     return f"{head.records()[0]['address']}:{request.ports.gcs}"
 
 
-def _settle(started: Sequence[RunningLaunch], seconds: float) -> None:
-    """Let node starts still running finish (bounded) before the nodes are stopped: a
-    remote `ray start` whose ssh was killed would go on and start Ray after the stop."""
-    deadline = time.monotonic() + seconds
-    while any(launch.poll() is None for launch in started) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for launch in started:
-        if launch.poll() is None:
-            launch.stop()
-        else:
-            launch.finish()
-
-
 def _take_down(
     request: UpRequest, started: Sequence[RunningLaunch], env: Mapping[str, str], log_dir: Path
 ) -> None:
@@ -168,9 +156,9 @@ def _take_down(
     Ray is stopped; the others are first let finish (a remote `ray start` whose ssh was
     killed would go on and start Ray after the stop)."""
     if not request.blocking:
-        _settle(started, SETTLE_S)
+        settle(started, SETTLE_S)
     stop_hosts(request.launcher, request.hosts, request.temp_root, env, log_dir, tolerate=True)
-    _settle(started, SETTLE_S if request.blocking else 0.0)
+    settle(started, SETTLE_S if request.blocking else 0.0)
 
 
 def _expected(request: UpRequest) -> list[ExpectedNode]:
