@@ -107,6 +107,20 @@ def test_ssh_fanout() -> None:
     ]  # fmt: skip
 
 
+def test_ssh_fanout_with_options() -> None:
+    """An argv prefix (the program and its options) goes before the options ssh_fanout adds;
+    the host and the one remote argument stay last."""
+    req = request(ranks_per_node=1, cpu_bind=None, env={})
+    ssh = ["ssh", "-F", "/a b/ssh_config", "-o", "ConnectTimeout=5"]
+    remote = "exec python -m hpcinfer.run.worker --unit 'a b'"
+    assert ssh_fanout(req, ssh=ssh) == [
+        [*ssh, "-o", "BatchMode=yes", "x1.hsn", remote],
+        [*ssh, "-o", "BatchMode=yes", "x2.hsn", remote],
+    ]
+    with pytest.raises(HardwareError, match="empty"):
+        ssh_fanout(req, ssh=[])
+
+
 def test_local() -> None:
     req = request(nodes=1, ranks_per_node=1, hosts=(), cpu_bind=None)
     assert local(req) == [*ENV_ARGS, *CMD]

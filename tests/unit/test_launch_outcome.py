@@ -92,6 +92,31 @@ def test_run_over_ssh_to_an_unreachable_host_names_it_and_exits_1(
     assert "could not reach down" in ran.err
 
 
+def test_an_unreachable_host_is_named_whatever_options_hpcinfer_ssh_has(
+    tmp_path: Path,
+    fake_ssh: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`HPCINFER_SSH="ssh -F CONFIG"`: the options reach ssh, the host is still found (an
+    option's value is no host), and the command to check the login is the one that failed."""
+    with_options = tmp_path / "ssh-with-options"
+    seen = tmp_path / "argv"
+    with_options.write_text(f'#!/bin/sh\necho "$@" >> {seen}\nshift 2\nexec {fake_ssh} "$@"\n')
+    with_options.chmod(0o755)
+    (tmp_path / "p.txt").write_text("hello\n")
+    (tmp_path / "hosts").write_text("down\n")
+    config = tmp_path / "my config"
+    ssh = f"{with_options} -F '{config}'"
+    ran = InProcessCLI(monkeypatch, capsys, tmp_path)(
+        "run", "p.txt", "--launcher", "ssh", "--hostfile", "hosts", env={"HPCINFER_SSH": ssh}
+    )
+    assert ran.code == ExitCode.FAILED, ran.output
+    assert seen.read_text().startswith(f"-F {config} -o BatchMode=yes down ")
+    assert "could not reach down " in ran.err
+    assert f"`{with_options} -F '{config}' -o BatchMode=yes down true`" in ran.err
+
+
 # A launcher that passes SIGTERM on as mpiexec does: the first asks its rank to finish
 # (the rank writes "drain"), a second aborts it ("abort").
 FAKE_LAUNCHER = """

@@ -200,6 +200,25 @@ def test_ssh_gives_each_host_its_rank_and_quotes_everything(tmp_path: Path) -> N
     assert len(ids) == 1
 
 
+def test_ssh_takes_options_from_hpcinfer_ssh_and_forwards_the_import_path() -> None:
+    """$HPCINFER_SSH is a command line (a program and its options, split as a shell would);
+    a rank on another host imports the same hpcinfer as the launching process."""
+    spec = JobSpec.model_validate({"workers": {"count": 1}})
+    env = {"HPCINFER_SSH": "ssh -F '/cfg dir/ssh_config'", "PYTHONPATH": "/src a:/src b"}
+    cmds = launch_commands(spec, "ssh", ["python", "-m", "hpcinfer"], _alloc("a", "b"), env)
+    for host, cmd in zip(("a", "b"), cmds, strict=True):
+        assert cmd[:6] == ["ssh", "-F", "/cfg dir/ssh_config", "-o", "BatchMode=yes", host]
+        assert "PYTHONPATH=/src a:/src b" in shlex.split(cmd[6])
+    plain = launch_commands(spec, "ssh", ["python"], _alloc("a"), {"HPCINFER_SSH": ""})
+    assert plain[0][:4] == ["ssh", "-o", "BatchMode=yes", "a"]
+
+
+def test_an_unparsable_hpcinfer_ssh_is_named() -> None:
+    spec = JobSpec.model_validate({"workers": {"count": 1}})
+    with pytest.raises(HardwareError, match=r"\$HPCINFER_SSH .*ssh -F /path/to/ssh_config"):
+        launch_commands(spec, "ssh", ["python"], _alloc("a"), {"HPCINFER_SSH": "ssh -F 'x"})
+
+
 def test_ssh_needs_hosts() -> None:
     spec = JobSpec.model_validate({"workers": {"count": 1}})
     with pytest.raises(HardwareError, match="hostfile"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from hpcinfer.errors import HardwareError
@@ -141,14 +141,21 @@ def remote_command(req: LaunchRequest, cwd: str | None = None) -> str:
     return f"cd {shlex.quote(cwd)} && {line}" if cwd else line
 
 
-def ssh_fanout(req: LaunchRequest, ssh: str = "ssh", cwd: str | None = None) -> list[list[str]]:
+def ssh_fanout(
+    req: LaunchRequest, ssh: str | Sequence[str] = "ssh", cwd: str | None = None
+) -> list[list[str]]:
     """One ssh command per host, each starting the command once (as the Aurora vLLM
     server scripts start one server per host).
 
-    ``cwd`` is where the command runs (an ssh session otherwise starts in $HOME); pass the
-    job's directory on the shared file system. ssh starts one process per host and binds
-    nothing, so several ranks per node or cpu_bind need an MPI launcher or srun.
+    ``ssh`` is the program, or an argv prefix with its options (``["ssh", "-F", cfg]``);
+    each command ends with ``HOST REMOTE``. ``cwd`` is where the command runs (an ssh
+    session otherwise starts in $HOME); pass the job's directory on the shared file system.
+    ssh starts one process per host and binds nothing, so several ranks per node or
+    cpu_bind need an MPI launcher or srun.
     """
+    prefix = [ssh] if isinstance(ssh, str) else list(ssh)
+    if not prefix:
+        raise HardwareError("the ssh launcher needs an ssh program; got an empty command")
     if not req.hosts:
         raise HardwareError(
             "the ssh launcher needs the host list; pass hosts (e.g. read_allocation().hosts)"
@@ -163,7 +170,7 @@ def ssh_fanout(req: LaunchRequest, ssh: str = "ssh", cwd: str | None = None) -> 
             "the ssh launcher cannot bind CPUs; drop cpu_bind or use mpich/openmpi/srun"
         )
     remote = remote_command(req, cwd)
-    return [[ssh, "-o", "BatchMode=yes", host, remote] for host in req.hosts]
+    return [[*prefix, "-o", "BatchMode=yes", host, remote] for host in req.hosts]
 
 
 def local(req: LaunchRequest) -> list[str]:

@@ -10,6 +10,7 @@ reached the other ranks would only wait for it, so they are stopped at once.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import time
@@ -97,25 +98,34 @@ def wait_for_ranks(
             time.sleep(_POLL_S)
     done = [int(code or 0) for code in codes]
     if launcher == "ssh":
-        unreachable = [
-            ssh_host(c) for c, code in zip(commands, done, strict=True) if code == SSH_UNREACHABLE
-        ]
-        if unreachable:
-            raise LaunchError(unreachable_message(unreachable, first=done[0] == SSH_UNREACHABLE))
+        failed = [c for c, code in zip(commands, done, strict=True) if code == SSH_UNREACHABLE]
+        if failed:
+            hosts = [ssh_host(c) for c in failed]
+            first = done[0] == SSH_UNREACHABLE
+            raise LaunchError(unreachable_message(hosts, first=first, check=ssh_check(failed[0])))
     return done[0] if done[0] != 0 or all(c == 0 for c in done) else max(done)
 
 
 def ssh_host(command: Sequence[str]) -> str:
-    """The host of one `ssh -o BatchMode=yes HOST REMOTE` launch command."""
+    """The host of one launch command as `ssh_fanout` writes it, `SSH... -o BatchMode=yes
+    HOST REMOTE`: the word before the remote command, whatever options $HPCINFER_SSH put
+    in front (an option's value may look like a host name, so it is never searched for)."""
     return command[-2]
 
 
-def unreachable_message(hosts: Sequence[str], *, first: bool) -> str:
-    """What to tell the user when ssh could not reach `hosts`."""
+def ssh_check(command: Sequence[str]) -> str:
+    """The command a user runs to test the login `command` needs: the same ssh and options,
+    `true` on the same host."""
+    return shlex.join([*command[:-1], "true"])
+
+
+def unreachable_message(hosts: Sequence[str], *, first: bool, check: str | None = None) -> str:
+    """What to tell the user when ssh could not reach `hosts` (`check`: the command that
+    tests the first one's login, default plain ssh)."""
     named = ", ".join(hosts)
     what = "rank 0's host, so no rank ran" if first else "the ranks on the other hosts ran"
     return (
         f"--launcher ssh could not reach {named} (ssh exit {SSH_UNREACHABLE}, its message is "
         f"above; {what}): check the host names in the host file, and that "
-        f"`ssh -o BatchMode=yes {hosts[0]} true` works without a password"
+        f"`{check or f'ssh -o BatchMode=yes {hosts[0]} true'}` works without a password"
     )

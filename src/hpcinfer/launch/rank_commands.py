@@ -9,6 +9,7 @@ host). Used by `hpcinfer run` and `hpcinfer serve` alike; starting the commands 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,8 +33,10 @@ SSH_FORWARDED_ENV = (
     "HF_HUB_OFFLINE",
     "VIRTUAL_ENV",
     "PATH",
+    "PYTHONPATH",  # the rank must import the same hpcinfer as the process that launched it
     "LD_LIBRARY_PATH",
 )
+SSH_ENV = "HPCINFER_SSH"
 
 Runner = Callable[[Sequence[str]], str]
 
@@ -66,6 +69,20 @@ def mpi_flavor(mpiexec: str, runner: Runner = _version_text) -> str:
     if "Open MPI" in text or "OpenRTE" in text or "open-mpi" in text:
         return "openmpi"
     return "mpich"
+
+
+def ssh_command(env: dict[str, str]) -> list[str]:
+    """The ssh argv prefix: $HPCINFER_SSH split as a shell would (a program and its options,
+    e.g. "ssh -F /path/to/ssh_config"; quote a path with spaces), else plain `ssh`."""
+    value = env.get(SSH_ENV, "")
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        raise HardwareError(
+            f"${SSH_ENV} ({value!r}) is not a valid command line ({exc}); write it as in a "
+            'shell, e.g. HPCINFER_SSH="ssh -F /path/to/ssh_config"'
+        ) from None
+    return argv or ["ssh"]
 
 
 def ranks_per_node(spec: JobSpec) -> int:
@@ -106,7 +123,7 @@ def launch_commands(
             req = LaunchRequest(
                 rank_command, nodes=1, ranks_per_node=1, hosts=(host,), env=rank_env
             )
-            commands.extend(ssh_fanout(req, ssh=env.get("HPCINFER_SSH", "ssh"), cwd=os.getcwd()))
+            commands.extend(ssh_fanout(req, ssh=ssh_command(env), cwd=os.getcwd()))
         return commands
     req = LaunchRequest(rank_command, nodes=nodes, ranks_per_node=ranks_per_node(spec), hosts=hosts)
     if launcher == "srun":
