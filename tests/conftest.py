@@ -8,11 +8,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hpcinfer.testing.netns_hosts import SSHD, NetnsHosts, make_hosts
+from tests.apt import apt_install
 from tests.harness import InProcessCLI, exited, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +56,23 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env["HPCINFER_CACHE"] = str(cache)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture(scope="session")
+def test_hosts() -> Iterator[NetnsHosts]:
+    """Three hosts h1 h2 h3 on this machine, made once per session (network namespaces on a
+    link of their own, an sshd in each; see hpcinfer.testing.netns_hosts). Run hpcinfer
+    inside h1, as on the first node of an allocation: `test_hosts.run("h1", argv,
+    env=test_hosts.env(cli_env), cwd=...)` with `--hostfile test_hosts.hostfile`. Removed at
+    the end of the session, whatever the tests did."""
+    require("root", os.geteuid() == 0, "the test hosts need root (network namespaces, sshd)")
+    problem = apt_install(["openssh-server", "iproute2"], [str(SSHD), "ip", "ssh", "ssh-keygen"])
+    require("sshd (openssh-server)", problem is None, problem or "")
+    hosts = make_hosts()
+    try:
+        yield hosts
+    finally:
+        hosts.close()
 
 
 def hpcinfer_cmd(*args: str) -> list[str]:
