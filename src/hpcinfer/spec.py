@@ -263,6 +263,40 @@ class ServeSpec(_Model):
         default_factory=list,
         description="Extra `vllm serve` arguments, e.g. ['--swap-space', '4'].",
     )
+    pipeline_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Pipeline stages per server (vLLM --pipeline-parallel-size); a server "
+        "holds TP x PP x DP devices.",
+    )
+    data_parallel_size: int = Field(
+        1, ge=1, description="Data-parallel engines inside one server (--data-parallel-size)."
+    )
+    expert_parallel: bool = Field(
+        False, description="Experts of a MoE model split over TP x DP (--enable-expert-parallel)."
+    )
+    backend: Literal["mp", "ray"] = Field(
+        "mp",
+        description="How a server spanning nodes runs: 'mp' (vLLM's own --nnodes/--node-rank/"
+        "--headless, one serve rank per node) or 'ray' (--distributed-executor-backend ray on "
+        "the cluster of `hpcinfer ray up`).",
+    )
+    nodes_per_server: int | None = Field(
+        None,
+        ge=1,
+        description="Nodes one server spans; default: TP x PP x DP over the devices of a node "
+        "(on CPU, with several hosts: one rank per node).",
+    )
+    interface: str | None = Field(
+        None,
+        description="Network interface the ranks of a server talk over (VLLM_HOST_IP, "
+        "GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME); default: the host name's address.",
+    )
+    ray_cluster: str | None = Field(
+        None,
+        description="Cluster file of `hpcinfer ray up` (backend ray); default: "
+        "$HPCINFER_RAY_CLUSTER, else ~/.hpcinfer/ray/<job id or local>.json.",
+    )
 
 
 class FomCaseSpec(_Model):

@@ -314,6 +314,60 @@ FLAGS: dict[str, Flag] = {
         _opt(str | None, help="Server logs (default: serve-logs/ beside the registry)."),
         "serve.log_dir",
     ),
+    # -- one server across nodes ---------------------------------------------------------
+    "pp": Flag(
+        _opt(int | None, "--pp", help="Pipeline-parallel stages per server (default 1)."),
+        "serve.pipeline_parallel_size",
+    ),
+    "dp": Flag(
+        _opt(int | None, "--dp", help="Data-parallel engines per server (default 1)."),
+        "serve.data_parallel_size",
+    ),
+    "ep": Flag(
+        _opt(
+            bool | None,
+            "--ep/--no-ep",
+            help="Expert parallelism: a MoE model's experts split over TP x DP.",
+        ),
+        "serve.expert_parallel",
+    ),
+    "backend": Flag(
+        _opt(
+            str | None,
+            metavar="mp|ray",
+            help="How a server spanning nodes runs: mp (vLLM's own multi-node mode, one serve "
+            "rank per node through --launcher; default) or ray (on the cluster of `hpcinfer "
+            "ray up`).",
+        ),
+        "serve.backend",
+    ),
+    "nodes_per_server": Flag(
+        _opt(
+            int | None,
+            min=1,
+            help="Nodes one server spans (default: TP x PP x DP over a node's devices; on "
+            "CPU with several hosts, one rank per node).",
+        ),
+        "serve.nodes_per_server",
+    ),
+    "interface": Flag(
+        _opt(
+            str | None,
+            metavar="IF",
+            help="Network interface the nodes of a server talk over (VLLM_HOST_IP, "
+            "GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME; default: the host name's address).",
+        ),
+        "serve.interface",
+    ),
+    "ray_cluster": Flag(
+        _opt(
+            str | None,
+            metavar="FILE",
+            help="Cluster file of `hpcinfer ray up` (default: $HPCINFER_RAY_CLUSTER, else "
+            "~/.hpcinfer/ray/<job id or local>.json).",
+        ),
+        "serve.ray_cluster",
+    ),
     # -- batch jobs ----------------------------------------------------------------------
     "nodes": Flag(_opt(int | None, min=1, help="Nodes to request."), "job.nodes"),
     "walltime": Flag(
@@ -405,6 +459,8 @@ WORKERS = ("workers", "placement", "unit_size", "max_inflight", "launcher", "ray
 CLIENT = ("engine", "endpoints", "url", "api_key_env", "servers")
 SERVER = ("servers", "host", "port", "endpoints", "api_key_env", "ready_timeout", "log_dir",
           "launcher", "hostfile", "time_limit")  # fmt: skip
+SPAN = ("pp", "dp", "ep", "backend", "nodes_per_server", "interface", "ray_cluster")
+"""`serve`'s flags for a server spanning nodes."""
 JOB = ("nodes", "walltime", "account", "queue", "resubmit", "ray", "ray_gpus_per_node",
        "ray_interface")  # fmt: skip
 OUTPUT_MODE = ("quiet", "json_out")

@@ -46,7 +46,7 @@ def build_serve_spec(
     return load_job_spec(spec_file, (), fields, sets, cwd)
 
 
-SERVE_FLAGS = (*flags.ENGINE, *flags.SERVER, "registry", *flags.COMMON)
+SERVE_FLAGS = (*flags.ENGINE, *flags.SERVER, *flags.SPAN, "registry", *flags.COMMON)
 _REGISTRY_ALIAS = flags.Flag(
     Annotated[str | None, typer.Option("--registry", hidden=True, help="Old name of --endpoints.")]
 )

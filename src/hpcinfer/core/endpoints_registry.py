@@ -53,9 +53,19 @@ class Endpoint:
     rank: int = 0
     startup: dict[str, float | None] | None = None
     """Once ready: its start-up phases (core.startup_phases.StartupPhases as a dict)."""
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    """A server spanning nodes: every node it spans, in node-rank order ({node, address,
+    node_rank, rank, devices}); `node` and `devices` above are then its first node's and
+    every node's ("node:device"). Empty for a server on one node."""
+    verified: dict[str, Any] | None = None
+    """Once verified: the temperature-0 completion it gave ({prompt, text, latency_s})."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def spans_nodes(self) -> bool:
+        return len(self.nodes) > 1
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> Endpoint:

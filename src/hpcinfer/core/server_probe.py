@@ -1,4 +1,5 @@
-"""Is an OpenAI-compatible server up, and what does it serve? `/health` and `/v1/models`, once.
+"""Is an OpenAI-compatible server up, and what does it serve? `/health` and `/v1/models`, once;
+and does it answer? (one short completion at temperature 0 with a fixed seed).
 
 Used by serve's readiness wait and health monitor, `hpcinfer endpoints`, the serving
 benchmark (blocking, plain `urllib`) and the dispatcher (async, on its aiohttp session).
@@ -130,6 +131,55 @@ def check_server(
     if model and models and model not in models:
         return Check(False, error=f"serves {', '.join(models)}, not {model}", models=models)
     return Check(True, latency_s=time.monotonic() - started, models=models)
+
+
+VERIFY_PROMPT = "The capital of France is"
+VERIFY_TOKENS = 4
+VERIFY_SEED = 0
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A completion asked of a just-ready server: its text (the same for the same model and
+    prompt wherever it runs: temperature 0, fixed seed) or why there was none."""
+
+    ok: bool
+    text: str = ""
+    latency_s: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        latency = None if self.latency_s is None else round(self.latency_s, 3)
+        return {"prompt": VERIFY_PROMPT, "text": self.text, "latency_s": latency}
+
+
+def verify_completion(
+    base_url: str, model: str, timeout_s: float, api_key: str | None = None
+) -> Verification:
+    """POST one completion of VERIFY_TOKENS tokens at temperature 0 with VERIFY_SEED: a
+    server whose ranks cannot talk fails here, though /health answers."""
+    body = {
+        "model": model,
+        "prompt": VERIFY_PROMPT,
+        "max_tokens": VERIFY_TOKENS,
+        "temperature": 0,
+        "seed": VERIFY_SEED,
+    }
+    url = base_url + "/v1/completions"
+    request = urllib.request.Request(url, json.dumps(body).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    started = time.monotonic()
+    try:
+        with _OPENER.open(request, timeout=timeout_s) as response:
+            answer = json.loads(response.read(MAX_BODY_BYTES))
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return Verification(False, error=f"verification request: {failure_reason(exc)}")
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not choices or not isinstance(choices[0], dict) or not choices[0].get("text"):
+        return Verification(False, error=f"verification request: no text in {str(answer)[:200]}")
+    return Verification(True, str(choices[0]["text"]), time.monotonic() - started)
 
 
 def check_servers(

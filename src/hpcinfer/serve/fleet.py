@@ -25,10 +25,10 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from hpcinfer.core.endpoints_registry import (
     DEAD,
@@ -42,13 +42,14 @@ from hpcinfer.core.endpoints_registry import (
     now_iso,
     write_registry,
 )
+from hpcinfer.core.server_probe import verify_completion
 from hpcinfer.core.startup_phases import server_startup
 from hpcinfer.errors import SpecError
 from hpcinfer.logtail import log_tail
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.monitor import INTERVAL_S, watch_health
 from hpcinfer.serve.process import ServerProcess, stop_all
-from hpcinfer.serve.readiness import await_ready
+from hpcinfer.serve.readiness import Watched, await_ready
 
 STOP_GRACE_S = 30.0
 FAILED_SERVER_GRACE_S = 10.0
@@ -68,6 +69,39 @@ class ServerLaunch:
     devices: tuple[str, ...] = ()
     cores: frozenset[int] | None = None
     rank: int = 0
+    nodes: tuple[dict[str, Any], ...] = ()  # a server spanning nodes: each node it spans
+    peers: Callable[[], str | None] | None = field(default=None, compare=False)
+    """A server spanning nodes: why its other nodes' ranks cannot serve (None while they
+    run); checked with the process, so a dead headless rank fails or kills the server."""
+    verify: bool = False  # end readiness with a temperature-0 completion
+
+
+class _WithPeers:
+    """The server process as readiness and the monitor see it: alive only while its peers
+    on other nodes are too."""
+
+    def __init__(self, process: ServerProcess, peers: Callable[[], str | None]) -> None:
+        self._process = process
+        self._peers = peers
+        self._why: str | None = None
+
+    def alive(self) -> bool:
+        if not self._process.alive():
+            return False
+        self._why = self._why or self._peers()
+        return self._why is None
+
+    def exit_text(self) -> str:
+        """Its peers' failure first (a server may die of it, after it): that is the cause."""
+        why = self._why or self._peers()
+        if why is None:
+            return self._process.exit_text()
+        if self._process.alive():
+            return why
+        return f"{why}; then the server {self._process.exit_text()}"
+
+
+VERIFY_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +160,7 @@ class Fleet:
                     devices=list(launch.devices),
                     log=str(launch.log),
                     rank=launch.rank,
+                    nodes=[dict(n) for n in launch.nodes],
                 ),
             )
             for launch in launches
@@ -285,8 +320,9 @@ class Fleet:
         server.thread.start()
 
     def _watch(self, server: _Server) -> None:
-        process = server.process
-        assert process is not None
+        assert server.process is not None
+        peers = server.launch.peers
+        process: Watched = server.process if peers is None else _WithPeers(server.process, peers)
         result = await_ready(
             process,
             server.launch.url,
@@ -297,11 +333,14 @@ class Fleet:
         )
         if self._closing.is_set():
             return
-        if not result.ready:
+        error = result.error if not result.ready else self._verify(server)
+        if self._closing.is_set():
+            return
+        if error is not None:
             with self._lock:
-                self._transition(server, FAILED, result.error)
+                self._transition(server, FAILED, error)
             # A server that never came up still holds its devices (or left an EngineCore).
-            stop_all([process], FAILED_SERVER_GRACE_S)
+            stop_all([server.process], FAILED_SERVER_GRACE_S)
             return
         phases = server_startup(server.launch.log, time.monotonic() - server.started)
         with self._lock:
@@ -317,9 +356,23 @@ class Fleet:
             with self._lock:
                 self._transition(server, state, why)
             if state == DEAD:
-                process.reap_group()  # its EngineCore may outlive it
+                assert server.process is not None
+                server.process.reap_group()  # its EngineCore (or its peers' work) may outlive it
 
         watch_health(process, server.launch.url, on_state, self._closing, self._interval_s)
+
+    def _verify(self, server: _Server) -> str | None:
+        """The verification request of a ready server that asks for one: None when it
+        answered (the answer goes into its registry entry), else why not."""
+        if not server.launch.verify:
+            return None
+        left = max(1.0, min(VERIFY_TIMEOUT_S, server.deadline - time.monotonic()))
+        check = verify_completion(server.launch.url, server.launch.model, left, self._api_key)
+        if not check.ok:
+            return f"{check.error} (it answered /health and /v1/models)"
+        with self._lock:
+            server.endpoint.verified = check.as_dict()
+        return None
 
     def _transition(
         self, server: _Server, state: str, why: str | None, force: bool = False
@@ -347,4 +400,6 @@ class Fleet:
 
 
 def _copy(entry: Endpoint) -> Endpoint:
-    return dataclasses.replace(entry, devices=list(entry.devices))
+    return dataclasses.replace(
+        entry, devices=list(entry.devices), nodes=[dict(n) for n in entry.nodes]
+    )

@@ -11,11 +11,15 @@ servers.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
+from hpcinfer.cluster import resolve_profile
 from hpcinfer.cluster.allocation import read_allocation
 from hpcinfer.core.stop import StopSignal
 from hpcinfer.launch.outcome import launch_self
+from hpcinfer.launch.rank_env import LAUNCH_ID_ENV
+from hpcinfer.serve.layout import check_allocation, plan_layout
 from hpcinfer.serve.plan import check_reachable
 from hpcinfer.serve.server_argv import api_key
 from hpcinfer.spec import JobSpec
@@ -37,6 +41,14 @@ def launch_serve_ranks(
     """Start one serve rank per node of the allocation, wait, return the worst exit code. A
     stop request reaches every rank through its launcher, and each stops its servers."""
     allocation = read_allocation(hostfile=hostfile)
-    check_reachable(spec.serve.host, allocation.source != "local" and len(allocation.hosts) > 1)
+    hosts = allocation.hosts if allocation.source != "local" else allocation.hosts[:1]
+    check_reachable(spec.serve.host, len(hosts) > 1)
     api_key(spec.serve, os.environ)  # fail here, not once per rank
+    # A layout that cannot be placed fails here, before any rank starts.
+    layout = plan_layout(spec, resolve_profile(spec.workers.profile), len(hosts))
+    check_allocation(layout, hosts)
+    # The ranks of one server tell this launch's files from an earlier one's by this id
+    # (the ssh launcher sets its own; mpiexec and srun pass the environment on).
+    os.environ.setdefault(LAUNCH_ID_ENV, uuid.uuid4().hex)
     return launch_self(one_rank_per_node(spec), launcher, argv, allocation, stop)
+

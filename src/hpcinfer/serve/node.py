@@ -19,15 +19,19 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from hpcinfer.cluster import resolve_profile
 from hpcinfer.cluster.allocation import RankInfo, remaining_walltime_s, short_hostname
 from hpcinfer.core.endpoints_registry import DEAD, FAILED, READY, STOPPED, Endpoint, part_path
 from hpcinfer.core.stop import StopSignal
 from hpcinfer.core.time_limits import effective_time_limit
+from hpcinfer.errors import SpecError
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.fleet import Fleet
+from hpcinfer.serve.layout import nodes_of, plan_layout
 from hpcinfer.serve.parts import PartsMerger
 from hpcinfer.serve.plan import plan_fleet
 from hpcinfer.serve.report import EventPrinter, endpoints_table, wide_console
+from hpcinfer.serve.span_node import plan_span_leader, run_follower, span_rank
 from hpcinfer.spec import JobSpec
 
 TICK_S = 0.5
@@ -74,10 +78,16 @@ def serve_node(spec: JobSpec, options: ServeOptions, rank: RankInfo | None = Non
     node = short_hostname(socket.gethostname())
     write_to = part_path(registry, node, rank.rank) if multi and rank else registry
     printer = EventPrinter(quiet=options.quiet)
-    fleet = plan_fleet(spec, options.cwd, registry, rank, write_to=write_to, on_event=printer)
+    if spec.serve.backend == "ray":
+        raise SpecError("--backend ray is not available yet: use --backend mp")
+    planned = _plan_mp(spec, options, registry, rank, write_to, printer)
+    if isinstance(planned, str):  # a node that runs no API server, done
+        return ServeOutcome(registry, [], planned)
+    fleet, servers = planned
     merger = None
     if multi and rank is not None and rank.rank == 0:
-        merger = PartsMerger(registry, rank.world_size)
+        # Parts come from the ranks that run API servers: every rank, or each server's first.
+        merger = PartsMerger(registry, servers)
         merger.remove_stale(started_at)
     limit, source = effective_time_limit(
         spec, remaining_walltime_s() if spec.time_limit is None else None
@@ -100,6 +110,36 @@ def serve_node(spec: JobSpec, options: ServeOptions, rank: RankInfo | None = Non
     stopped = sum(1 for e in fleet.endpoints if e.state == STOPPED)
     printer.print(f"stopped {stopped} server(s); registry {registry}")
     return ServeOutcome(registry, fleet.endpoints, loop.reason)
+
+
+def _plan_mp(
+    spec: JobSpec,
+    options: ServeOptions,
+    registry: Path,
+    rank: RankInfo | None,
+    write_to: Path,
+    printer: EventPrinter,
+) -> tuple[Fleet, int] | str:
+    """This rank's fleet and how many ranks run API servers; or, on a node of a server
+    spanning nodes after its first, the headless rank run to its end (why it ended)."""
+    layout = plan_layout(spec, resolve_profile(spec.workers.profile), nodes_of(rank))
+    parts = rank.world_size // layout.nodes if rank else 1
+    seat = span_rank(spec, layout, rank) if layout.spans_nodes else None
+    if seat is None:
+        fleet = plan_fleet(spec, options.cwd, registry, rank, write_to=write_to, on_event=printer)
+        return fleet, parts
+    if seat.node_rank > 0:
+        reason = run_follower(spec, options.cwd, registry, seat, options.stop, printer.print)
+        printer.print(f"server {seat.server} node rank {seat.node_rank}: {reason}; stopped")
+        return reason
+    printer.print(
+        f"server {seat.server}: {layout.describe()}, this node ({seat.node}, "
+        f"{seat.network.address}) is node rank 0"
+    )
+    fleet = plan_span_leader(
+        spec, options.cwd, registry, seat, options.stop, write_to=write_to, on_event=printer
+    )
+    return fleet, parts
 
 
 @dataclass

@@ -25,6 +25,7 @@ from hpcinfer.cluster.allocation import RankInfo, short_hostname
 from hpcinfer.core.models import resolve_model
 from hpcinfer.errors import SpecError
 from hpcinfer.serve.fleet import EventSink, Fleet, ServerLaunch
+from hpcinfer.serve.layout import plan_layout
 from hpcinfer.serve.ports import server_ports
 from hpcinfer.serve.server_argv import ServerArgs, api_key, server_argv, server_env
 from hpcinfer.spec import JobSpec
@@ -72,9 +73,17 @@ class NodeShare:
 
 
 def node_share(spec: JobSpec, rank: RankInfo | None) -> NodeShare:
-    """Place the node's servers and take this rank's slice of them."""
+    """Place the node's servers and take this rank's slice of them: each server on TP x PP
+    x DP devices (on CPU, cores split between those ranks)."""
     profile = resolve_profile(spec.workers.profile)
-    tp, mode = spec.engine.tensor_parallel_size, spec.workers.placement
+    layout = plan_layout(spec, profile, hosts=1)  # this node's servers (`serve` decides spans)
+    if layout.spans_nodes:
+        raise SpecError(
+            f"each server spans {layout.nodes} nodes ({layout.describe()}): start such servers "
+            "with `hpcinfer serve --launcher mpi|srun|ssh` and send work to them with "
+            "--engine openai --endpoints FILE"
+        )
+    tp, mode = layout.world, spec.workers.placement
     local_rank, local_size = (rank.local_rank, rank.local_size) if rank else (0, 1)
     per_rank = spec.serve.servers
     if per_rank is None and profile.is_cpu:
@@ -135,7 +144,13 @@ def plan_fleet(
         if port.note:
             notes.append(f"server {index}: {port.note}")
         args = ServerArgs(
-            model_path, model_name, serve.host, port.port, on_cpu, share.servers_on_node
+            model_path,
+            model_name,
+            serve.host,
+            port.port,
+            on_cpu,
+            share.servers_on_node,
+            ranks_on_node=share.placement.tp,
         )
         cores = cpu_affinity(placement.group)
         launches.append(

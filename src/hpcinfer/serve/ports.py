@@ -82,3 +82,13 @@ def server_ports(
             f"{base + stride - 1}, beyond {MAX_PORT}; pass a lower --port"
         )
     return [choose_port(host, first + i, stride, in_use) for i in range(servers)]
+
+
+def free_port(host: str) -> int:
+    """A port free on `host` now, chosen by the kernel (for vLLM's master port: any will do,
+    and it must not be one the servers take)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind(("" if host in ("0.0.0.0", "::") else host, 0))
+        port: int = sock.getsockname()[1]
+    return port

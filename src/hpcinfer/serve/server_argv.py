@@ -2,9 +2,10 @@
 
 The server starts as `python -m vllm.entrypoints.openai.api_server` with this interpreter
 (the `vllm` console script of the CPU build is broken, and a module path works for every
-build). The argv is a list handed to `exec`, never to a shell, so nothing is quoted; the
-API key travels in the environment (`VLLM_API_KEY`) because a command line is visible to
-every user of the node (`ps`).
+build); a server spanning nodes as `python -m hpcinfer.serve.vllm_cli` (vLLM's `vllm serve`,
+whose `--headless` mode the nodes after the first one need). The argv is a list handed to
+`exec`, never to a shell, so nothing is quoted; the API key travels in the environment
+(`VLLM_API_KEY`) because a command line is visible to every user of the node (`ps`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hpcinfer.engines.lora_adapters import server_lora_flags
 from hpcinfer.spec import EngineSpec, ServeSpec
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+SPAN_MODULE = "hpcinfer.serve.vllm_cli"
 API_KEY_VAR = "VLLM_API_KEY"
 
 
@@ -36,6 +38,23 @@ class ServerArgs:
     port: int
     on_cpu: bool
     servers_on_node: int = 1
+    ranks_on_node: int | None = None
+    """This server's ranks (devices) on this node; default: its tensor-parallel size."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where one node's rank sits in a server spanning nodes (vLLM's multi-node flags)."""
+
+    nodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    dp_rpc_port: int | None = None  # data parallel across nodes: the engines' handshake port
+
+    @property
+    def headless(self) -> bool:
+        return self.node_rank > 0
 
 
 def flag(name: str) -> str:
@@ -65,7 +84,9 @@ def extra_flags(extra: Mapping[str, Any]) -> list[str]:
     return argv
 
 
-def memory_flags(engine: EngineSpec, on_cpu: bool, servers_on_node: int) -> list[str]:
+def memory_flags(
+    engine: EngineSpec, on_cpu: bool, servers_on_node: int, ranks_on_node: int | None = None
+) -> list[str]:
     """KV-cache size: exact bytes, else the share asked for, else 0.3 of RAM split between
     the node's engine processes on CPU."""
     if engine.kv_cache_bytes is not None:
@@ -73,26 +94,71 @@ def memory_flags(engine: EngineSpec, on_cpu: bool, servers_on_node: int) -> list
     if engine.memory_share is not None:
         return ["--gpu-memory-utilization", str(engine.memory_share)]
     if on_cpu:
-        share = cpu_kv_cache_share(servers_on_node, engine.tensor_parallel_size)
+        ranks = ranks_on_node if ranks_on_node is not None else engine.tensor_parallel_size
+        share = cpu_kv_cache_share(servers_on_node, ranks)
         return ["--gpu-memory-utilization", str(share)]
     return []
 
 
+def parallel_flags(serve: ServeSpec) -> list[str]:
+    """Pipeline, data and expert parallelism, where asked for (TP is always given)."""
+    argv: list[str] = []
+    if serve.pipeline_parallel_size > 1:
+        argv += ["--pipeline-parallel-size", str(serve.pipeline_parallel_size)]
+    if serve.data_parallel_size > 1:
+        argv += ["--data-parallel-size", str(serve.data_parallel_size)]
+    if serve.expert_parallel:
+        argv.append("--enable-expert-parallel")
+    return argv
+
+
+def span_flags(span: Span, data_parallel: bool) -> list[str]:
+    """vLLM's own multi-node mode: every node runs `vllm serve` with the same flags and its
+    node rank; the first one serves the API, the others are `--headless` engine workers.
+    The executor backend is named (vLLM picks Ray by itself where Ray is initialised)."""
+    argv = ["--nnodes", str(span.nodes), "--node-rank", str(span.node_rank)]
+    argv += ["--master-addr", span.master_addr, "--master-port", str(span.master_port)]
+    argv += ["--distributed-executor-backend", "mp"]
+    if data_parallel:
+        argv += ["--data-parallel-address", span.master_addr]
+        if span.dp_rpc_port is not None:
+            argv += ["--data-parallel-rpc-port", str(span.dp_rpc_port)]
+    if span.headless:
+        argv.append("--headless")
+    return argv
+
+
+RAY_FLAGS = ("--distributed-executor-backend", "ray")
+"""Named explicitly: since vLLM 0.11.1 a multi-node Ray server does not pick Ray by itself."""
+
+
 def server_argv(
-    args: ServerArgs, engine: EngineSpec, serve: ServeSpec, python: str = sys.executable
+    args: ServerArgs,
+    engine: EngineSpec,
+    serve: ServeSpec,
+    python: str = sys.executable,
+    span: Span | None = None,
 ) -> list[str]:
     """The full argv: fixed flags from the spec, then engine.extra, then serve.args (last, so
-    a user's flag wins where vLLM takes the last occurrence)."""
-    argv = [python, "-m", SERVER_MODULE, "--model", args.model_path]
+    a user's flag wins where vLLM takes the last occurrence). `span`: this node's rank of a
+    server spanning nodes with the mp backend; serve.backend 'ray' names Ray's executor."""
+    module = SPAN_MODULE if span is not None or serve.backend == "ray" else SERVER_MODULE
+    argv = [python, "-m", module, "--model", args.model_path]
     argv += ["--served-model-name", args.model_name]
-    argv += ["--host", args.host, "--port", str(args.port)]
+    if span is None or not span.headless:
+        argv += ["--host", args.host, "--port", str(args.port)]
     argv += ["--tensor-parallel-size", str(engine.tensor_parallel_size)]
+    argv += parallel_flags(serve)
+    if span is not None:
+        argv += span_flags(span, serve.data_parallel_size > 1)
+    elif serve.backend == "ray":
+        argv += RAY_FLAGS
     argv += ["--dtype", engine.dtype, "--seed", "0"]
     if engine.max_model_len is not None:
         argv += ["--max-model-len", str(engine.max_model_len)]
     if engine.max_num_seqs is not None:
         argv += ["--max-num-seqs", str(engine.max_num_seqs)]
-    argv += memory_flags(engine, args.on_cpu, args.servers_on_node)
+    argv += memory_flags(engine, args.on_cpu, args.servers_on_node, args.ranks_on_node)
     eager = engine.enforce_eager if engine.enforce_eager is not None else args.on_cpu
     if eager:
         argv.append("--enforce-eager")
