@@ -290,7 +290,8 @@ class ServeSpec(_Model):
     interface: str | None = Field(
         None,
         description="Network interface the ranks of a server talk over (VLLM_HOST_IP, "
-        "GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME); default: the host name's address.",
+        "GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME); default: the hardware profile's "
+        "network_interface, else the host name's address.",
     )
     ray_cluster: str | None = Field(
         None,

@@ -355,7 +355,8 @@ FLAGS: dict[str, Flag] = {
             str | None,
             metavar="IF",
             help="Network interface the nodes of a server talk over (VLLM_HOST_IP, "
-            "GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME; default: the host name's address).",
+            "GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME; default: the hardware profile's, else "
+            "the host name's address).",
         ),
         "serve.interface",
     ),

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcinfer.cluster.allocation import read_rank
+from hpcinfer.cluster.interfaces import node_network
 from hpcinfer.errors import HardwareError, RayClusterError
-from hpcinfer.raycluster.address import node_address
 from hpcinfer.raycluster.fingerprint import node_fingerprint, node_labels
 from hpcinfer.raycluster.layout import node_temp_dir
 from hpcinfer.raycluster.node_processes import (
@@ -107,7 +107,7 @@ def node_start(request: NodeStartRequest, host: str, rank: int, env: Mapping[str
             f"{host}: Ray of cluster {request.cluster!r} already runs in {temp_dir}; take it "
             f"down first: hpcinfer ray down --name {request.cluster}"
         )
-    address = node_address(request.interface)
+    address = node_network(request.interface).address
     busy = busy_ports(address, request.ports)
     if busy:
         raise RayClusterError(

@@ -95,7 +95,9 @@ def span_rank(spec: JobSpec, layout: ServerLayout, rank: RankInfo | None) -> Spa
         server=server,
         node_rank=node_rank,
         node=short_hostname(socket.gethostname()),
-        network=node_network(spec.serve.interface),
+        network=node_network(
+            spec.serve.interface or resolve_profile(spec.workers.profile).network_interface
+        ),
         started_at=time.time(),
         launch=files.launch_id(),
     )
