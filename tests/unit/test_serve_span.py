@@ -317,3 +317,82 @@ def test_four_nodes_at_two_per_server_are_two_servers_each_led_by_its_first_node
         span_node.span_rank(spec, layout, RankInfo(0, 0, 4, 2, "mpich"))
     with pytest.raises(SpecError, match=r"3 serve ranks .* do not make whole servers of 2"):
         span_node.span_rank(spec, layout, RankInfo(0, 0, 3, 1, "mpich"))
+
+
+def test_the_live_clusters_node_list_names_what_a_ray_layout_lacks() -> None:
+    from types import SimpleNamespace
+
+    from hpcinfer.serve.ray_backend import missing_resources
+
+    layout = ServerLayout(8, 2, 1, False, nodes=2, backend="ray")
+    groups = [("h1", "h2"), ("h3", "h4")]
+
+    def node(host: str, gpus: float, alive: bool = True) -> SimpleNamespace:
+        return SimpleNamespace(host=host, gpus=gpus, alive=alive)
+
+    full = [node(h, 8) for h in ("h1", "h2", "h3", "h4")]
+    assert missing_resources(layout, groups, full) is None
+    short = [node("h1", 8), node("h2", 4), node("h3", 8, alive=False)]
+    why = missing_resources(layout, groups, short)
+    assert why == (
+        "2 servers of TP=8 x PP=2 x DP=1 over 2 nodes (8 ranks per node) each need 16 GPUs in "
+        "2 nodes of 8; the cluster has h2 with 4, h3 dead, h4 not joined"
+    )
+    one = missing_resources(layout, groups[:1], [node("h1", 8), node("h2", 4)])
+    assert one is not None and one.endswith(
+        "needs 16 GPUs in 2 nodes of 8; the cluster has h2 with 4"
+    )
+
+
+def ray_cluster_file(tmp_path: Path, first_address: str, gpus: int = 4) -> Any:
+    from hpcinfer.raycluster.cluster_file import RayClusterFile, RayNodeRecord
+    from hpcinfer.raycluster.ports import ray_ports
+
+    nodes = [
+        RayNodeRecord(host=h, address=a, gpus=gpus, cpus=8, temp_dir=str(tmp_path / h))
+        for h, a in (("h1", first_address), ("h2", "10.9.9.2"))
+    ]
+    return RayClusterFile(
+        name="c1", address=f"{first_address}:26000", head_host="h1", nodes=nodes,
+        gpus_per_node=gpus, ports=ray_ports(26000), temp_root=str(tmp_path), launcher="ssh",
+        created_at="2026-12-05T10:00:00+00:00",
+    )  # fmt: skip
+
+
+def test_a_ray_server_runs_vllm_with_the_ray_backend_on_its_first_node(tmp_path: Path) -> None:
+    from hpcinfer.serve.ray_backend import plan_ray_server, ray_layout
+
+    here = node_network(None).address
+    cluster = ray_cluster_file(tmp_path, here)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    spec = JobSpec.model_validate(
+        {
+            "model": str(model),
+            "engine": {"tensor_parallel_size": 4},
+            "serve": {"backend": "ray", "pipeline_parallel_size": 2, "host": "0.0.0.0"},
+        }
+    )
+    layout, groups = ray_layout(spec, cluster)
+    assert (layout.nodes, layout.ranks_per_node, groups) == (2, 4, [("h1", "h2")])
+    registry = tmp_path / "endpoints.json"
+    fleet = plan_ray_server(spec, tmp_path, registry, cluster, layout, 0, write_to=registry)
+    (launch,) = fleet.launches
+    argv = launch.argv
+    assert argv[argv.index("--distributed-executor-backend") + 1] == "ray"
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "4"
+    assert argv[argv.index("--pipeline-parallel-size") + 1] == "2"
+    assert "--nnodes" not in argv and "--headless" not in argv
+    assert launch.env["RAY_ADDRESS"] == cluster.address
+    assert launch.env["VLLM_HOST_IP"] == here
+    assert launch.url.startswith(f"http://{here}:")
+    assert [n["node"] for n in launch.nodes] == ["h1", "h2"]
+    assert [n["address"] for n in launch.nodes] == [here, "10.9.9.2"]
+    assert launch.devices[:1] == ("h1:gpu0",) and len(launch.devices) == 8 and launch.verify
+    elsewhere = ray_cluster_file(tmp_path, "10.9.9.1")
+    with pytest.raises(SpecError, match=r"runs on its first node, h1 \(10\.9\.9\.1\)"):
+        plan_ray_server(spec, tmp_path, registry, elsewhere, layout, 0, write_to=registry)
+    with pytest.raises(SpecError, match="declares no GPUs"):
+        ray_layout(spec, ray_cluster_file(tmp_path, here, gpus=0))
+

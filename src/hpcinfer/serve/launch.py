@@ -17,6 +17,7 @@ from pathlib import Path
 from hpcinfer.cluster import resolve_profile
 from hpcinfer.cluster.allocation import read_allocation
 from hpcinfer.core.stop import StopSignal
+from hpcinfer.errors import SpecError
 from hpcinfer.launch.outcome import launch_self
 from hpcinfer.launch.rank_env import LAUNCH_ID_ENV
 from hpcinfer.serve.layout import check_allocation, plan_layout
@@ -45,10 +46,28 @@ def launch_serve_ranks(
     check_reachable(spec.serve.host, len(hosts) > 1)
     api_key(spec.serve, os.environ)  # fail here, not once per rank
     # A layout that cannot be placed fails here, before any rank starts.
-    layout = plan_layout(spec, resolve_profile(spec.workers.profile), len(hosts))
-    check_allocation(layout, hosts)
+    if spec.serve.backend == "ray":
+        check_ray_layout(spec, hosts)
+    else:
+        layout = plan_layout(spec, resolve_profile(spec.workers.profile), len(hosts))
+        check_allocation(layout, hosts)
     # The ranks of one server tell this launch's files from an earlier one's by this id
     # (the ssh launcher sets its own; mpiexec and srun pass the environment on).
     os.environ.setdefault(LAUNCH_ID_ENV, uuid.uuid4().hex)
     return launch_self(one_rank_per_node(spec), launcher, argv, allocation, stop)
 
+
+def check_ray_layout(spec: JobSpec, hosts: tuple[str, ...]) -> None:
+    """Backend ray: the ranks go to the cluster's nodes, and the live cluster can place the
+    servers (checked once here, for all of them, before any rank starts)."""
+    from hpcinfer.serve import ray_backend
+
+    cluster = ray_backend.load_ray_cluster(spec)
+    layout, groups = ray_backend.ray_layout(spec, cluster)
+    if list(hosts) != cluster.hosts:
+        raise SpecError(
+            f"the allocation's nodes ({', '.join(hosts)}) are not the Ray cluster's "
+            f"({', '.join(cluster.hosts)}): pass the --hostfile the cluster was brought up "
+            "with, or the --ray-cluster of this allocation"
+        )
+    ray_backend.check_placement(cluster, layout, groups)

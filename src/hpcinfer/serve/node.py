@@ -24,7 +24,6 @@ from hpcinfer.cluster.allocation import RankInfo, remaining_walltime_s, short_ho
 from hpcinfer.core.endpoints_registry import DEAD, FAILED, READY, STOPPED, Endpoint, part_path
 from hpcinfer.core.stop import StopSignal
 from hpcinfer.core.time_limits import effective_time_limit
-from hpcinfer.errors import SpecError
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.fleet import Fleet
 from hpcinfer.serve.layout import nodes_of, plan_layout
@@ -79,8 +78,9 @@ def serve_node(spec: JobSpec, options: ServeOptions, rank: RankInfo | None = Non
     write_to = part_path(registry, node, rank.rank) if multi and rank else registry
     printer = EventPrinter(quiet=options.quiet)
     if spec.serve.backend == "ray":
-        raise SpecError("--backend ray is not available yet: use --backend mp")
-    planned = _plan_mp(spec, options, registry, rank, write_to, printer)
+        planned = _plan_ray(spec, options, registry, rank, write_to, printer)
+    else:
+        planned = _plan_mp(spec, options, registry, rank, write_to, printer)
     if isinstance(planned, str):  # a node that runs no API server, done
         return ServeOutcome(registry, [], planned)
     fleet, servers = planned
@@ -140,6 +140,43 @@ def _plan_mp(
         spec, options.cwd, registry, seat, options.stop, write_to=write_to, on_event=printer
     )
     return fleet, parts
+
+
+def _plan_ray(
+    spec: JobSpec,
+    options: ServeOptions,
+    registry: Path,
+    rank: RankInfo | None,
+    write_to: Path,
+    printer: EventPrinter,
+) -> tuple[Fleet, int] | str:
+    """Backend ray: the first node of each server runs its API process (Ray's driver); the
+    others run nothing (Ray places their ranks). Without ranks the placement is checked here
+    (a launch checks it before starting the ranks)."""
+    from hpcinfer.serve import ray_backend
+
+    cluster = ray_backend.load_ray_cluster(spec)
+    layout, groups = ray_backend.ray_layout(spec, cluster)
+    server, node_rank = ray_backend.ray_seat(layout, groups, rank)
+    if rank is None:
+        ray_backend.check_placement(cluster, layout, groups)
+    if node_rank > 0:
+        reason = f"server {server} node rank {node_rank}: Ray places this node's ranks"
+        printer.print(reason)
+        return reason
+    printer.print(f"server {server}: {layout.describe()} on the Ray cluster {cluster.name}")
+    fleet = ray_backend.plan_ray_server(
+        spec,
+        options.cwd,
+        registry,
+        cluster,
+        layout,
+        server,
+        rank=rank.rank if rank else 0,
+        write_to=write_to,
+        on_event=printer,
+    )
+    return fleet, len(groups)
 
 
 @dataclass
