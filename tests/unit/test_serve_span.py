@@ -396,3 +396,28 @@ def test_a_ray_server_runs_vllm_with_the_ray_backend_on_its_first_node(tmp_path:
     with pytest.raises(SpecError, match="declares no GPUs"):
         ray_layout(spec, ray_cluster_file(tmp_path, here, gpus=0))
 
+
+def test_a_stop_reaches_every_rank_through_the_stop_file_before_the_launchers(
+    tmp_path: Path,
+) -> None:
+    from hpcinfer.core.stop import StopSignal
+    from hpcinfer.serve.stop_file import relay_to_ranks, requested, stop_path, watch_for_stop
+
+    registry = tmp_path / "endpoints.json"
+    stop_path(registry).write_text("an-earlier-launch\n")
+    rank_stop, other_stop = StopSignal(), StopSignal()
+    watching = [
+        watch_for_stop(registry, "L1", rank_stop),
+        watch_for_stop(registry, "L0", other_stop),
+    ]
+    stop = StopSignal()
+    with relay_to_ranks(registry, "L1", stop, grace_s=1.0) as launchers:
+        assert not requested(registry, "L1")
+        stop.drain("SIGTERM")
+        wait_for(lambda: rank_stop.requested, 10, "the rank told through the stop file")
+        assert not launchers.requested  # the ranks get their grace period first
+        assert not other_stop.requested  # another launch's ranks are not stopped
+        wait_for(lambda: launchers.requested, 10, "the launchers signalled after the grace")
+    assert not stop_path(registry).exists()
+    for event in watching:
+        event.set()

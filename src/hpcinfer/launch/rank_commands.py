@@ -109,7 +109,7 @@ def launch_commands(
             raise HardwareError(
                 "--launcher ssh needs hosts: run inside a PBS or Slurm job, or pass --hostfile"
             )
-        launch_id = uuid.uuid4().hex
+        launch_id = env.get(LAUNCH_ID_ENV) or uuid.uuid4().hex  # the caller's, if it chose one
         forwarded = {k: env[k] for k in SSH_FORWARDED_ENV if env.get(k)}
         commands = []
         for rank, host in enumerate(hosts):

@@ -3,9 +3,9 @@
 The ranks run this very command line and find themselves in the launcher's rank variables,
 exactly as when the user runs `mpiexec -ppn 1 hpcinfer serve --launcher mpi` (see
 `hpcinfer.launch.rank_commands`, whose launch commands this reuses with one rank per node).
-A stop request (the CLI feeds it from SIGTERM or SIGINT) is passed on to the launcher as
-SIGTERM, which passes it to the ranks (MPICH's Hydra and srun do), and each rank stops its
-servers.
+A stop request (the CLI feeds it from SIGTERM or SIGINT) reaches every rank through a stop
+file beside the registry (`stop_file`: an ssh client would not pass a signal on), and the
+launchers as SIGTERM only if the ranks have not ended after a grace period.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from hpcinfer.errors import SpecError
 from hpcinfer.launch.outcome import launch_self
 from hpcinfer.launch.rank_env import LAUNCH_ID_ENV
 from hpcinfer.serve.layout import check_allocation, plan_layout
+from hpcinfer.serve.node import registry_path
 from hpcinfer.serve.plan import check_reachable
 from hpcinfer.serve.server_argv import api_key
+from hpcinfer.serve.stop_file import relay_to_ranks
 from hpcinfer.spec import JobSpec
 
 
@@ -51,10 +53,13 @@ def launch_serve_ranks(
     else:
         layout = plan_layout(spec, resolve_profile(spec.workers.profile), len(hosts))
         check_allocation(layout, hosts)
-    # The ranks of one server tell this launch's files from an earlier one's by this id
-    # (the ssh launcher sets its own; mpiexec and srun pass the environment on).
-    os.environ.setdefault(LAUNCH_ID_ENV, uuid.uuid4().hex)
-    return launch_self(one_rank_per_node(spec), launcher, argv, allocation, stop)
+    # The ranks tell this launch's files (rendezvous, stop request) from an earlier one's by
+    # this id: the ssh launcher passes it to each rank, mpiexec and srun pass the environment.
+    launch = uuid.uuid4().hex
+    os.environ[LAUNCH_ID_ENV] = launch
+    registry = registry_path(spec, Path.cwd())
+    with relay_to_ranks(registry, launch, stop or StopSignal()) as launchers:
+        return launch_self(one_rank_per_node(spec), launcher, argv, allocation, launchers)
 
 
 def check_ray_layout(spec: JobSpec, hosts: tuple[str, ...]) -> None:

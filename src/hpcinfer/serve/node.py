@@ -9,6 +9,7 @@ ServeError when no server became ready, or every server died; SpecError for a ba
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -24,6 +25,7 @@ from hpcinfer.cluster.allocation import RankInfo, remaining_walltime_s, short_ho
 from hpcinfer.core.endpoints_registry import DEAD, FAILED, READY, STOPPED, Endpoint, part_path
 from hpcinfer.core.stop import StopSignal
 from hpcinfer.core.time_limits import effective_time_limit
+from hpcinfer.launch.rank_env import LAUNCH_ID_ENV
 from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.fleet import Fleet
 from hpcinfer.serve.layout import nodes_of, plan_layout
@@ -31,6 +33,7 @@ from hpcinfer.serve.parts import PartsMerger
 from hpcinfer.serve.plan import plan_fleet
 from hpcinfer.serve.report import EventPrinter, endpoints_table, wide_console
 from hpcinfer.serve.span_node import plan_span_leader, run_follower, span_rank
+from hpcinfer.serve.stop_file import watch_for_stop
 from hpcinfer.spec import JobSpec
 
 TICK_S = 0.5
@@ -70,9 +73,22 @@ def registry_path(spec: JobSpec, cwd: Path) -> Path:
 
 
 def serve_node(spec: JobSpec, options: ServeOptions, rank: RankInfo | None = None) -> ServeOutcome:
-    """Serve until a stop request or the deadline; see the module docstring."""
-    started_at = time.time()
+    """Serve until a stop request or the deadline; see the module docstring. A rank that
+    `hpcinfer serve --launcher ...` started also stops on its launch's stop file."""
     registry = registry_path(spec, options.cwd)
+    launch = os.environ.get(LAUNCH_ID_ENV) if rank is not None else None
+    watching = watch_for_stop(registry, launch, options.stop) if launch else None
+    try:
+        return _serve_node(spec, options, registry, rank)
+    finally:
+        if watching is not None:
+            watching.set()
+
+
+def _serve_node(
+    spec: JobSpec, options: ServeOptions, registry: Path, rank: RankInfo | None
+) -> ServeOutcome:
+    started_at = time.time()
     multi = rank is not None and rank.world_size > 1
     node = short_hostname(socket.gethostname())
     write_to = part_path(registry, node, rank.rank) if multi and rank else registry

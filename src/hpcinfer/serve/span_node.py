@@ -257,7 +257,9 @@ def plan_span_leader(
     )
     write_to.unlink(missing_ok=True)  # an earlier launch's state must not reach the others
     files.write_rendezvous(registry, rendezvous)
-    members = await_members(registry, seat, time.monotonic() + serve.ready_timeout_s, stop)
+    began = time.monotonic()
+    members = await_members(registry, seat, began + serve.ready_timeout_s, stop)
+    ready_left = max(1.0, serve.ready_timeout_s - (time.monotonic() - began))  # one bound
     argv, child_env, plan = _argv_and_env(spec, cwd, seat, rendezvous, port.port, env, key)
     group = plan.placements[0].group
     mine = [f"{seat.node}:{label}" for label in group.labels]
@@ -309,7 +311,7 @@ def plan_span_leader(
         [launch],
         write_to,
         api_key=key,
-        ready_timeout_s=serve.ready_timeout_s,
+        ready_timeout_s=ready_left,
         on_event=on_event,
         notes=notes,
     )
