@@ -293,11 +293,6 @@ class ServeSpec(_Model):
         "GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME); default: the hardware profile's "
         "network_interface, else the host name's address.",
     )
-    ray_cluster: str | None = Field(
-        None,
-        description="Cluster file of `hpcinfer ray up` (backend ray); default: "
-        "$HPCINFER_RAY_CLUSTER, else ~/.hpcinfer/ray/<job id or local>.json.",
-    )
 
 
 class FomCaseSpec(_Model):

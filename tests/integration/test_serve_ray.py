@@ -63,8 +63,14 @@ def _has_ray() -> bool:
 
 
 def _spec(tp: int, pp: int, path: Path | None = None) -> JobSpec:
-    serve = {"backend": "ray", "pipeline_parallel_size": pp, "ray_cluster": str(path or "")}
-    return JobSpec.model_validate({"engine": {"tensor_parallel_size": tp}, "serve": serve})
+    serve = {"backend": "ray", "pipeline_parallel_size": pp}
+    return JobSpec.model_validate(
+        {
+            "engine": {"tensor_parallel_size": tp},
+            "serve": serve,
+            "workers": {"ray_cluster": str(path) if path else None},
+        }
+    )
 
 
 def _file(cluster: RayClusterFile, tmp_path: Path, **changes: object) -> Path:

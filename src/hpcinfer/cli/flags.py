@@ -236,8 +236,8 @@ FLAGS: dict[str, Flag] = {
         _opt(
             str | None,
             metavar="FILE",
-            help="With --launcher ray: the cluster file of `hpcinfer ray up` (default: "
-            "$RAY_ADDRESS, else this job's cluster file).",
+            help="With --launcher ray (run) or --backend ray (serve): the cluster file of "
+            "`hpcinfer ray up` (default: $RAY_ADDRESS for run, else this job's cluster file).",
         ),
         "workers.ray_cluster",
     ),
@@ -359,15 +359,6 @@ FLAGS: dict[str, Flag] = {
             "the host name's address).",
         ),
         "serve.interface",
-    ),
-    "ray_cluster": Flag(
-        _opt(
-            str | None,
-            metavar="FILE",
-            help="Cluster file of `hpcinfer ray up` (default: $HPCINFER_RAY_CLUSTER, else "
-            "~/.hpcinfer/ray/<job id or local>.json).",
-        ),
-        "serve.ray_cluster",
     ),
     # -- batch jobs ----------------------------------------------------------------------
     "nodes": Flag(_opt(int | None, min=1, help="Nodes to request."), "job.nodes"),

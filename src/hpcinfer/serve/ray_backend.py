@@ -47,7 +47,7 @@ GCS_TIMEOUT_S = 5.0
 def load_ray_cluster(spec: JobSpec) -> RayClusterFile:
     from hpcinfer.raycluster.cluster_file import load_cluster
 
-    return load_cluster(spec.serve.ray_cluster)
+    return load_cluster(spec.workers.ray_cluster)
 
 
 def ray_layout(
