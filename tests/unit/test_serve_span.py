@@ -421,3 +421,18 @@ def test_a_stop_reaches_every_rank_through_the_stop_file_before_the_launchers(
     assert not stop_path(registry).exists()
     for event in watching:
         event.set()
+
+
+def test_ray_servers_take_their_first_nodes_rank_and_need_ranks_when_several() -> None:
+    from hpcinfer.cluster.allocation import RankInfo
+    from hpcinfer.serve.ray_backend import ray_seat
+
+    layout = ServerLayout(8, 2, 1, False, nodes=2, backend="ray")
+    two = [("h1", "h2"), ("h3", "h4")]
+    assert ray_seat(layout, two[:1], None) == (0, 0)  # one server: its driver runs here
+    with pytest.raises(SpecError, match=r"2 servers .* pass --launcher ssh\|mpi\|srun"):
+        ray_seat(layout, two, None)
+    seats = [ray_seat(layout, two, RankInfo(r, 0, 4, 1, "hpcinfer")) for r in range(4)]
+    assert seats == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    with pytest.raises(SpecError, match="3 serve ranks"):
+        ray_seat(layout, two, RankInfo(0, 0, 3, 1, "hpcinfer"))
