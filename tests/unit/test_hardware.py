@@ -12,7 +12,7 @@ from hpcinfer.cluster.detect import PROFILE_ENV, detect_local, resolve_profile
 from hpcinfer.cluster.hardware import HardwareProfile, list_profiles, load_profile
 from hpcinfer.errors import HardwareError
 
-SHIPPED = ["arc-a770", "aurora", "cpu", "perlmutter", "polaris"]
+SHIPPED = ["arc-a770", "aurora", "cpu", "perlmutter", "polaris", "ryzen-ai-max-395"]
 
 NVIDIA_SMI_4 = """\
 GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-11111111-2222-3333-4444-555555555555)

@@ -95,6 +95,11 @@ def device_env(profile: HardwareProfile, group: DeviceGroup, tp: int) -> Binding
         raise HardwareError(f"TP must be at least 1, got {tp}")
     if not group.devices:
         raise HardwareError("cannot bind a worker to an empty device group")
+    if not profile.has_vllm_backend:
+        raise HardwareError(
+            f"profile {profile.name}: its devices are NPUs ({profile.accelerator or 'NPU'}) and "
+            "vLLM has no NPU backend; use profile cpu to run on the node's cores"
+        )
     return BINDERS[profile.vendor](profile, group, tp)
 
 

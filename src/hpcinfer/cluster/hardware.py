@@ -56,7 +56,12 @@ class HardwareProfile(BaseModel):
     name: str
     description: str = ""
     vendor: Literal["intel", "nvidia", "amd", "cpu"]
-    gpus_per_node: int = Field(default=0, ge=0)
+    device_type: Literal["gpu", "npu"] = Field(
+        default="gpu",
+        description="What the vendor's devices are: npu for neural processing units (AMD "
+        "XDNA), which vLLM has no backend for, so run and serve refuse to place work on them.",
+    )
+    gpus_per_node: int = Field(default=0, ge=0, description="Devices per node (GPUs or NPUs).")
     tiles_per_gpu: int = Field(default=1, ge=1)
     flat_hierarchy: bool = False
     cores_per_node: int | None = Field(default=None, ge=1)
@@ -89,9 +94,16 @@ class HardwareProfile(BaseModel):
                 raise ValueError("a cpu profile has no tiles; drop tiles_per_gpu")
         elif self.gpus_per_node < 1:
             raise ValueError(f"a {self.vendor} profile needs gpus_per_node >= 1")
+        if self.device_type == "npu" and self.vendor == "cpu":
+            raise ValueError("device_type npu needs the NPU's vendor (e.g. amd), not cpu")
         if self.flat_hierarchy and self.vendor != "intel":
             raise ValueError("flat_hierarchy is an Intel Level Zero setting; only vendor intel")
         return self
+
+    @property
+    def has_vllm_backend(self) -> bool:
+        """False for NPUs: no vLLM backend drives them (the CPU build runs on the cores)."""
+        return self.device_type != "npu"
 
     @property
     def is_cpu(self) -> bool:
