@@ -21,7 +21,7 @@ PACKAGE = "hpcinfer"
 # lives in core.binding_env).
 CORE_MUST_NOT_IMPORT = (
     "run", "serve", "bench", "submit", "stage", "report", "cli", "engines", "cluster", "api",
-    "profile", "raycluster",
+    "profile", "raycluster", "provision",
 )  # fmt: skip
 # The spec layer: the JobSpec and its sections, read by every command and adapter.
 SPEC_LAYER = ("spec", "job_script_spec", "script_values")
@@ -30,7 +30,9 @@ PEERS_OF_RUN = ("serve", "bench")
 # The adapters and data (engines, cluster, launch, inputs, outputs) stand below every command
 # package: a dispatcher engine reads the endpoints registry from core, not from serve.
 ADAPTERS = ("engines", "cluster", "launch", "inputs", "outputs")
-COMMANDS = ("run", "serve", "bench", "submit", "stage", "report", "cli", "api", "raycluster")
+COMMANDS = (
+    "run", "serve", "bench", "submit", "stage", "report", "cli", "api", "raycluster", "provision",
+)  # fmt: skip
 
 
 def _module_name(path: Path) -> str:
@@ -229,6 +231,23 @@ def test_traces_imports_only_core_and_errors() -> None:
     ]
     assert any(_in(m, "traces") for m in GRAPH), "the traces package is missing"
     assert not found, "hpcinfer.traces imports above core/errors:\n" + "\n".join(found)
+
+
+# Provisioning renders files from a cluster file: it reads hardware profiles (cluster), writes
+# atomically (outputs) and stands on core and errors; it starts no engine, server or run.
+PROVISION_MAY_IMPORT = ("provision", "cluster", "outputs", "core", "errors")
+
+
+def test_provision_imports_only_profiles_outputs_core_and_errors() -> None:
+    found = [
+        f"{module} imports {target}"
+        for module, targets in sorted(GRAPH.items())
+        if _in(module, "provision")
+        for target in sorted(targets)
+        if not any(_in(target, p) for p in PROVISION_MAY_IMPORT)
+    ]
+    assert any(_in(m, "provision") for m in GRAPH), "the provision package is missing"
+    assert not found, "hpcinfer.provision imports a layer it must not:\n" + "\n".join(found)
 
 
 def test_a_cycle_is_found_and_named() -> None:

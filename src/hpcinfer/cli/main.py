@@ -262,6 +262,7 @@ def _register_commands() -> None:
     """Commands that live in their own modules (each imports nothing heavy at module level)."""
     from hpcinfer.cli import (
         bench_cmds,
+        cluster_cmds,
         profile_cmds,
         ray_cmds,
         serve_cmds,
@@ -275,6 +276,7 @@ def _register_commands() -> None:
     bench_cmds.register(app)
     profile_cmds.register(app)
     ray_cmds.register(app)
+    cluster_cmds.register(app)
 
 
 _register_commands()
