@@ -1,5 +1,6 @@
 """Stand-ins for vLLM servers in the serve unit tests: a real HTTP server (in a thread, or a
-process started like a server) answering /health and /v1/models the way vLLM does."""
+process started like a server) answering /health and /v1/models the way vLLM does (the
+process one also a temperature-0 completion, for the verification request)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
+
+import pytest
 
 from hpcinfer.serve.fleet import ServerLaunch
 from tests.harness import free_port
@@ -140,3 +143,11 @@ def http_server(model: str = "m", key: str | None = None) -> Iterator[tuple[str,
     handler = type("Handler", (_Handler,), {"model": model, "key": key, "seen_auth": seen})
     with serving(handler) as url:
         yield url, seen
+
+
+def outside_any_rank(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `hpcinfer serve` typed at a shell in `cwd`: no launcher's rank variables set (the
+    command then launches the ranks itself)."""
+    monkeypatch.chdir(cwd)
+    for name in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "HPCINFER_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)

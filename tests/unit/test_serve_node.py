@@ -33,7 +33,7 @@ from hpcinfer.serve.node import ServeOptions, ServingDocument, serve_node
 from hpcinfer.serve.parts import PartsMerger
 from hpcinfer.spec import JobSpec
 from tests.harness import wait_for
-from tests.unit.serve_fakes import fake_launch
+from tests.unit.serve_fakes import fake_launch, outside_any_rank
 from tests.unit.test_serve_endpoints import run_main
 
 
@@ -243,9 +243,7 @@ def test_cli_refuses_an_unset_key_variable_before_starting_anything(
 def test_cli_refuses_loopback_across_hosts_before_launching(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    for name in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "HPCINFER_RANK", "SLURM_PROCID"):
-        monkeypatch.delenv(name, raising=False)
+    outside_any_rank(tmp_path, monkeypatch)
     (tmp_path / "hosts").write_text("node1\nnode2\n")
     code, out = run_main(["serve", "--launcher", "ssh", "--hostfile", "hosts"], monkeypatch, capsys)
     assert code == 2

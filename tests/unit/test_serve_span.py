@@ -23,7 +23,7 @@ from hpcinfer.serve.server_argv import SPAN_MODULE, ServerArgs, Span, server_arg
 from hpcinfer.serve.span_node import PeerWatch, SpanRank, network_env
 from hpcinfer.spec import EngineSpec, JobSpec, ServeSpec
 from tests.harness import wait_for
-from tests.unit.serve_fakes import fake_launch
+from tests.unit.serve_fakes import fake_launch, outside_any_rank
 from tests.unit.test_serve_endpoints import run_main
 
 GPU8 = HardwareProfile(name="gpu8", vendor="nvidia", gpus_per_node=8)
@@ -250,9 +250,7 @@ def test_a_peer_that_fails_fails_a_starting_server_and_kills_a_serving_one(
 def test_cli_refuses_a_spanning_server_without_ranks_or_with_a_partial_allocation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    for name in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "HPCINFER_RANK", "SLURM_PROCID"):
-        monkeypatch.delenv(name, raising=False)
+    outside_any_rank(tmp_path, monkeypatch)
     (tmp_path / "cpu.yaml").write_text(
         "name: c2\nvendor: cpu\ngpus_per_node: 0\ncores_per_node: 2\n"
     )
