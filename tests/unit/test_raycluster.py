@@ -24,7 +24,7 @@ from hpcinfer.raycluster.cluster_file import (
     save_cluster,
 )
 from hpcinfer.raycluster.gcs import LiveNode
-from hpcinfer.raycluster.launching import RECORD_PREFIX, node_launches, ssh_program
+from hpcinfer.raycluster.launching import RECORD_PREFIX, node_launches
 from hpcinfer.raycluster.layout import SOCKET_PATH_MAX, cluster_root, node_temp_dir
 from hpcinfer.raycluster.node import which_host
 from hpcinfer.raycluster.node_processes import names_dir, write_node_record
@@ -362,10 +362,6 @@ def test_ssh_runs_one_command_per_host_with_the_configured_ssh() -> None:
     assert not any(fp.FINGERPRINT_ENV in word for word in remote)  # each node's own
     assert remote[-4:] == ["--offset", "0", "--host", "h2"]
     assert shlex.split(launches[1].argv[-1])[-4:] == ["--offset", "1", "--host", "h3"]
-
-
-def test_the_ssh_program_defaults_to_ssh() -> None:
-    assert ssh_program({}) == ["ssh"]
 
 
 def test_local_runs_on_this_machine_only() -> None:

@@ -1,6 +1,6 @@
 """Running one node command on a set of hosts through the existing launchers.
 
-ssh: one command per host (hpcinfer's fan-out, `$HPCINFER_SSH` may hold options such as
+ssh: one command per host (hpcinfer's fan-out; `$HPCINFER_SSH` may hold options such as
 `ssh -F config`); mpi and srun: one launch over all the hosts, one rank per node, each
 node finding its host by its rank; local: the command on this machine (one host). Every
 launch is a `core.processes` child (own group, guard, parent-death signal), its output in
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -26,16 +25,21 @@ from pathlib import Path
 from hpcinfer.core.processes import Child, spawn, start_process
 from hpcinfer.errors import HardwareError, RayClusterError
 from hpcinfer.launch.commands import LaunchRequest, mpiexec_mpich, mpiexec_openmpi, srun, ssh_fanout
-from hpcinfer.launch.rank_commands import SSH_FORWARDED_ENV, find_mpiexec, mpi_flavor
+from hpcinfer.launch.rank_commands import (
+    SSH_FORWARDED_ENV,
+    find_mpiexec,
+    mpi_flavor,
+    ssh_command,
+)
 
 RECORD_PREFIX = "hpcinfer-ray-node:"
 LAUNCHERS = ("ssh", "mpi", "srun", "local")
 BLOCKING_LAUNCHERS = ("mpi", "srun")
 """Launchers whose node commands must stay for the cluster's life: Slurm ends a step's
 processes with the step (and an MPI launcher's may do the same), Ray's daemons included."""
-FORWARDED_ENV = (*SSH_FORWARDED_ENV, "PYTHONPATH")
-"""What an ssh node command gets from here (a remote login shell lacks it); never
-$HPCINFER_RAY_FINGERPRINT, which is each node's own."""
+FORWARDED_ENV = SSH_FORWARDED_ENV
+"""What an ssh node command gets from here (a remote login shell lacks it, PYTHONPATH
+included); never $HPCINFER_RAY_FINGERPRINT, which is each node's own."""
 STOP_GRACE_S = 5.0
 SSH_UNREACHABLE = 255
 
@@ -56,12 +60,6 @@ class NodeLaunch:
     argv: list[str]
 
 
-def ssh_program(env: Mapping[str, str]) -> list[str]:
-    """`$HPCINFER_SSH` split like a shell would (`ssh -F /path/config`), default `ssh`."""
-    words = shlex.split(env.get("HPCINFER_SSH", "") or "ssh")
-    return words or ["ssh"]
-
-
 def node_launches(
     launcher: str,
     hosts: Sequence[str],
@@ -74,14 +72,14 @@ def node_launches(
         return []
     if launcher == "ssh":
         forwarded = {k: env[k] for k in FORWARDED_ENV if env.get(k)}
-        ssh = ssh_program(env)
+        ssh = ssh_command(dict(env))
         launches = []
         for offset, host in enumerate(hosts):
             req = LaunchRequest(
                 node_argv([host], offset), nodes=1, ranks_per_node=1, hosts=(host,), env=forwarded
             )
-            command = ssh_fanout(req, ssh="ssh", cwd=cwd or os.getcwd())[0]
-            launches.append(NodeLaunch((host,), [*ssh, *command[1:]]))
+            command = ssh_fanout(req, ssh=ssh, cwd=cwd or os.getcwd())[0]
+            launches.append(NodeLaunch((host,), command))
         return launches
     if launcher == "local":
         if len(hosts) != 1:
