@@ -114,6 +114,7 @@ def _kill_leftovers(hosts: NetnsHosts, root: Path) -> None:
     """After a failed test: nothing of ours may outlive the module (then the test fails)."""
     for line in _ray_processes(hosts, root):
         os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -295,10 +296,14 @@ def test_under_mpi_each_node_command_holds_until_down(tmp_path: Path) -> None:
         assert down.returncode == 0, down.stderr
         wait_for(lambda: not held(), 30, "the held node command to end after down")
         assert [p for p in _pids() if str(root) in _command(p)] == []
-        assert not cluster_file.exists()
-    finally:
+        assert not cluster_file.exists() and not root.exists()
+    finally:  # a failed check: down stops the node's renamed daemons too, then kill the rest
+        if cluster_file.exists():
+            down_argv = [*argv[:4], "down", "--cluster-file", str(cluster_file)]
+            subprocess.run(down_argv, capture_output=True, timeout=120)
         for pid in [*held(), *(p for p in _pids() if str(root) in _command(p))]:
             os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _pids() -> list[int]:
