@@ -26,7 +26,7 @@ from hpcinfer.run.ray_job import (
     check_reachable,
     cluster_address,
 )
-from hpcinfer.run.ray_placement import RayNode, plan_actors, ray_nodes
+from hpcinfer.run.ray_placement import RayNode, plan_actors, ray_nodes, slot_of_gpus
 from hpcinfer.run.worker import COORDINATOR_KEY_ENV, WORKER_HELLO_ENV
 from hpcinfer.spec import JobSpec
 from tests.harness import InProcessCLI, wait_for
@@ -79,6 +79,16 @@ def test_more_cpu_workers_than_nodes_split_the_nodes_cores() -> None:
     assert [(a.index, a.node.host, a.slot, a.node_slots) for a in actors] == [
         (0, "n1", 0, 2), (1, "n2", 0, 1), (2, "n1", 1, 2),
     ]  # fmt: skip
+
+
+def test_the_worker_binds_to_the_gpus_ray_gave_its_actor() -> None:
+    assert slot_of_gpus([2, 3], tp=2, node_slots=2, planned=0) == 1
+    assert slot_of_gpus(["1"], tp=1, node_slots=4, planned=0) == 1
+    # not one group of the plan (a cluster shared with other work): the planned slot
+    assert slot_of_gpus([1, 2], tp=2, node_slots=2, planned=0) == 0
+    assert slot_of_gpus([6, 7], tp=2, node_slots=2, planned=1) == 1
+    assert slot_of_gpus([], tp=1, node_slots=1, planned=0) == 0
+    assert slot_of_gpus(["GPU-uuid"], tp=1, node_slots=2, planned=1) == 1
 
 
 def test_an_empty_cluster_is_an_error() -> None:

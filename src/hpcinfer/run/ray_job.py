@@ -15,6 +15,7 @@ before its worker joined is given up at once, so the job never waits for it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -33,7 +34,7 @@ from hpcinfer.raycluster.cluster_file import CLUSTER_FILE_ENV, cluster_path, loa
 from hpcinfer.run.joins import JoinListener
 from hpcinfer.run.ranks import COORDINATOR_HOST_ENV, JOIN_WAIT_S
 from hpcinfer.run.ray_actor import ActorTask, run_worker
-from hpcinfer.run.ray_placement import ActorSlot, plan_actors, ray_nodes
+from hpcinfer.run.ray_placement import ActorSlot, plan_actors, ray_nodes, slot_of_gpus
 from hpcinfer.spec import JobSpec
 
 CONNECT_TIMEOUT_S = 5.0
@@ -138,7 +139,12 @@ class WorkerActor:
     """The Ray actor (made remote at run time, so importing this module needs no Ray)."""
 
     def run(self, task: ActorTask) -> dict[str, Any]:
-        return run_worker(task)
+        import ray
+
+        spec = JobSpec.model_validate_json(task.spec_json)
+        tp = spec.engine.tensor_parallel_size
+        slot = slot_of_gpus(ray.get_gpu_ids(), tp, task.node_slots, task.slot)
+        return run_worker(dataclasses.replace(task, slot=slot))
 
 
 @dataclass

@@ -106,3 +106,17 @@ def _round_robin(per_node: list[list[ActorSlot]]) -> list[list[ActorSlot]]:
     """Slot 0 of every node, then slot 1 of every node, ..."""
     rounds = max((len(slots) for slots in per_node), default=0)
     return [[slots[i] for slots in per_node if i < len(slots)] for i in range(rounds)]
+
+
+def slot_of_gpus(gpu_ids: list[Any], tp: int, node_slots: int, planned: int) -> int:
+    """The device group of the GPUs Ray gave an actor (group k holds GPUs k*tp..k*tp+tp-1),
+    so the worker binds to the very GPUs Ray counts as taken; the planned slot where Ray's
+    ids are not one such group (no GPUs, or ids that are not integers)."""
+    try:
+        ids = sorted(int(i) for i in gpu_ids)
+    except (TypeError, ValueError):
+        return planned
+    if len(ids) != tp or not ids or ids != list(range(ids[0], ids[0] + tp)) or ids[0] % tp:
+        return planned
+    slot = ids[0] // tp
+    return slot if slot < node_slots else planned
