@@ -113,8 +113,10 @@ def test_join_listener_admits_authenticated_workers_only() -> None:
         assert joins.pending() and joins.missing_ranks() == [2]
         second = Client((host, int(port)), authkey=joins.key)
         second.send(_hello(2))
-        wait_for(lambda: not joins.pending(), 120, "rank 2 to join", state=joins.missing_ranks)
-        assert joins.missing_ranks() == []
+        wait_for(lambda: not joins.missing_ranks(), 120, "rank 2 to join")
+        assert joins.pending()  # joined, not yet taken by the coordinator
+        assert [j.rank for j in joins.take()] == [2]
+        assert not joins.pending()
         first.close()
         second.close()
     finally:

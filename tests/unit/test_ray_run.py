@@ -251,6 +251,7 @@ def test_join_listener_of_actors_counts_from_zero_and_forgets_dead_ones() -> Non
         first = Client((host, int(port)), authkey=joins.key)
         first.send(("hello", {"rank": 0, "slot": 0, "slots": 1, "host": "h1"}))
         wait_for(lambda: joins.missing_ranks() == [1, 2], 120, "actor 0 to join")
+        assert [j.rank for j in joins.take()] == [0]
         assert joins.pending()
         joins.give_up(1)  # its actor ended before its worker joined
         assert joins.pending()  # actor 2 may still join
@@ -258,5 +259,22 @@ def test_join_listener_of_actors_counts_from_zero_and_forgets_dead_ones() -> Non
         assert not joins.pending()
         assert joins.missing_ranks() == [1, 2]
         first.close()
+    finally:
+        joins.close()
+
+
+def test_workers_joined_but_not_yet_taken_are_still_pending() -> None:
+    """The coordinator of Ray actors runs no worker: between the last join and its doorbell
+    nobody is alive, and the listener must still say workers are coming."""
+    joins = JoinListener("127.0.0.1", "127.0.0.1", world_size=2, wait_s=300, ranks=range(1))
+    try:
+        host, port = joins.address.rsplit(":", 1)
+        conn = Client((host, int(port)), authkey=joins.key)
+        conn.send(("hello", {"rank": 0, "slot": 0, "slots": 1, "host": "h1"}))
+        wait_for(lambda: joins.doorbell.poll(0.1), 120, "actor 0 to join")
+        assert joins.missing_ranks() == [] and joins.pending()
+        assert [j.rank for j in joins.take()] == [0]
+        assert not joins.pending()
+        conn.close()
     finally:
         joins.close()

@@ -78,7 +78,12 @@ class JoinListener:
 
     def pending(self) -> bool:
         """Whether workers are still expected: a rank not heard from, or one whose workers
-        have not all joined, before the join deadline."""
+        have not all joined, before the join deadline; or workers that joined and are not
+        taken yet (a coordinator with no worker of its own would otherwise end its loop
+        between the last join and the doorbell)."""
+        with self._lock:
+            if self._arrived:
+                return True
         if time.monotonic() > self.deadline:
             return False
         with self._lock:
