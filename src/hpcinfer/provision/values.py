@@ -25,6 +25,13 @@ _GIT_URL = re.compile(r"https://[A-Za-z0-9.-]+(?::\d{1,5})?/[A-Za-z0-9._~/-]+")
 _GIT_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 
 
+def _matching(pattern: re.Pattern[str], value: str, refusal: str) -> str:
+    """`value` where `pattern` matches all of it; else a ValueError "'value' is not REFUSAL"."""
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{value!r} is not {refusal}")
+    return value
+
+
 def host_name(value: str) -> str:
     """An inventory host name (also the node's host name): letters, digits, '-', '_', '.'."""
     if len(value) > 253 or not _HOST_NAME.fullmatch(value):
@@ -51,12 +58,12 @@ def address(value: str) -> str:
 
 def user(value: str) -> str:
     """A POSIX login name (lower case, digits, '_' and '-'; at most 32 characters)."""
-    if not _USER.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a login name: lower-case letters, digits, '_' and '-', "
-            "starting with a letter or '_', at most 32 characters (e.g. compute)"
-        )
-    return value
+    return _matching(
+        _USER,
+        value,
+        "a login name: lower-case letters, digits, '_' and '-', "
+        "starting with a letter or '_', at most 32 characters (e.g. compute)",
+    )
 
 
 def mac(value: str) -> str:
@@ -79,38 +86,30 @@ def absolute_path(value: str) -> str:
 
 def interface(value: str) -> str:
     """A network interface name as Linux allows it (at most 15 characters)."""
-    if not _INTERFACE.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a network interface name: at most 15 letters, digits, '_', '.' "
-            "or '-' (e.g. enp5s0)"
-        )
-    return value
+    return _matching(
+        _INTERFACE,
+        value,
+        "a network interface name: at most 15 letters, digits, '_', '.' or '-' (e.g. enp5s0)",
+    )
 
 
 def version(value: str) -> str:
     """A release version to pin (e.g. 2.60.0, 0.11.1rc1)."""
-    if not _VERSION.fullmatch(value):
-        raise ValueError(f"{value!r} is not a release version (e.g. 2.60.0)")
-    return value
+    return _matching(_VERSION, value, "a release version (e.g. 2.60.0)")
 
 
 def slug(value: str) -> str:
     """A cluster name: lower-case letters, digits and '-' (it names files and addresses)."""
-    if not _SLUG.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a cluster name: lower-case letters, digits and '-' "
-            "(e.g. a770-cluster)"
-        )
-    return value
+    return _matching(
+        _SLUG, value, "a cluster name: lower-case letters, digits and '-' (e.g. a770-cluster)"
+    )
 
 
 def git_url(value: str) -> str:
     """An https URL of a git repository."""
-    if not _GIT_URL.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not an https git URL (e.g. https://github.com/vllm-project/vllm.git)"
-        )
-    return value
+    return _matching(
+        _GIT_URL, value, "an https git URL (e.g. https://github.com/vllm-project/vllm.git)"
+    )
 
 
 def git_ref(value: str) -> str:
