@@ -25,18 +25,12 @@ import yaml
 
 from hpcinfer.errors import SpecError
 from hpcinfer.spec import build_spec
-from hpcinfer.submit.prepare import PreparedJob, prepare_job
+from hpcinfer.submit.prepare import prepare_job
 from tests.conftest import assert_golden
+from tests.unit.test_submit_render import GOLDEN, PYTHON, WORKDIR, assert_bash_syntax, prepare
 
 REPO = Path(__file__).resolve().parents[2]
-GOLDEN = REPO / "tests" / "golden" / "submit"
 EXAMPLE = REPO / "examples" / "aurora-llama405b-ray.yaml"
-WORKDIR = Path("/lus/flare/projects/demo/runs")
-PYTHON = ["/opt/hpcinfer/venv/bin/python", "-m", "hpcinfer"]
-
-
-def prepare(data: dict[str, Any], scheduler: str, cwd: Path = WORKDIR) -> PreparedJob:
-    return prepare_job(build_spec(data, "test spec"), cwd, scheduler, PYTHON, lambda _: None)
 
 
 AURORA_RAY: dict[str, Any] = {
@@ -84,10 +78,7 @@ def test_golden_scripts_with_a_ray_cluster(
 ) -> None:
     script = prepare(data or example_spec(), scheduler).script
     assert_golden(GOLDEN / name, script)
-    path = tmp_path / name
-    path.write_text(script, encoding="utf-8")
-    done = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    assert_bash_syntax(script, tmp_path / name)
 
 
 def _line(script: str, start: str) -> list[str]:

@@ -86,14 +86,18 @@ def test_golden_scripts(name: str, data: dict[str, Any], scheduler: str) -> None
     assert_golden(GOLDEN / name, prepared.script)
 
 
+def assert_bash_syntax(script: str, path: Path) -> None:
+    """`script`, written to `path`, passes `bash -n` (bash's message on failure)."""
+    path.write_text(script, encoding="utf-8")
+    done = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize(("data", "scheduler"), [(AURORA_SPEC, "pbs"), (PERLMUTTER_SPEC, "slurm")])
 def test_scripts_pass_bash_syntax_check(
     data: dict[str, Any], scheduler: str, tmp_path: Path
 ) -> None:
-    script = tmp_path / "job.sh"
-    script.write_text(prepare(data, scheduler).script, encoding="utf-8")
-    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    assert_bash_syntax(prepare(data, scheduler).script, tmp_path / "job.sh")
 
 
 def _launch_line(script: str) -> list[str]:
