@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,19 @@ def marked(mark: str) -> list[int]:
     """Pids of live processes whose environment holds the test's mark (not zombies)."""
     needle = f"HPCINFER_TEST_MARK={mark}".encode()
     return _live(lambda proc, _: needle in (proc / "environ").read_bytes())
+
+
+@contextmanager
+def marked_env(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """`env` plus a fresh HPCINFER_TEST_MARK; on leaving, every process carrying the mark is
+    killed with its process group (on failure too)."""
+    mark = uuid.uuid4().hex
+    try:
+        yield dict(env, HPCINFER_TEST_MARK=mark)
+    finally:
+        for pid in marked(mark):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
 def processes_in(directory: Path) -> list[int]:

@@ -7,12 +7,10 @@ One server start (about 30 s here) serves every check."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
 import signal
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from hpcinfer.core.endpoints_registry import read_registry
 from tests.conftest import hpcinfer_cmd, run_cli, start_cli
 from tests.harness import wait_for
 from tests.integration.test_serve import READY_WAIT_S, free_base_port
-from tests.processes import assert_no_orphans, marked
+from tests.processes import assert_no_orphans, marked_env
 
 pytestmark = pytest.mark.integration
 
@@ -31,11 +29,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def env(cli_env: dict[str, str]) -> Iterator[dict[str, str]]:
     """cli_env plus a mark; at the end every marked process is killed (on failure too)."""
-    mark = uuid.uuid4().hex
-    yield dict(cli_env, HPCINFER_TEST_MARK=mark)
-    for pid in marked(mark):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
+    with marked_env(cli_env) as marked_cli_env:
+        yield marked_cli_env
 
 
 def _generated(url: str) -> float:

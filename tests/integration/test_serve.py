@@ -8,7 +8,6 @@ and the tests can prove that nothing was.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import pytest
 from hpcinfer.core.endpoints_registry import read_registry
 from hpcinfer.serve.ports import port_in_use
 from tests.conftest import check_startup_phases, hpcinfer_cmd, require, run_cli, start_cli
-from tests.processes import assert_no_orphans, marked
+from tests.processes import assert_no_orphans, marked_env
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +36,8 @@ READY_WAIT_S = "480"  # a loaded 2-core CI machine can take minutes per start
 @pytest.fixture
 def env(cli_env: dict[str, str]) -> Iterator[dict[str, str]]:
     """cli_env plus a mark; at the end every marked process is killed (on failure too)."""
-    mark = uuid.uuid4().hex
-    yield dict(cli_env, HPCINFER_TEST_MARK=mark)
-    for pid in marked(mark):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
+    with marked_env(cli_env) as marked_cli_env:
+        yield marked_cli_env
 
 
 @pytest.fixture
