@@ -141,13 +141,18 @@ def list_profiles() -> list[str]:
     )
 
 
-def _format_validation(source: str, exc: ValidationError) -> str:
-    """One line per pydantic error, led by the field path, so the user can find the key."""
+def invalid_fields(exc: ValidationError, *, bare_value_errors: bool = False) -> str:
+    """One indented line per pydantic error, led by the field path, so the user can find the
+    key; `bare_value_errors` drops pydantic's "Value error, " prefix where the validators'
+    own messages say what to write instead (the cluster file's)."""
     lines = []
     for err in exc.errors():
         where = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        lines.append(f"  {where}: {err['msg']}")
-    return f"hardware profile {source} is invalid:\n" + "\n".join(lines)
+        message = str(err["msg"])
+        if bare_value_errors:
+            message = message.removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
 
 
 def _parse(text: str, source: str, default_name: str) -> HardwareProfile:
@@ -165,7 +170,9 @@ def _parse(text: str, source: str, default_name: str) -> HardwareProfile:
     try:
         return HardwareProfile.model_validate(data)
     except ValidationError as exc:
-        raise HardwareError(_format_validation(source, exc)) from exc
+        raise HardwareError(
+            f"hardware profile {source} is invalid:\n" + invalid_fields(exc)
+        ) from exc
 
 
 def _looks_like_path(value: str) -> bool:

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from hpcinfer.cluster.hardware import invalid_fields
 from hpcinfer.errors import SpecError
 from hpcinfer.provision import values
 
@@ -156,12 +157,6 @@ class ClusterFile(_Strict):
         return [self.control, *self.compute]
 
 
-def _message(err: Any) -> str:
-    """pydantic's text, less its "Value error, " prefix (our own messages say what to do)."""
-    text = str(err["msg"])
-    return text.removeprefix("Value error, ")
-
-
 def parse_cluster_file(text: str, source: str) -> ClusterFile:
     """A validated ClusterFile from YAML text; every failure is a SpecError naming source."""
     try:
@@ -176,11 +171,9 @@ def parse_cluster_file(text: str, source: str) -> ClusterFile:
     try:
         return ClusterFile.model_validate(data)
     except ValidationError as exc:
-        lines = [
-            f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {_message(err)}"
-            for err in exc.errors()
-        ]
-        raise SpecError(f"cluster file {source} is invalid:\n" + "\n".join(lines)) from exc
+        raise SpecError(
+            f"cluster file {source} is invalid:\n" + invalid_fields(exc, bare_value_errors=True)
+        ) from exc
 
 
 def read_cluster_file(path: Path) -> ClusterFile:
