@@ -256,13 +256,16 @@ def ray_status(cluster_file: Path | str | None = None, *, name: str | None = Non
     return read_status(cluster_file, name)
 
 
-def ray_down(cluster_file: Path | str | None = None, *, name: str | None = None) -> DownReport:
-    """`hpcinfer ray down`: stop every node's Ray processes (only this cluster's), check none
-    is left and remove the cluster file. RayClusterError naming the hosts that could not be
-    stopped (the file is kept for another try)."""
+def ray_down(
+    cluster_file: Path | str | None = None, *, name: str | None = None, forget: bool = False
+) -> DownReport:
+    """`hpcinfer ray down`: stop every node's Ray processes (only this cluster's; the head
+    even when a worker fails), check none is left and remove the cluster file.
+    RayClusterError naming the hosts that could not be stopped (the file is kept for another
+    try; `forget`: removed anyway when those hosts did not answer at all)."""
     from hpcinfer.raycluster.down import ray_down as stop_cluster
 
-    return stop_cluster(cluster_file, name)
+    return stop_cluster(cluster_file, name, forget=forget)
 
 
 def _silent(_line: str) -> None:

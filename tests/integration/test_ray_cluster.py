@@ -308,3 +308,46 @@ def test_under_mpi_each_node_command_holds_until_down(tmp_path: Path) -> None:
 
 def _pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _live(int(p.name))]
+
+
+def test_a_terminated_up_takes_its_cluster_down_and_blocks_a_second_up(
+    test_hosts: NetnsHosts, tmp_path: Path
+) -> None:
+    """The cluster file exists ("starting") from the start, so a second `up` of it is
+    refused; SIGTERM (a cancelled job) takes down what was started and removes the file."""
+    hosts = test_hosts
+    name, cluster_file = f"it{os.getpid()}-term", tmp_path / "cluster.json"
+    root = cluster_root(name, record=str(cluster_file))
+    args = _up_args(hosts, name, cluster_file, hosts.hostfile)
+    args[args.index("--stagger") + 1] = "3s"  # the workers are still to come at SIGTERM
+    argv = [sys.executable, "-m", "hpcinfer", *args]
+    up = hosts.popen(
+        "h1", argv, env=hosts.env(), cwd=str(tmp_path), stderr=subprocess.PIPE, text=True
+    )
+    try:
+
+        def head_runs() -> bool:
+            raylets = [p for p in hosts.pids("h1") if "/raylet/raylet " in _command(p)]
+            return any(str(root) in _command(p) for p in raylets)
+
+        wait_for(head_runs, 120, "the head's raylet on h1")
+        assert json.loads(cluster_file.read_text())["state"] == "starting"
+        second = _hpcinfer(
+            hosts, *_up_args(hosts, name, cluster_file, hosts.hostfile), cwd=tmp_path
+        )
+        assert second.returncode == 1, second.stderr
+        assert f"already recorded in {cluster_file}" in second.stderr
+        assert f"hpcinfer ray down --cluster-file {cluster_file}" in second.stderr
+        up.send_signal(signal.SIGTERM)
+        _, stderr = up.communicate(timeout=COMMAND_TIMEOUT_S)
+        assert up.returncode == 1, stderr
+        assert "stopped by SIGTERM" in stderr
+        assert _ray_processes(hosts, root) == []
+        assert not cluster_file.exists()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        if cluster_file.exists():
+            _hpcinfer(hosts, "ray", "down", "--cluster-file", str(cluster_file), cwd=tmp_path)
+        _kill_leftovers(hosts, root)

@@ -13,16 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from hpcinfer.errors import HardwareError, InputError, SpecError
+from hpcinfer.errors import HardwareError, InputError, RayClusterError, SpecError
 from hpcinfer.raycluster import fingerprint as fp
 from hpcinfer.raycluster.cluster_file import (
     RayClusterFile,
     RayNodeRecord,
+    create_cluster,
     default_cluster_file,
     default_cluster_name,
     load_cluster,
     save_cluster,
 )
+from hpcinfer.raycluster.down import ray_down
 from hpcinfer.raycluster.gcs import LiveNode
 from hpcinfer.raycluster.launching import RECORD_PREFIX, node_launches
 from hpcinfer.raycluster.layout import SOCKET_PATH_MAX, cluster_root, node_temp_dir
@@ -30,6 +32,7 @@ from hpcinfer.raycluster.node import which_host
 from hpcinfer.raycluster.node_processes import names_dir, write_node_record
 from hpcinfer.raycluster.ports import BLOCK, FIRST_BASE, LAST_BASE, port_base_for, ray_ports
 from hpcinfer.raycluster.readiness import ExpectedNode, assess
+from hpcinfer.raycluster.request import down_hint
 from hpcinfer.raycluster.start_argv import NodeStart, ray_start_argv, shown
 from hpcinfer.raycluster.up import UpRequest, _node_start_argv
 
@@ -471,3 +474,87 @@ def test_a_node_stop_ends_its_session_and_its_folders_processes_only(tmp_path: P
         for proc in (daemon, stubborn, neighbour):
             proc.kill()
             proc.wait()
+
+
+def _starting(tmp_path: Path) -> RayClusterFile:
+    return RayClusterFile(
+        name="t",
+        state="starting",
+        address="",
+        head_host="localhost",
+        nodes=[],
+        planned_hosts=["localhost"],
+        gpus_per_node=0,
+        ports=ray_ports(FIRST_BASE),
+        temp_root=str(cluster_root("t", record=str(tmp_path))),  # short: Ray's socket paths
+        launcher="local",
+        created_at="2026-01-01T00:00:00+00:00",
+    )
+
+
+def test_a_second_up_of_the_same_file_is_refused_naming_it_and_the_flag(tmp_path: Path) -> None:
+    where = tmp_path / "c.json"
+    create_cluster(_starting(tmp_path), where, "--cluster-file c.json")
+    with pytest.raises(RayClusterError) as refused:
+        create_cluster(_starting(tmp_path), where, "--name t")
+    assert str(where) in str(refused.value)
+    assert "hpcinfer ray down --name t" in str(refused.value)
+    assert json.loads(where.read_text())["state"] == "starting"
+    assert [p.name for p in tmp_path.iterdir()] == ["c.json"]  # no temp file left
+
+
+def test_only_down_reads_a_cluster_that_is_still_starting(tmp_path: Path) -> None:
+    where = tmp_path / "c.json"
+    create_cluster(_starting(tmp_path), where, "")
+    with pytest.raises(InputError, match="still starting"):
+        load_cluster(where)
+    report = ray_down(where)  # a killed `up`: its file is all down has
+    assert report.hosts == ["localhost"] and not where.exists()
+
+
+def test_the_already_running_message_names_the_users_flag(tmp_path: Path) -> None:
+    assert down_hint(None, tmp_path / "c.json") == f"--cluster-file {tmp_path / 'c.json'}"
+    assert down_hint("x", None) == "--name x"
+    assert down_hint(None, None) == ""
+    request = UpRequest(
+        "n", ("h1",), "ssh", tmp_path / "c.json", 0, down_hint="--cluster-file c.json"
+    )
+    argv = _node_start_argv(request, None)(["h1"], 0)
+    assert argv[argv.index("--down-hint") + 1] == "--cluster-file c.json"
+
+
+def _fake_ssh(tmp_path: Path) -> str:
+    """An ssh that runs the remote command here, except for host "gone" (exit 255)."""
+    ssh = tmp_path / "ssh"
+    ssh.write_text('#!/bin/sh\nshift 2\n[ "$1" = gone ] && exit 255\nexec sh -c "$2"\n')
+    ssh.chmod(0o755)
+    return str(ssh)
+
+
+def test_down_stops_the_head_when_a_worker_fails_and_forget_drops_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    monkeypatch.setenv("HPCINFER_SSH", _fake_ssh(tmp_path))
+    cluster = _starting(tmp_path).model_copy(
+        update={"planned_hosts": ["head", "gone"], "head_host": "head", "launcher": "ssh"}
+    )
+    where = tmp_path / "c.json"
+    save_cluster(cluster, where)
+    head = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        write_node_record(node_temp_dir(Path(cluster.temp_root), "head"), head.pid, "head", "t")
+        with pytest.raises(RayClusterError) as failed:
+            ray_down(where)
+        assert "could not stop Ray on gone" in str(failed.value)
+        assert "--forget" in str(failed.value)
+        assert head.wait(10) == -signal.SIGTERM  # the head went down all the same
+        assert where.exists()  # kept for another try
+        report = ray_down(where, forget=True)
+        assert report.forgotten == ["gone"] and not where.exists()
+    finally:
+        head.kill()
+        head.wait()

@@ -36,8 +36,10 @@ STATUS_EPILOG = (
     "host at fault is named) or its head does not answer; 2 no cluster file."
 )
 DOWN_EPILOG = (
-    "Exit codes: 0 stopped, nothing of the cluster left, file removed; 1 a host could not be "
-    "stopped (the file is kept: run down again); 2 no cluster file."
+    "The workers are stopped first, then the head (always, even when a worker fails). Exit "
+    "codes: 0 stopped, nothing of the cluster left, file removed (with --forget: on every "
+    "host that answered); 1 a host could not be stopped (the file is kept: run down again, "
+    "or add --forget when the host is gone); 2 no cluster file."
 )
 
 NAME = Annotated[
@@ -216,16 +218,32 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def down(name: NAME = None, cluster_file: CLUSTER_FILE = None) -> None:
+def down(
+    name: NAME = None,
+    cluster_file: CLUSTER_FILE = None,
+    forget: Annotated[
+        bool,
+        typer.Option(
+            "--forget",
+            help="Remove the cluster file once every host that answers stopped, even when "
+            "some host cannot be reached (a node that is gone); a host that answers but "
+            "cannot stop its Ray still keeps the file.",
+        ),
+    ] = False,
+) -> None:
     """Stop every node of the cluster (only its own processes), then remove its file."""
     from hpcinfer import api
 
-    report = api.ray_down(cluster_file, name=name)
+    report = api.ray_down(cluster_file, name=name, forget=forget)
     total = sum(report.stopped.values())
     _note(
         f"Ray cluster {report.name!r} is down: {total} process(es) stopped on "
-        f"{len(report.hosts)} host(s)"
+        f"{len(report.stopped)} host(s)"
     )
+    if report.forgotten:
+        _note(
+            f"forgotten without an answer (their Ray may still run): {', '.join(report.forgotten)}"
+        )
 
 
 HOSTS = Annotated[
@@ -247,6 +265,7 @@ def node_start(
     rank_offset: Annotated[int, typer.Option()] = 0,
     timeout: Annotated[float, typer.Option()] = 120.0,
     block: Annotated[bool, typer.Option("--block")] = False,
+    down_hint: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Start Ray on this node (run by `ray up` through the launcher on every node); with
     --block (mpi, srun) stay until the node's Ray is stopped."""
@@ -268,6 +287,7 @@ def node_start(
         head_address=head_address,
         stagger_s=stagger,
         timeout_s=timeout,
+        down_hint=down_hint,
     )
     record = node_start(request, me, index + rank_offset, env)
     print(RECORD_PREFIX + json.dumps(record), flush=True)
@@ -291,6 +311,13 @@ def node_stop(
     me, _ = which_host(host, dict(os.environ))
     record = node_stop(temp_root, me, grace)
     print(RECORD_PREFIX + json.dumps(record), flush=True)
+    if record["left"]:
+        from hpcinfer.errors import RayClusterError
+
+        raise RayClusterError(
+            f"{me}: {record['left']} process(es) of its Ray survived SIGKILL: "
+            + record["survivors"]
+        )
 
 
 def _note(text: str) -> None:

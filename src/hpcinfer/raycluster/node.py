@@ -52,6 +52,7 @@ class NodeStartRequest:
     head_address: str | None  # None: start the head
     stagger_s: float = 0.0  # this node waits rank x stagger before starting
     timeout_s: float = RAY_START_TIMEOUT_S
+    down_hint: str | None = None  # the `ray down` options the user's `up` matches
 
 
 def which_host(hosts: Sequence[str], env: Mapping[str, str]) -> tuple[str, int]:
@@ -99,13 +100,19 @@ def _log_tail(path: Path) -> str:
     return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
+def _down_command(request: NodeStartRequest) -> str:
+    """The `ray down` that stops it, with the option the user gave `up`."""
+    hint = request.down_hint if request.down_hint is not None else f"--name {request.cluster}"
+    return f"hpcinfer ray down {hint}".rstrip()
+
+
 def node_start(request: NodeStartRequest, host: str, rank: int, env: Mapping[str, str]) -> dict:
     """Start this node's Ray; the record `up` reads back (host, address, temp_dir)."""
     temp_dir = node_temp_dir(request.temp_root, host)
     if node_processes(temp_dir):
         raise RayClusterError(
             f"{host}: Ray of cluster {request.cluster!r} already runs in {temp_dir}; take it "
-            f"down first: hpcinfer ray down --name {request.cluster}"
+            f"down first: {_down_command(request)}"
         )
     address = node_network(request.interface).address
     busy = busy_ports(address, request.ports)
@@ -164,14 +171,13 @@ def _run_ray_start(
 
 def node_stop(temp_root: Path, host: str, grace_s: float) -> dict:
     """Stop this node's Ray processes (only those of its temp dir), then remove the dir;
-    the record `down` reads back. RayClusterError when a process survives SIGKILL."""
+    the record `down` reads back: "left" counts processes that survived SIGKILL (then
+    "survivors" names them and the dir is kept)."""
     temp_dir = node_temp_dir(temp_root, host)
     stopped, left = stop_node_processes(temp_dir, grace_s)
     if left:
-        raise RayClusterError(
-            f"{host}: {len(left)} process(es) of {temp_dir} survived SIGKILL: "
-            + ", ".join(f"{p.pid} ({p.command[:60]})" for p in left)
-        )
+        survivors = ", ".join(f"{p.pid} ({p.command[:60]})" for p in left)
+        return {"host": host, "stopped": stopped, "left": len(left), "survivors": survivors}
     shutil.rmtree(temp_dir, ignore_errors=True)
     with contextlib.suppress(OSError):
         temp_root.rmdir()  # the last node on a shared /tmp removes the root

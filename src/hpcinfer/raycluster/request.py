@@ -8,6 +8,7 @@ and the interface: the hardware profile's (GPUs or tiles per node; `network_inte
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -74,7 +75,18 @@ def resolve_up_request(
         port_base=port_base,
         ready_timeout_s=ready_timeout_s,
         stagger_s=stagger_s,
+        down_hint=down_hint(name, cluster_file),
     )
+
+
+def down_hint(name: str | None, cluster_file: Path | str | None) -> str:
+    """The options of the `hpcinfer ray down` that matches this `up`: the flag the user
+    gave (--cluster-file or --name); none when both came from the defaults."""
+    if cluster_file is not None:
+        return f"--cluster-file {shlex.quote(str(Path(cluster_file).expanduser()))}"
+    if name is not None:
+        return f"--name {shlex.quote(name)}"
+    return ""
 
 
 def _profile_gpus(hardware: HardwareProfile | None) -> int:

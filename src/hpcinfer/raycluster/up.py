@@ -6,15 +6,21 @@ they start, the GCS's node list is read every half second: ready is `readiness.a
 finding nothing wrong; a version mismatch or a failed node command ends the wait at once;
 the deadline ends it naming every host still missing. On any failure the nodes are taken
 down (only this cluster's processes) before the error is raised, so a failed `up` leaves
-nothing running. The cluster file is written only for a verified cluster.
+nothing running. The cluster file is created before anything starts (state "starting",
+exclusively: a second `up` of the same file is refused), so `ray down` can stop what a
+killed `up` left; it is marked "ready" once the cluster is verified. SIGTERM and SIGHUP
+during `up` raise, so its take-down runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +29,7 @@ from hpcinfer.raycluster.cluster_file import (
     Launcher,
     RayClusterFile,
     RayNodeRecord,
+    create_cluster,
     launch_log_dir,
     now_text,
     save_cluster,
@@ -64,6 +71,9 @@ class UpRequest:
     port_base: int | None = None
     ready_timeout_s: float = 300.0
     stagger_s: float = 1.0
+    down_hint: str = ""
+    """The options of the matching `ray down` (the flag the user gave: --cluster-file,
+    --name; empty when both are the defaults)."""
 
     @property
     def blocking(self) -> bool:
@@ -100,6 +110,8 @@ def _node_start_argv(request: UpRequest, head_address: str | None) -> Callable[.
             f"{request.stagger_s:g}",
             "--rank-offset",
             str(offset),
+            "--down-hint",
+            request.down_hint,
         ]
         if request.cpus_per_node is not None:
             args += ["--cpus", str(request.cpus_per_node)]
@@ -133,7 +145,10 @@ def _start_head(
 ) -> str:
     """Start the head on hosts[0]; its GCS address ("ip:port")."""
     launches = node_launches(
-        request.launcher, request.hosts[:1], _node_start_argv(request, None), env
+        request.launcher,
+        request.hosts[:1],
+        _node_start_argv(request, None),
+        env,
     )
     (head,) = start_launches(launches, log_dir, env, "head", detached=request.blocking)
     started.append(head)
@@ -151,14 +166,67 @@ def _start_head(
 
 def _take_down(
     request: UpRequest, started: Sequence[RunningLaunch], env: Mapping[str, str], log_dir: Path
-) -> None:
-    """Stop whatever a failed `up` started. Blocking node commands end once their node's
-    Ray is stopped; the others are first let finish (a remote `ray start` whose ssh was
-    killed would go on and start Ray after the stop)."""
+) -> bool:
+    """Stop whatever a failed `up` started; whether every host reported it stopped.
+    Blocking node commands end once their node's Ray is stopped; the others are first let
+    finish (a remote `ray start` whose ssh was killed would go on and start Ray after the
+    stop)."""
     if not request.blocking:
         settle(started, SETTLE_S)
-    stop_hosts(request.launcher, request.hosts, request.temp_root, env, log_dir, tolerate=True)
+    stopped = stop_hosts(
+        request.launcher, request.hosts, request.temp_root, env, log_dir, tolerate=True
+    )
     settle(started, SETTLE_S if request.blocking else 0.0)
+    return set(request.hosts) <= set(stopped)
+
+
+class UpInterrupted(RayClusterError):
+    """`ray up` got SIGTERM or SIGHUP (a cancelled job, a closed terminal)."""
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise `UpInterrupted` once (later ones are ignored, so the
+    take-down they start runs to its end); the old handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if raised:
+            return
+        raised.append(signum)
+        raise UpInterrupted(
+            f"`hpcinfer ray up` was stopped by {signal.Signals(signum).name}; "
+            "what it started is taken down"
+        )
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+
+
+def _starting_record(request: UpRequest) -> RayClusterFile:
+    """The cluster file before anything starts: what `ray down` needs to stop it."""
+    return RayClusterFile(
+        name=request.name,
+        state="starting",
+        address="",  # the head has not started yet
+        head_host=request.hosts[0],
+        nodes=[],
+        planned_hosts=list(request.hosts),
+        gpus_per_node=request.gpus_per_node,
+        cpus_per_node=request.cpus_per_node,
+        ports=request.ports,
+        temp_root=str(request.temp_root),
+        interface=request.interface,
+        launcher=request.launcher,
+        created_at=now_text(),
+    )
 
 
 def _expected(request: UpRequest) -> list[ExpectedNode]:
@@ -255,24 +323,26 @@ def ray_up(
 ) -> RayClusterFile:
     """Start, verify and record the cluster; on failure nothing of it is left running."""
     env = dict(os.environ if env is None else env)
-    if request.cluster_file.exists():
-        raise RayClusterError(
-            f"a Ray cluster is already recorded in {request.cluster_file}: take it down "
-            f"first (hpcinfer ray down --cluster-file {request.cluster_file}), or pass "
-            "another --name"
-        )
-    say = note or (lambda _text: None)
+    with _signals_raise():
+        create_cluster(_starting_record(request), request.cluster_file, request.down_hint)
+        return _start_cluster(request, env, note or (lambda _text: None))
+
+
+def _start_cluster(request: UpRequest, env: Mapping[str, str], say: Note) -> RayClusterFile:
     deadline = time.monotonic() + request.ready_timeout_s
     log_dir = launch_log_dir(request.cluster_file)
-    shutil.rmtree(log_dir, ignore_errors=True)
-    log_dir.mkdir(parents=True)
     started: list[RunningLaunch] = []
     try:
+        shutil.rmtree(log_dir, ignore_errors=True)
+        log_dir.mkdir(parents=True)
         say(f"starting the Ray head on {request.hosts[0]}")
         address = _start_head(request, log_dir, env, deadline, started)
         say(f"head at {address}; starting {len(request.hosts) - 1} worker node(s)")
         launches = node_launches(
-            request.launcher, request.hosts[1:], _node_start_argv(request, address), env
+            request.launcher,
+            request.hosts[1:],
+            _node_start_argv(request, address),
+            env,
         )
         workers = start_launches(launches, log_dir, env, "workers", detached=request.blocking)
         started += workers
@@ -280,12 +350,19 @@ def ray_up(
         for launch in started:
             launch.finish()
         cluster = _record(request, address, nodes)
+        save_cluster(cluster, request.cluster_file)
     except BaseException:
         say("taking down what was started")
-        _take_down(request, started, env, log_dir)
-        shutil.rmtree(log_dir, ignore_errors=True)  # what failed is in the error
+        clean = _take_down(request, started, env, log_dir)
+        if clean:  # nothing of it left: forget it (else `ray down` tries again)
+            request.cluster_file.unlink(missing_ok=True)
+            shutil.rmtree(log_dir, ignore_errors=True)  # what failed is in the error
+        else:
+            say(
+                f"not every host answered; {request.cluster_file} is kept: "
+                f"{f'hpcinfer ray down {request.down_hint}'.rstrip()} stops what is left"
+            )
         raise
     if not request.blocking:
         shutil.rmtree(log_dir, ignore_errors=True)
-    save_cluster(cluster, request.cluster_file)
     return cluster
