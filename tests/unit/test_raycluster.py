@@ -391,6 +391,24 @@ def test_srun_is_one_launch_over_every_host_inside_slurm() -> None:
         node_launches("srun", ["n1"], _argv, {})
 
 
+def test_the_srun_node_start_step_gets_the_whole_node() -> None:
+    """Ray's workers run inside the node-start step: one CPU (srun's default) would be all
+    they share; the node's CPUs and GPUs, --overlap for down's step, never --exact."""
+    env = {"SLURM_JOB_ID": "5", "SLURM_CPUS_ON_NODE": "128"}
+    request = UpRequest("n", ("n1", "n2"), "srun", Path("c.json"), 4)
+    (start,) = node_launches(
+        "srun", ["n1", "n2"], _node_start_argv(request, None), env, whole_node_gpus=4
+    )
+    options = start.argv[: start.argv.index("--nodelist")]
+    assert options[0] == "srun" and "--overlap" in options
+    assert "--cpus-per-task=128" in options and "--gpus-per-node=4" in options
+    assert not any(a.startswith("--exact") for a in start.argv)
+    (cpu_only,) = node_launches("srun", ["n1"], _argv, env, whole_node_gpus=0)
+    assert not any(a.startswith(("--gpus", "--gres")) for a in cpu_only.argv)
+    (stop,) = node_launches("srun", ["n1"], _argv, env)  # ray down's step: no resources
+    assert not any(a.startswith(("--cpus-per-task", "--gpus")) for a in stop.argv)
+
+
 def test_the_record_prefix_is_one_word() -> None:
     assert " " not in RECORD_PREFIX.strip()
 

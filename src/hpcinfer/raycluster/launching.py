@@ -66,8 +66,12 @@ def node_launches(
     node_argv: NodeArgv,
     env: Mapping[str, str],
     cwd: str | None = None,
+    *,
+    whole_node_gpus: int | None = None,
 ) -> list[NodeLaunch]:
-    """The launch command(s) that run the node command once on every host of `hosts`."""
+    """The launch command(s) that run the node command once on every host of `hosts`.
+    `whole_node_gpus` (the node starts, which hold Ray): under srun the step gets the whole
+    node, its CPUs and that many GPUs, for Ray's workers run inside it."""
     if not hosts:
         return []
     if launcher == "ssh":
@@ -93,7 +97,10 @@ def node_launches(
         if not (env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")):
             raise HardwareError("--launcher srun runs inside a Slurm allocation (salloc, sbatch)")
         argv = srun(req)  # --overlap: ray down's step runs beside the node commands' step
-        return [NodeLaunch(tuple(hosts), [argv[0], "--overlap", *argv[1:]])]
+        options = ["--overlap"]
+        if whole_node_gpus is not None:
+            options += srun_whole_node(env, whole_node_gpus)
+        return [NodeLaunch(tuple(hosts), [argv[0], *options, *argv[1:]])]
     if launcher == "mpi":
         mpiexec = find_mpiexec()
         if mpi_flavor(mpiexec) == "openmpi":
@@ -102,6 +109,19 @@ def node_launches(
             argv = mpiexec_mpich(req)
         return [NodeLaunch(tuple(hosts), [mpiexec, *argv[1:]])]
     raise HardwareError(f"--launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+
+
+def srun_whole_node(env: Mapping[str, str], gpus_per_node: int) -> list[str]:
+    """srun options giving a step the whole node: every CPU of the allocation's node
+    ($SLURM_CPUS_ON_NODE; a step otherwise gets one CPU, and Ray's workers, which run in
+    it, would share it) and the node's GPUs; never --exact, which would pin it to those."""
+    options = []
+    cpus = env.get("SLURM_CPUS_ON_NODE", "").strip()
+    if cpus.isdigit() and int(cpus) > 0:
+        options.append(f"--cpus-per-task={cpus}")
+    if gpus_per_node > 0:
+        options.append(f"--gpus-per-node={gpus_per_node}")
+    return options
 
 
 class RunningLaunch:

@@ -149,6 +149,7 @@ def _start_head(
         request.hosts[:1],
         _node_start_argv(request, None),
         env,
+        whole_node_gpus=request.gpus_per_node,
     )
     (head,) = start_launches(launches, log_dir, env, "head", detached=request.blocking)
     started.append(head)
@@ -343,6 +344,7 @@ def _start_cluster(request: UpRequest, env: Mapping[str, str], say: Note) -> Ray
             request.hosts[1:],
             _node_start_argv(request, address),
             env,
+            whole_node_gpus=request.gpus_per_node,
         )
         workers = start_launches(launches, log_dir, env, "workers", detached=request.blocking)
         started += workers
