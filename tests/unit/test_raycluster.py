@@ -28,13 +28,13 @@ from hpcinfer.raycluster.down import ray_down
 from hpcinfer.raycluster.gcs import LiveNode
 from hpcinfer.raycluster.launching import RECORD_PREFIX, node_launches
 from hpcinfer.raycluster.layout import SOCKET_PATH_MAX, cluster_root, node_temp_dir
-from hpcinfer.raycluster.node import which_host
+from hpcinfer.raycluster.node import RAY_START_TIMEOUT_S, which_host
 from hpcinfer.raycluster.node_processes import names_dir, write_node_record
 from hpcinfer.raycluster.ports import BLOCK, FIRST_BASE, LAST_BASE, port_base_for, ray_ports
 from hpcinfer.raycluster.readiness import ExpectedNode, assess
 from hpcinfer.raycluster.request import down_hint
 from hpcinfer.raycluster.start_argv import NodeStart, ray_start_argv, shown
-from hpcinfer.raycluster.up import UpRequest, _node_start_argv
+from hpcinfer.raycluster.up import UpRequest, _node_start_argv, settle_s
 
 FINGERPRINT = {"python": "3.11.7", "ray": "2.60.0", "vllm": "0.32.0", "torch": "2.13.0-cpu"}
 
@@ -576,3 +576,11 @@ def test_down_stops_the_head_when_a_worker_fails_and_forget_drops_the_file(
     finally:
         head.kill()
         head.wait()
+
+
+def test_a_failed_up_waits_for_the_last_staggered_worker_before_stopping() -> None:
+    """The last worker sleeps hosts x stagger, then runs `ray start`: stopping sooner would
+    find nothing, and its Ray would start after the take-down."""
+    hosts = tuple(f"h{i}" for i in range(64))
+    request = UpRequest("n", hosts, "ssh", Path("c.json"), 0, stagger_s=2.0)
+    assert settle_s(request) >= 64 * 2.0 + RAY_START_TIMEOUT_S

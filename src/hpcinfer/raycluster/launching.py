@@ -58,6 +58,7 @@ class NodeLaunch:
 
     hosts: tuple[str, ...]
     argv: list[str]
+    ssh: bool = False  # one ssh per host: exit 255 means it never reached the host
 
 
 def node_launches(
@@ -83,7 +84,7 @@ def node_launches(
                 node_argv([host], offset), nodes=1, ranks_per_node=1, hosts=(host,), env=forwarded
             )
             command = ssh_fanout(req, ssh=ssh, cwd=cwd or os.getcwd())[0]
-            launches.append(NodeLaunch((host,), command))
+            launches.append(NodeLaunch((host,), command, ssh=True))
         return launches
     if launcher == "local":
         if len(hosts) != 1:
@@ -197,11 +198,14 @@ class RunningLaunch:
                     continue
         return found
 
+    def unreachable(self) -> bool:
+        """Whether it is one ssh that could not reach its host (it ran nothing there)."""
+        return self.poll() == SSH_UNREACHABLE and len(self.hosts) == 1 and self.launch.ssh
+
     def failure(self, tail_lines: int = 12) -> str:
         """Why it failed, naming its hosts: ssh's 'unreachable' or the output's tail."""
-        code = self.poll()
         hosts = ", ".join(self.hosts)
-        if self.launch.argv and code == SSH_UNREACHABLE and len(self.hosts) == 1:
+        if self.unreachable():
             return (
                 f"{hosts}: ssh could not reach it (exit {SSH_UNREACHABLE}); check the host name "
                 f"and that `ssh -o BatchMode=yes {hosts} true` works"

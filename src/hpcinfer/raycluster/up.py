@@ -46,12 +46,13 @@ from hpcinfer.raycluster.launching import (
     start_launches,
 )
 from hpcinfer.raycluster.layout import cluster_root, node_temp_dir
+from hpcinfer.raycluster.node import RAY_START_TIMEOUT_S
 from hpcinfer.raycluster.ports import RayPorts, port_base_for, ray_ports
 from hpcinfer.raycluster.readiness import ExpectedNode, NodeProblem, assess, summary
 
 POLL_S = 0.5
 SETTLE_S = 60.0
-"""How long a failed `up` lets node starts still running end before stopping the nodes."""
+"""The least a failed `up` lets node starts still running end before stopping the nodes."""
 GCS_TIMEOUT_S = 5.0
 
 Note = Callable[[str], None]
@@ -168,17 +169,26 @@ def _start_head(
 def _take_down(
     request: UpRequest, started: Sequence[RunningLaunch], env: Mapping[str, str], log_dir: Path
 ) -> bool:
-    """Stop whatever a failed `up` started; whether every host reported it stopped.
+    """Stop whatever a failed `up` started; whether nothing of it can be left: every host
+    its node start reached reported it stopped (one ssh never reached ran nothing).
     Blocking node commands end once their node's Ray is stopped; the others are first let
     finish (a remote `ray start` whose ssh was killed would go on and start Ray after the
     stop)."""
+    wait_s = settle_s(request)
     if not request.blocking:
-        settle(started, SETTLE_S)
+        settle(started, wait_s)
     stopped = stop_hosts(
         request.launcher, request.hosts, request.temp_root, env, log_dir, tolerate=True
     )
-    settle(started, SETTLE_S if request.blocking else 0.0)
-    return set(request.hosts) <= set(stopped)
+    settle(started, wait_s if request.blocking else 0.0)
+    reached = {h for launch in started if not launch.unreachable() for h in launch.hosts}
+    return reached <= set(stopped)
+
+
+def settle_s(request: UpRequest) -> float:
+    """How long node starts still running may take to end: the last worker may still be in
+    its stagger sleep (hosts x stagger) and then run `ray start` (its own timeout)."""
+    return max(SETTLE_S, request.stagger_s * len(request.hosts) + RAY_START_TIMEOUT_S)
 
 
 class UpInterrupted(RayClusterError):
