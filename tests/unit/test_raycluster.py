@@ -584,3 +584,25 @@ def test_a_failed_up_waits_for_the_last_staggered_worker_before_stopping() -> No
     hosts = tuple(f"h{i}" for i in range(64))
     request = UpRequest("n", hosts, "ssh", Path("c.json"), 0, stagger_s=2.0)
     assert settle_s(request) >= 64 * 2.0 + RAY_START_TIMEOUT_S
+
+
+def test_the_temp_root_is_private_and_a_planted_one_is_refused(tmp_path: Path) -> None:
+    """/tmp is shared: the root is 0700, and a symlink or another user's directory put at
+    its name in advance never receives the cluster's files."""
+    import os
+
+    from hpcinfer.raycluster.layout import make_private_root
+
+    root = make_private_root(tmp_path / "hpcinfer-ray-a")
+    assert root.is_dir() and root.stat().st_mode & 0o777 == 0o700
+    (tmp_path / "elsewhere").mkdir()
+    planted = tmp_path / "hpcinfer-ray-b"
+    planted.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RayClusterError, match=r"hpcinfer-ray-b is a symbolic link"):
+        make_private_root(planted)
+    if os.geteuid() == 0:  # as root: a directory of another user
+        foreign = tmp_path / "hpcinfer-ray-c"
+        foreign.mkdir(mode=0o777)
+        os.chown(foreign, 65534, -1)
+        with pytest.raises(RayClusterError, match="belongs to another user"):
+            make_private_root(foreign)

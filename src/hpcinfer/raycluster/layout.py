@@ -11,13 +11,15 @@ its own folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 
 from hpcinfer.cluster.allocation import short_hostname
-from hpcinfer.errors import SpecError
+from hpcinfer.errors import RayClusterError, SpecError
 
 TEMP_PARENT = Path("/tmp")
 SOCKET_PATH_MAX = 107
@@ -48,6 +50,30 @@ def node_dir_name(host: str) -> str:
     if len(name) <= NODE_NAME_MAX:
         return name
     return f"{name[:7]}-{hashlib.sha256(host.encode()).hexdigest()[:8]}"
+
+
+def make_private_root(root: Path) -> Path:
+    """Create the cluster's temp root for this user alone (mode 0700), or take the one
+    already there when it is this user's own directory. /tmp is shared: a symlink or a
+    directory of another user put there in advance would get this cluster's sockets and
+    logs, so either is refused, naming it."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(root, 0o700)
+    info = os.lstat(root)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a directory"
+        raise RayClusterError(
+            f"the cluster's temp root {root} is {kind}; Ray's files go only into a directory "
+            "of your own: remove it (or pass another --name)"
+        )
+    if info.st_uid != os.getuid():
+        raise RayClusterError(
+            f"the cluster's temp root {root} belongs to another user (uid {info.st_uid}); "
+            "Ray's files go only into a directory of your own: pass another --name"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(root, 0o700)
+    return root
 
 
 def node_temp_dir(root: Path, host: str) -> Path:

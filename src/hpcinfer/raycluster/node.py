@@ -25,7 +25,7 @@ from hpcinfer.cluster.allocation import read_rank
 from hpcinfer.cluster.interfaces import node_network
 from hpcinfer.errors import HardwareError, RayClusterError
 from hpcinfer.raycluster.fingerprint import node_fingerprint, node_labels
-from hpcinfer.raycluster.layout import node_temp_dir
+from hpcinfer.raycluster.layout import make_private_root, node_temp_dir
 from hpcinfer.raycluster.node_processes import (
     node_processes,
     stop_node_processes,
@@ -109,6 +109,7 @@ def _down_command(request: NodeStartRequest) -> str:
 def node_start(request: NodeStartRequest, host: str, rank: int, env: Mapping[str, str]) -> dict:
     """Start this node's Ray; the record `up` reads back (host, address, temp_dir)."""
     temp_dir = node_temp_dir(request.temp_root, host)
+    make_private_root(request.temp_root)
     if node_processes(temp_dir):
         raise RayClusterError(
             f"{host}: Ray of cluster {request.cluster!r} already runs in {temp_dir}; take it "
@@ -143,7 +144,7 @@ def _run_ray_start(
 ) -> None:
     """`ray start` in a session of its own (the node's processes stay in it), its output in
     the node's log; on failure whatever it started is stopped and the log's tail raised."""
-    temp_dir.mkdir(parents=True, exist_ok=True)
+    temp_dir.mkdir(mode=0o700, exist_ok=True)
     log = temp_dir / START_LOG
     with log.open("ab") as output:
         output.write(f"$ {shown(argv)}\n".encode())
