@@ -456,40 +456,48 @@ def test_node_commands_stay_for_the_clusters_life_under_mpi_and_srun(
     assert opts["--head-address"] == "10.0.0.1:26800" and opts["--interface"] == "hsn0"
 
 
-def test_a_node_stop_ends_its_session_and_its_folders_processes_only(tmp_path: Path) -> None:
-    """A renamed daemon in the node's session, one naming its folder that ignores SIGTERM
-    (as gcs_server at times does): both end; a neighbour node's process is left alone."""
+def test_a_node_stop_ends_its_session_and_its_folders_processes_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renamed daemon in the node's session, a Ray program naming its folder that ignores
+    SIGTERM (as gcs_server at times does): both end; a neighbour node's Ray program and the
+    user's own program that only names the folder (`tail -f .../ray-start.log`) are left."""
     import subprocess
 
-    from hpcinfer.raycluster.node_processes import node_processes, stop_node_processes
+    from hpcinfer.raycluster import node_processes as np
 
-    mine, other = tmp_path / "h1", tmp_path / "h10"
-    ignore_term = (
+    package = tmp_path / "site-packages" / "ray"
+    package.mkdir(parents=True)
+    monkeypatch.setattr(np, "RAY_PACKAGE_DIRS", (f"{package}/",))
+    gcs = package / "gcs_server.py"
+    gcs.write_text(
         "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-        "print('ready', flush=True); time.sleep(60)"
+        "print('ready', flush=True); time.sleep(60)\n"
     )
+    mine, other = tmp_path / "h1", tmp_path / "h10"
     daemon = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
     )
     stubborn, neighbour = (
         subprocess.Popen(
-            [sys.executable, "-c", ignore_term, f"--temp-dir={folder}"],
-            stdout=subprocess.PIPE,
-            text=True,
+            [sys.executable, str(gcs), f"--temp-dir={folder}"], stdout=subprocess.PIPE, text=True
         )
         for folder in (mine, other)
+    )
+    tail = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", f"{mine}/ray-start.log"]
     )
     assert stubborn.stdout and stubborn.stdout.readline() == "ready\n"  # SIGTERM is ignored now
     try:
         write_node_record(mine, daemon.pid, "h1", "job1")
-        found = {p.pid for p in node_processes(mine)}
+        found = {p.pid for p in np.node_processes(mine)}
         assert found == {daemon.pid, stubborn.pid}
-        stopped, left = stop_node_processes(mine, grace_s=0.5)
+        stopped, left = np.stop_node_processes(mine, grace_s=0.5)
         assert stopped == 2 and left == []
         assert daemon.wait(5) == -signal.SIGTERM and stubborn.wait(5) == -signal.SIGKILL
-        assert neighbour.poll() is None
+        assert neighbour.poll() is None and tail.poll() is None
     finally:
-        for proc in (daemon, stubborn, neighbour):
+        for proc in (daemon, stubborn, neighbour, tail):
             proc.kill()
             proc.wait()
 

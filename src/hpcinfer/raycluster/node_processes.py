@@ -3,14 +3,17 @@
 `ray stop` kills every Ray process of the user on the machine: another job's cluster, or
 the other "hosts" of a test that share one machine. A node's processes are instead the
 ones in the session its `ray start` began (node start runs it with `setsid`, and Ray's
-daemons stay in that session) or whose command line names the node's temp dir; some of
-Ray's processes rename themselves (`ray::RuntimeEnvAgent`), hence the session. Stopping
+daemons stay in that session), and the Ray programs (Ray's own binaries and scripts, or
+renamed workers `ray::...`) whose command line names the node's temp dir; some of Ray's
+processes rename themselves (`ray::RuntimeEnvAgent`), hence the session. Another program
+of the user that only names the folder (`tail -f .../ray-start.log`) is left alone. Stopping
 is SIGTERM, a bounded wait, then SIGKILL: gcs_server and raylet at times ignore SIGTERM.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -78,15 +81,38 @@ def write_node_record(temp_dir: Path, session: int, host: str, cluster: str) -> 
     (temp_dir / NODE_RECORD).write_text(json.dumps(record) + "\n")
 
 
+def _ray_package_dirs() -> tuple[str, ...]:
+    """Where Ray's binaries and scripts live (found without importing Ray)."""
+    spec = importlib.util.find_spec("ray")
+    found = list(spec.submodule_search_locations or []) if spec else []
+    return tuple(dict.fromkeys(f"{d}/" for p in found for d in (p, os.path.realpath(p))))
+
+
+RAY_PACKAGE_DIRS = _ray_package_dirs()
+
+
+def is_ray_program(command: str) -> bool:
+    """Whether a command line is one of Ray's: a renamed worker (`ray::...`), or its first
+    words name a program of Ray's package (raylet, gcs_server, Ray's Python scripts)."""
+    if command.startswith("ray::"):
+        return True
+    words = command.split()[:3]
+    return any(word.startswith(d) for word in words for d in RAY_PACKAGE_DIRS)
+
+
 def node_processes(temp_dir: Path, session: int | None = None) -> list[NodeProcess]:
-    """The live processes of the node whose temp dir is `temp_dir` (this one excluded)."""
+    """The live processes of the node whose temp dir is `temp_dir` (this one excluded):
+    its `ray start`'s session, and Ray's programs naming the folder."""
     session = recorded_session(temp_dir) if session is None else session
     mine = {os.getpid(), os.getppid()}
     return [
         p
         for p in _all_processes()
         if p.pid not in mine
-        and ((session is not None and p.session == session) or names_dir(p.command, temp_dir))
+        and (
+            (session is not None and p.session == session)
+            or (names_dir(p.command, temp_dir) and is_ray_program(p.command))
+        )
     ]
 
 
