@@ -25,7 +25,7 @@ from hpcinfer.raycluster.cluster_file import (
     save_cluster,
 )
 from hpcinfer.raycluster.down import ray_down
-from hpcinfer.raycluster.gcs import LiveNode
+from hpcinfer.raycluster.gcs import LiveNode, split_address
 from hpcinfer.raycluster.launching import RECORD_PREFIX, node_launches
 from hpcinfer.raycluster.layout import SOCKET_PATH_MAX, cluster_root, node_temp_dir
 from hpcinfer.raycluster.node import RAY_START_TIMEOUT_S, which_host
@@ -319,7 +319,7 @@ def test_the_cluster_file_round_trips(tmp_path: Path) -> None:
     path = save_cluster(_cluster(), tmp_path / "ray" / "job1.json")
     loaded = load_cluster(path)
     assert loaded == _cluster()
-    assert loaded.hosts == ["h1", "h2"] and loaded.gcs_host_port() == ("10.0.0.1", 26800)
+    assert loaded.hosts == ["h1", "h2"] and split_address(loaded.address) == ("10.0.0.1", 26800)
     assert json.loads(path.read_text())["ports"]["gcs"] == 26800
 
 

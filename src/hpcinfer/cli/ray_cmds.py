@@ -15,6 +15,8 @@ import typer
 from rich.markup import escape
 
 from hpcinfer.cli import flags
+from hpcinfer.raycluster.node import RAY_START_TIMEOUT_S
+from hpcinfer.raycluster.node_processes import TERM_GRACE_S
 
 RAY_HELP = (
     "A Ray cluster over the allocation, verified before use: `up` starts the head on the "
@@ -263,7 +265,7 @@ def node_start(
     head_address: Annotated[str | None, typer.Option()] = None,
     stagger: Annotated[float, typer.Option()] = 0.0,
     rank_offset: Annotated[int, typer.Option()] = 0,
-    timeout: Annotated[float, typer.Option()] = 120.0,
+    timeout: Annotated[float, typer.Option()] = RAY_START_TIMEOUT_S,
     block: Annotated[bool, typer.Option("--block")] = False,
     down_hint: Annotated[str | None, typer.Option()] = None,
 ) -> None:
@@ -300,7 +302,7 @@ def node_start(
 def node_stop(
     temp_root: Annotated[Path, typer.Option()],
     host: HOSTS,
-    grace: Annotated[float, typer.Option()] = 6.0,
+    grace: Annotated[float, typer.Option()] = TERM_GRACE_S,
 ) -> None:
     """Stop this node's Ray processes, only those of its temp dir (run by `ray down`)."""
     import os

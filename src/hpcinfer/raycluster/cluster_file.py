@@ -95,10 +95,6 @@ class RayClusterFile(BaseModel):
         """The nodes' host names, head first (the allocation's order)."""
         return [node.host for node in self.nodes] or list(self.planned_hosts)
 
-    def gcs_host_port(self) -> tuple[str, int]:
-        host, _, port = self.address.rpartition(":")
-        return host, int(port)
-
 
 def now_text() -> str:
     """The creation time as the file writes it (UTC, ISO 8601)."""

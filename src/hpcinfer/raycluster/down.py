@@ -25,7 +25,7 @@ from hpcinfer.raycluster.cluster_file import (
     launch_log_dir,
     load_cluster,
 )
-from hpcinfer.raycluster.gcs import tcp_answers
+from hpcinfer.raycluster.gcs import split_address, tcp_answers
 from hpcinfer.raycluster.launching import (
     hpcinfer_argv,
     node_launches,
@@ -124,7 +124,7 @@ def _could_not_stop(hosts: Sequence[str], result: StopResult) -> str:
 
 def _gcs_host_port(cluster: RayClusterFile) -> tuple[str, int]:
     """The head's GCS address; ("", 0) for a cluster whose `up` never reached it."""
-    return cluster.gcs_host_port() if cluster.address else ("", 0)
+    return split_address(cluster.address) if cluster.address else ("", 0)
 
 
 def ray_down(

@@ -76,7 +76,7 @@ def live_nodes(address: str, timeout: float = 5.0, cluster_id: str | None = None
     """Every node the GCS at `address` ("ip:port") knows, alive or dead.
 
     RayClusterError when the GCS does not answer within `timeout` seconds."""
-    if not tcp_answers(*_split(address), timeout):
+    if not tcp_answers(*split_address(address), timeout):
         raise RayClusterError(
             f"the Ray head at {address} does not answer (no TCP connection within "
             f"{timeout:g} s): the cluster is down or the address is wrong"
@@ -93,7 +93,7 @@ def live_nodes(address: str, timeout: float = 5.0, cluster_id: str | None = None
 
 def cluster_id_of(address: str, timeout: float = 5.0) -> str:
     """The cluster id (hex) of the GCS at `address`, for `live_nodes(cluster_id=...)`."""
-    if not tcp_answers(*_split(address), timeout):
+    if not tcp_answers(*split_address(address), timeout):
         raise RayClusterError(f"the Ray head at {address} does not answer")
     from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
@@ -103,8 +103,18 @@ def cluster_id_of(address: str, timeout: float = 5.0) -> str:
         raise RayClusterError(f"the Ray head at {address} does not answer: {exc}") from None
 
 
-def _split(address: str) -> tuple[str, int]:
+def split_address(address: str) -> tuple[str, int]:
+    """("ip", port) of an "ip:port" GCS address; RayClusterError naming it otherwise."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise RayClusterError(f"{address!r} is not a GCS address; expected ip:port")
     return host, int(port)
+
+
+RAYLET_PROBE_S = 2.0
+
+
+def raylet_answers(node: LiveNode) -> bool:
+    """Whether the node's raylet accepts a connection (a dead raylet's node may still be
+    listed alive for a while)."""
+    return tcp_answers(node.address, node.node_manager_port, RAYLET_PROBE_S)

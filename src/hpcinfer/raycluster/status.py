@@ -16,7 +16,7 @@ from typing import Any
 from hpcinfer.errors import RayClusterError
 from hpcinfer.raycluster.cluster_file import RayClusterFile, cluster_path, load_cluster
 from hpcinfer.raycluster.fingerprint import KEYS, label_value
-from hpcinfer.raycluster.gcs import LiveNode, live_nodes, tcp_answers
+from hpcinfer.raycluster.gcs import LiveNode, live_nodes, raylet_answers
 from hpcinfer.raycluster.readiness import ExpectedNode, NodeProblem, assess
 
 GCS_TIMEOUT_S = 5.0
@@ -63,10 +63,6 @@ class ClusterStatus:
         }
 
 
-def _raylet_answers(node: LiveNode) -> bool:
-    return tcp_answers(node.address, node.node_manager_port, 2.0)
-
-
 def _row(host: str, expected: str | None, mine: list[LiveNode], problems: list[str]) -> NodeRow:
     alive = [n for n in mine if n.alive]
     node = alive[0] if alive else (mine[-1] if mine else None)
@@ -94,7 +90,7 @@ def cluster_status(cluster: RayClusterFile, where: Path) -> ClusterStatus:
         ExpectedNode(r.host, r.gpus, r.cpus if cluster.cpus_per_node else None)
         for r in cluster.nodes
     ]
-    found: list[NodeProblem] = assess(expected, nodes, cluster.name, _raylet_answers)
+    found: list[NodeProblem] = assess(expected, nodes, cluster.name, raylet_answers)
     rows = []
     for record in cluster.nodes:
         mine = [n for n in nodes if n.host == label_value(record.host)]

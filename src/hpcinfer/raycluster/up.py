@@ -36,7 +36,7 @@ from hpcinfer.raycluster.cluster_file import (
 )
 from hpcinfer.raycluster.down import stop_hosts
 from hpcinfer.raycluster.fingerprint import label_value
-from hpcinfer.raycluster.gcs import LiveNode, cluster_id_of, live_nodes, tcp_answers
+from hpcinfer.raycluster.gcs import LiveNode, cluster_id_of, live_nodes, raylet_answers
 from hpcinfer.raycluster.launching import (
     BLOCKING_LAUNCHERS,
     RunningLaunch,
@@ -244,10 +244,6 @@ def _expected(request: UpRequest) -> list[ExpectedNode]:
     return [ExpectedNode(h, request.gpus_per_node, request.cpus_per_node) for h in request.hosts]
 
 
-def _raylet_answers(node: LiveNode) -> bool:
-    return tcp_answers(node.address, node.node_manager_port, 2.0)
-
-
 def _wait_ready(
     request: UpRequest, address: str, workers: Sequence[RunningLaunch], deadline: float
 ) -> list[LiveNode]:
@@ -272,7 +268,7 @@ def _wait_ready(
             )
         reported = {str(r.get("host")) for w in workers for r in w.records()}
         if not problems and set(request.hosts[1:]) <= reported:
-            problems = assess(expected, nodes, request.name, _raylet_answers)
+            problems = assess(expected, nodes, request.name, raylet_answers)
             if not problems:
                 return nodes
         if _remaining(deadline) <= 0:
