@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcinfer.errors import RayClusterError
+from hpcinfer.errors import HardwareError, RayClusterError
 from hpcinfer.raycluster.cluster_file import (
     RayClusterFile,
     cluster_path,
@@ -81,8 +81,12 @@ def stop_nodes(
     result = StopResult()
     if not hosts:
         return result
-    launches = node_launches(launcher, hosts, _node_stop_argv(root), env)  # type: ignore[arg-type]
-    running = start_launches(launches, log_dir, env, "stop")
+    try:
+        launches = node_launches(launcher, hosts, _node_stop_argv(root), env)  # type: ignore[arg-type]
+        running = start_launches(launches, log_dir, env, "stop")
+    except (HardwareError, RayClusterError) as exc:  # the launcher cannot run here
+        result.failures = [f"{', '.join(hosts)}: {exc}"]
+        return result
     settle(running, STOP_DEADLINE_S)
     for launch in running:
         for record in launch.records():
