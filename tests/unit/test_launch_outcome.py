@@ -20,11 +20,12 @@ from tests.harness import InProcessCLI, wait_for
 from tests.processes import group_members
 
 # ssh -o BatchMode=yes HOST COMMAND, as ssh_fanout writes it: "down" cannot be reached,
-# "slow" runs until stopped, any other host succeeds.
+# "slow" runs until stopped, "fail" exits 3, any other host succeeds.
 FAKE_SSH = """#!/bin/sh
 case "$3" in
   down) echo "ssh: Could not resolve hostname down: Name or service not known" >&2; exit 255;;
   slow) exec sleep 600;;
+  fail) exit 3;;
   *) exit 0;;
 esac
 """
@@ -173,3 +174,17 @@ run_rank_commands([["sh", "-c", "sleep 600 & echo $$; wait"]], "mpi")
         "the launcher and what it started to end with hpcinfer",
         state=lambda: group_members(launcher),
     )
+
+
+def test_a_failed_rank_is_reported_so_a_serve_launch_can_stop_the_others(fake_ssh: Path) -> None:
+    """Separate ssh clients do not end each other: the caller hears of the first failed
+    rank while the others run (serve stops a spanning server's other ranks there)."""
+    procs, commands = start(fake_ssh, ["fail", "slow"])
+    heard: list[str] = []
+
+    def on_failure(why: str) -> None:
+        heard.append(why)
+        procs[1].proc.terminate()
+
+    assert wait_for_ranks(procs, commands, "ssh", on_failure=on_failure) == 3
+    assert heard == ["rank 0 exited with code 3"]

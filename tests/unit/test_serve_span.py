@@ -11,12 +11,15 @@ from typing import Any
 
 import pytest
 
+from hpcinfer.cluster.allocation import RankInfo
 from hpcinfer.cluster.hardware import HardwareProfile
 from hpcinfer.cluster.interfaces import NodeNetwork, interface_address, node_network
 from hpcinfer.core.endpoints_registry import DEAD, FAILED, READY, read_registry
+from hpcinfer.core.stop import StopSignal
 from hpcinfer.errors import HardwareError, SpecError
 from hpcinfer.serve import span_files as files
 from hpcinfer.serve import span_node
+from hpcinfer.serve.errors import ServeError
 from hpcinfer.serve.fleet import Fleet
 from hpcinfer.serve.layout import ServerLayout, check_allocation, plan_layout
 from hpcinfer.serve.server_argv import SPAN_MODULE, ServerArgs, Span, server_argv
@@ -26,6 +29,7 @@ from tests.harness import wait_for
 from tests.unit.serve_fakes import fake_launch, outside_any_rank
 from tests.unit.test_serve_endpoints import run_main
 
+REG = Path("/nonexistent/endpoints.json")  # never written: these seats find their network
 GPU8 = HardwareProfile(name="gpu8", vendor="nvidia", gpus_per_node=8)
 CPU4 = HardwareProfile(name="cpu4", vendor="cpu", cores_per_node=4)
 
@@ -244,6 +248,41 @@ def test_a_peer_that_fails_fails_a_starting_server_and_kills_a_serving_one(
         wait_for(lambda: not process.alive(), 20, "the server's process killed")
 
 
+def test_a_node_that_fails_before_joining_fails_its_server_at_once_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No network on a follower: its FAILED state reaches the leader, which fails the
+    server now (naming the node and the reason), not after the ready timeout."""
+    registry = tmp_path / "endpoints.json"
+    monkeypatch.setenv("HPCINFER_LAUNCH_ID", "L1")
+    layout = ServerLayout(2, 1, 1, False, nodes=2, backend="mp")
+    spec = job(interface="no-such-if0")
+    with pytest.raises(HardwareError, match="no-such-if0"):
+        span_node.span_rank(spec, layout, RankInfo(1, 0, 2, 1, "hpcinfer"), registry)
+    began = time.monotonic()
+    with pytest.raises(ServeError) as caught:
+        span_node.await_members(registry, seat(), began + 600, StopSignal())
+    assert time.monotonic() - began < 30
+    message = str(caught.value)
+    assert "node rank 1" in message and "failed before the server started" in message
+    assert "no-such-if0" in message
+
+
+def test_a_follower_needs_no_api_key_and_reports_why_it_gave_up(tmp_path: Path) -> None:
+    """The key is not forwarded to other nodes (a headless rank serves no API): a follower
+    without it still joins; one that gives up writes why, for its leader to report."""
+    registry = tmp_path / "endpoints.json"
+    spec = job(api_key_env="HPCINFER_TEST_NO_SUCH_KEY")
+    stop = StopSignal()
+    stop.drain("test")
+    follower = seat(node_rank=1)
+    with pytest.raises(ServeError, match="stopped before its first node published"):
+        span_node.run_follower(spec, tmp_path, registry, follower, stop, print, env={})
+    state = files.read_member(registry, 0, 1, "L1", time.time())
+    assert state is not None and state.state == FAILED
+    assert "stopped before its first node published" in (state.error or "")
+
+
 # --- refused before anything starts ---------------------------------------------------------
 
 
@@ -302,19 +341,20 @@ def test_the_registry_keeps_its_format_and_the_dispatcher_reads_a_spanning_serve
 
 
 def test_four_nodes_at_two_per_server_are_two_servers_each_led_by_its_first_node() -> None:
-    from hpcinfer.cluster.allocation import RankInfo
 
     spec = job(2, interface="lo")
     layout = ServerLayout(2, 1, 1, False, nodes=2, backend="mp")
-    seats = [span_node.span_rank(spec, layout, RankInfo(r, 0, 4, 1, "hpcinfer")) for r in range(4)]
+    seats = [
+        span_node.span_rank(spec, layout, RankInfo(r, 0, 4, 1, "hpcinfer"), REG) for r in range(4)
+    ]
     assert [(s.server, s.node_rank, s.leader_rank) for s in seats] == [
         (0, 0, 0), (0, 1, 0), (1, 0, 2), (1, 1, 2),
     ]  # fmt: skip
     assert all(s.network == NodeNetwork("127.0.0.1", "lo") for s in seats)
     with pytest.raises(SpecError, match="one serve rank per node"):
-        span_node.span_rank(spec, layout, RankInfo(0, 0, 4, 2, "mpich"))
+        span_node.span_rank(spec, layout, RankInfo(0, 0, 4, 2, "mpich"), REG)
     with pytest.raises(SpecError, match=r"3 serve ranks .* do not make whole servers of 2"):
-        span_node.span_rank(spec, layout, RankInfo(0, 0, 3, 1, "mpich"))
+        span_node.span_rank(spec, layout, RankInfo(0, 0, 3, 1, "mpich"), REG)
 
 
 def test_the_live_clusters_node_list_names_what_a_ray_layout_lacks() -> None:
@@ -398,7 +438,6 @@ def test_a_ray_server_runs_vllm_with_the_ray_backend_on_its_first_node(tmp_path:
 def test_a_stop_reaches_every_rank_through_the_stop_file_before_the_launchers(
     tmp_path: Path,
 ) -> None:
-    from hpcinfer.core.stop import StopSignal
     from hpcinfer.serve.stop_file import relay_to_ranks, requested, stop_path, watch_for_stop
 
     registry = tmp_path / "endpoints.json"
@@ -422,7 +461,6 @@ def test_a_stop_reaches_every_rank_through_the_stop_file_before_the_launchers(
 
 
 def test_ray_servers_take_their_first_nodes_rank_and_need_ranks_when_several() -> None:
-    from hpcinfer.cluster.allocation import RankInfo
     from hpcinfer.serve.ray_backend import ray_seat
 
     layout = ServerLayout(8, 2, 1, False, nodes=2, backend="ray")
@@ -434,3 +472,32 @@ def test_ray_servers_take_their_first_nodes_rank_and_need_ranks_when_several() -
     assert seats == [(0, 0), (0, 1), (1, 0), (1, 1)]
     with pytest.raises(SpecError, match="3 serve ranks"):
         ray_seat(layout, two, RankInfo(0, 0, 3, 1, "hpcinfer"))
+
+
+def test_a_failed_rank_of_a_spanning_server_stops_the_launchs_other_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ssh nothing ends the other ranks when one fails: the launch tells them through
+    the stop file, as a stop request would (mpiexec ends its job by itself)."""
+    from hpcinfer.serve import launch as serve_launch
+    from hpcinfer.serve.stop_file import requested
+
+    outside_any_rank(tmp_path, monkeypatch)
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("h1\nh2\n")
+    seen: list[bool] = []
+
+    def ranks(*args: Any) -> int:
+        on_failure = args[-1]
+        assert on_failure is not None
+        on_failure("rank 1 exited with code 1")
+        launch = serve_launch.os.environ["HPCINFER_LAUNCH_ID"]
+        wait_for(lambda: requested(tmp_path / "endpoints.json", launch), 10, "the stop file")
+        seen.append(True)
+        return 1
+
+    monkeypatch.setattr(serve_launch, "launch_self", ranks)
+    monkeypatch.setenv("HPCINFER_LAUNCH_ID", "")
+    spec = job(2, host="0.0.0.0", nodes_per_server=2, registry=str(tmp_path / "endpoints.json"))
+    assert serve_launch.launch_serve_ranks(spec, "ssh", ["serve"], hostfile) == 1
+    assert seen == [True]

@@ -14,7 +14,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hpcinfer.cluster.allocation import Allocation
 from hpcinfer.core.processes import Child, spawn, stop_all
@@ -37,16 +37,20 @@ def launch_self(
     argv: Sequence[str],
     allocation: Allocation,
     stop: StopSignal | None = None,
+    on_failure: Callable[[str], None] | None = None,
 ) -> int:
     """Start the ranks of `hpcinfer <argv>` (run or serve) over `allocation` with `launcher`
     and wait for them (`run_rank_commands`): each rank runs this very command line."""
     rank_command = [sys.executable, "-m", "hpcinfer", *argv]
     commands = launch_commands(spec, launcher, rank_command, allocation, dict(os.environ))
-    return run_rank_commands(commands, launcher, stop)
+    return run_rank_commands(commands, launcher, stop, on_failure)
 
 
 def run_rank_commands(
-    commands: Sequence[Sequence[str]], launcher: str, stop: StopSignal | None = None
+    commands: Sequence[Sequence[str]],
+    launcher: str,
+    stop: StopSignal | None = None,
+    on_failure: Callable[[str], None] | None = None,
 ) -> int:
     """Start every launch command (mpiexec, srun, ssh) and wait for all of them: the one exit
     code of `wait_for_ranks`.
@@ -64,7 +68,7 @@ def run_rank_commands(
         stop_all(children, _STOP_GRACE_S)
         raise HardwareError(f"cannot start the launcher: {exc}") from None
     try:
-        return wait_for_ranks(children, commands, launcher, stop)
+        return wait_for_ranks(children, commands, launcher, stop, on_failure)
     finally:  # normally all have exited; on an error, nothing is left running
         stop_all(children, _STOP_GRACE_S)
 
@@ -74,15 +78,24 @@ def wait_for_ranks(
     commands: Sequence[Sequence[str]],
     launcher: str,
     stop: StopSignal | None = None,
+    on_failure: Callable[[str], None] | None = None,
 ) -> int:
     """Wait for every launch command; rank 0's exit code, else the worst one. Under ssh a
-    host that could not be reached is a LaunchError naming it."""
+    host that could not be reached is a LaunchError naming it. `on_failure` hears (once) of
+    the first launch command that exits non-zero while others still run: mpiexec ends a job
+    whose rank failed, separate ssh clients do not, so a caller whose ranks cannot go on
+    without each other stops the rest there."""
     codes: list[int | None] = [None] * len(children)
     passed_on = 0  # stop requests sent to the launchers (1: drain, 2: abort)
+    told = on_failure is None
     while any(code is None for code in codes):
         for i, child in enumerate(children):
             if codes[i] is None:
                 codes[i] = child.returncode
+                if not told and codes[i] and any(code is None for code in codes):
+                    told = True
+                    assert on_failure is not None
+                    on_failure(f"rank {i} exited with code {codes[i]}")
         if launcher == "ssh" and codes[0] == SSH_UNREACHABLE:
             for child in children[1:]:
                 if child.alive():

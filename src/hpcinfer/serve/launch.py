@@ -49,22 +49,34 @@ def launch_serve_ranks(
     api_key(spec.serve, os.environ)  # fail here, not once per rank
     # A layout that cannot be placed fails here, before any rank starts.
     if spec.serve.backend == "ray":
-        check_ray_layout(spec, hosts)
+        spans = check_ray_layout(spec, hosts)
     else:
         layout = plan_layout(spec, resolve_profile(spec.workers.profile), len(hosts))
         check_allocation(layout, hosts)
+        spans = layout.spans_nodes
     # The ranks tell this launch's files (rendezvous, stop request) from an earlier one's by
     # this id: the ssh launcher passes it to each rank, mpiexec and srun pass the environment.
     launch = uuid.uuid4().hex
     os.environ[LAUNCH_ID_ENV] = launch
     registry = registry_path(spec, Path.cwd())
-    with relay_to_ranks(registry, launch, stop or StopSignal()) as launchers:
-        return launch_self(one_rank_per_node(spec), launcher, argv, allocation, launchers)
+    stop = stop or StopSignal()
+    on_failure = None
+    if spans:
+        # The nodes of a server cannot serve without each other: a rank that failed ends
+        # the launch, as mpiexec does (ssh clients each run on alone), through the stop file.
+        def on_failure(why: str) -> None:
+            stop.drain(f"serve {why}: stopping the other ranks")
+
+    with relay_to_ranks(registry, launch, stop) as launchers:
+        return launch_self(
+            one_rank_per_node(spec), launcher, argv, allocation, launchers, on_failure
+        )
 
 
-def check_ray_layout(spec: JobSpec, hosts: tuple[str, ...]) -> None:
+def check_ray_layout(spec: JobSpec, hosts: tuple[str, ...]) -> bool:
     """Backend ray: the ranks go to the cluster's nodes, and the live cluster can place the
-    servers (checked once here, for all of them, before any rank starts)."""
+    servers (checked once here, for all of them, before any rank starts). True when a
+    server spans nodes."""
     from hpcinfer.serve import ray_backend
 
     cluster = ray_backend.load_ray_cluster(spec)
@@ -76,3 +88,4 @@ def check_ray_layout(spec: JobSpec, hosts: tuple[str, ...]) -> None:
             "with, or the --ray-cluster of this allocation"
         )
     ray_backend.check_placement(cluster, layout, groups)
+    return layout.spans_nodes

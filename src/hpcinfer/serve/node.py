@@ -140,7 +140,7 @@ def _plan_mp(
     spanning nodes after its first, the headless rank run to its end (why it ended)."""
     layout = plan_layout(spec, resolve_profile(spec.workers.profile), nodes_of(rank))
     parts = rank.world_size // layout.nodes if rank else 1
-    seat = span_rank(spec, layout, rank) if layout.spans_nodes else None
+    seat = span_rank(spec, layout, rank, registry) if layout.spans_nodes else None
     if seat is None:
         fleet = plan_fleet(spec, options.cwd, registry, rank, write_to=write_to, on_event=printer)
         return fleet, parts

@@ -21,8 +21,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hpcinfer.cluster import PlacementPlan, cpu_affinity, plan_placement, resolve_profile
@@ -68,8 +68,11 @@ class SpanRank:
         return self.server * self.layout.nodes
 
 
-def span_rank(spec: JobSpec, layout: ServerLayout, rank: RankInfo | None) -> SpanRank:
-    """This rank's seat, or a SpecError when the ranks cannot make whole servers."""
+def span_rank(
+    spec: JobSpec, layout: ServerLayout, rank: RankInfo | None, registry: Path
+) -> SpanRank:
+    """This rank's seat, or a SpecError when the ranks cannot make whole servers. A node
+    after the first that cannot find its network says so in its state file first."""
     if rank is None:
         raise SpecError(
             f"a server spanning {layout.nodes} nodes ({layout.describe()}) needs one serve rank "
@@ -89,18 +92,46 @@ def span_rank(spec: JobSpec, layout: ServerLayout, rank: RankInfo | None) -> Spa
             "nodes, or pass --nodes-per-server"
         )
     server, node_rank = layout.place_rank(rank.rank)
-    return SpanRank(
+    seat = SpanRank(
         layout=layout,
         rank=rank.rank,
         server=server,
         node_rank=node_rank,
         node=short_hostname(socket.gethostname()),
-        network=node_network(
-            spec.serve.interface or resolve_profile(spec.workers.profile).network_interface
-        ),
+        network=NodeNetwork("", None),  # found below
         started_at=time.time(),
         launch=files.launch_id(),
     )
+    with failure_reported(registry, seat):
+        network = node_network(
+            spec.serve.interface or resolve_profile(spec.workers.profile).network_interface
+        )
+    return replace(seat, network=network)
+
+
+@contextlib.contextmanager
+def failure_reported(registry: Path, seat: SpanRank) -> Iterator[None]:
+    """On a node after the first, an error before its heartbeat starts is written as its
+    FAILED state, so the first node fails the server at once naming this node and why,
+    instead of waiting out the ready timeout for a node that will never join."""
+    try:
+        yield
+    except Exception as exc:
+        if seat.node_rank > 0:
+            state = files.MemberState(
+                server=seat.server,
+                node_rank=seat.node_rank,
+                rank=seat.rank,
+                node=seat.node,
+                address=seat.network.address,
+                devices=[],
+                state=files.FAILED,
+                error=str(exc) or type(exc).__name__,
+                launch=seat.launch,
+            )
+            with contextlib.suppress(OSError):  # the error itself still reaches the user
+                files.write_member(registry, state)
+        raise
 
 
 def network_env(network: NodeNetwork, master_addr: str) -> dict[str, str]:
@@ -203,10 +234,11 @@ def await_members(
         found = {r: m for r in missing if (m := watch.read(r)) is not None}
         for node_rank, member in found.items():
             if member.state in files.GONE:
+                log = f" (log {member.log})" if member.log else ""
                 raise ServeError(
-                    f"server {seat.server}: node rank {node_rank} ({member.node}) "
-                    f"{member.state} before the server started: {member.error} "
-                    f"(log {member.log})"
+                    f"server {seat.server}: node rank {node_rank} ({member.node}, serve rank "
+                    f"{member.rank}) {member.state} before the server started: "
+                    f"{member.error}{log}"
                 )
         if len(found) == len(missing):
             return [found[r] for r in missing]
@@ -383,9 +415,10 @@ def run_follower(
     leader's server ending, or its own death (ServeError). Returns why it stopped."""
     env = os.environ if env is None else env
     deadline = time.monotonic() + spec.serve.ready_timeout_s
-    key = api_key(spec.serve, env)
-    rendezvous = await_rendezvous(registry, seat, deadline, stop)
-    argv, child_env, plan = _argv_and_env(spec, cwd, seat, rendezvous, 0, env, key)
+    with failure_reported(registry, seat):
+        rendezvous = await_rendezvous(registry, seat, deadline, stop)
+        # No API key: a headless rank serves no API (and ssh rightly does not forward it).
+        argv, child_env, plan = _argv_and_env(spec, cwd, seat, rendezvous, 0, env, None)
     group = plan.placements[0].group
     log = _log(spec, cwd, registry, seat)
     state = files.MemberState(
