@@ -5,6 +5,7 @@ command line and environment of each node's rank, and the failure paths of the m
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,68 @@ def test_files_of_an_earlier_launch_are_not_taken_for_this_ones(tmp_path: Path) 
     files.write_member(registry, stale)
     assert files.read_member(registry, 0, 1, None, time.time() + 2 * files.SKEW_S) is None
     assert files.read_member(registry, 0, 1, None, time.time()) is not None
+
+
+def test_the_launch_id_comes_from_the_schedulers_job_step_or_application() -> None:
+    assert files.launch_id({"HPCINFER_LAUNCH_ID": "L9", "SLURM_JOB_ID": "5"}) == "L9"
+    slurm = files.launch_id({"SLURM_JOB_ID": "5", "SLURM_STEP_ID": "2"})
+    next_step = files.launch_id({"SLURM_JOB_ID": "5", "SLURM_STEP_ID": "3"})
+    assert slurm is not None and slurm != next_step
+    pals = files.launch_id({"PBS_JOBID": "7.aurora", "PALS_APID": "a1"})
+    assert pals is not None and "7.aurora" in pals and "a1" in pals
+    assert files.launch_id({"PMIX_NAMESPACE": "prterun-x-1@1"}) is not None
+    # A PBS job id alone is the same for every mpiexec of the job: no launch id (the
+    # rendezvous handshake tells launches apart).
+    assert files.launch_id({"PBS_JOBID": "7.aurora"}) is None
+
+
+def test_a_follower_that_read_an_earlier_launchs_rendezvous_joins_this_ones(
+    tmp_path: Path,
+) -> None:
+    """No launch id, and a relaunch within the clock-skew margin: the earlier launch's
+    rendezvous looks fresh. The follower may read it, but only starts once this launch's
+    first node (its nonce) takes its token in, and then at this launch's address."""
+    from dataclasses import replace
+
+    registry = tmp_path / "endpoints.json"
+    old = files.Rendezvous(
+        server=0, node="h1", address="10.0.0.1", master_port=1111, dp_rpc_port=None,
+        leader_rank=0, part=str(tmp_path / "p.json"), nonce="old", accepted={"1": "their-token"},
+    )  # fmt: skip
+    files.write_rendezvous(registry, old)
+    leader = replace(seat(), launch=None)
+    follower = replace(seat(node_rank=1), launch=None, node="h2")
+    found = files.read_rendezvous(registry, 0, None, follower.started_at)
+    assert found is not None and found.nonce == "old"  # stale, yet fresh by the clock
+    state = files.MemberState(
+        server=0, node_rank=1, rank=1, node="h2", address="10.0.0.2", devices=["core0"],
+        nonce=found.nonce,
+    )  # fmt: skip
+    assert not old.accepts(state)  # the earlier launch listed its own member's token
+    beat = span_node._Heartbeat(registry, state, threading.Lock(), threading.Event())
+    beat.update()
+    # This launch's first node does not take a member echoing another nonce.
+    assert files.read_member(registry, 0, 1, None, leader.started_at, "new") is None
+
+    joined: list[files.Rendezvous] = []
+    stop = StopSignal()
+    thread = threading.Thread(
+        target=lambda: joined.append(
+            span_node.await_acceptance(registry, follower, beat, time.monotonic() + 60, stop)
+        )
+    )
+    thread.start()
+    try:
+        new = replace(old, address="10.0.0.9", master_port=2222, nonce="new", accepted={})
+        files.write_rendezvous(registry, new)
+        (member,) = span_node.await_members(registry, leader, time.monotonic() + 60, stop, "new")
+        assert member.token == state.token
+        files.write_rendezvous(registry, replace(new, accepted={"1": member.token}))
+        thread.join(timeout=60)
+    finally:
+        stop.drain("test over")
+        thread.join(timeout=10)
+    assert [(r.address, r.master_port) for r in joined] == [("10.0.0.9", 2222)]
 
 
 def test_the_leader_sees_a_dead_or_silent_headless_rank(

@@ -10,10 +10,15 @@ shared file system: no messages between nodes, as for the registry itself).
   to fail the server when one of them dies or goes silent, instead of hanging.
 
 Freshness: a file of an earlier launch (killed before it cleaned up) must not be taken for
-this one's. Files carry the launch id when the launcher gives one (`HPCINFER_LAUNCH_ID`);
-otherwise a file counts when written after this rank started, less a clock-skew margin.
-Heartbeats are judged by the reader's own clock (a counter that stops changing), so clocks
-of different nodes never need to agree.
+this one's. Files carry the launch id when there is one (`launch_id`: hpcinfer's launcher's,
+else the scheduler's job and step); otherwise a file counts when written after this rank
+started, less a clock-skew margin. That margin alone would let a relaunch within it join the
+earlier launch's server, so the two sides also shake hands: the first node's rendezvous
+carries a fresh nonce, each other node echoes it with a token of its own, and starts its
+headless rank only once the rendezvous lists its token as accepted (a follower that read an
+earlier launch's rendezvous echoes the new nonce when the file changes). Heartbeats are
+judged by the reader's own clock (a counter that stops changing), so clocks of different
+nodes never need to agree.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import contextlib
 import json
 import os
 import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,9 +60,32 @@ def member_path(registry: Path, server: int, node_rank: int) -> Path:
     return span_dir(registry) / f"server-{server}-node-{node_rank}.json"
 
 
-def launch_id(env: dict[str, str] | os._Environ[str] | None = None) -> str | None:
+LAUNCH_VARIABLES = (
+    ("SLURM_JOB_ID", "SLURM_STEP_ID"),
+    ("SLURM_JOBID", "SLURM_STEPID"),
+    ("PBS_JOBID", "PALS_APID"),
+    ("PALS_APID",),
+    ("PMIX_NAMESPACE",),
+    ("OMPI_MCA_ess_base_jobid",),
+)
+"""Variables that name one launch (job step, application, PMIx namespace) the same on every
+rank and differently on the next: the first row all of whose variables are set is used."""
+
+
+def launch_id(env: Mapping[str, str] | None = None) -> str | None:
+    """What every rank of this launch agrees on without talking (None: nothing does)."""
     env = os.environ if env is None else env
-    return env.get(LAUNCH_ID_ENV) or None
+    if env.get(LAUNCH_ID_ENV):
+        return env[LAUNCH_ID_ENV]
+    for names in LAUNCH_VARIABLES:
+        values = [env.get(name) for name in names]
+        if all(values):
+            return "/".join(f"{n}={v}" for n, v in zip(names, values, strict=True))
+    return None
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -70,7 +100,16 @@ class Rendezvous:
     leader_rank: int
     part: str  # the leader's registry part (its endpoint's state: the others follow it)
     launch: str | None = None
+    nonce: str = field(default_factory=new_token)
+    accepted: dict[str, str] = field(default_factory=dict)
+    """Node rank (as text) -> the token of the member the first node took for this launch's."""
     written: float = field(default_factory=time.time)
+
+    def accepts(self, member: MemberState) -> bool:
+        """This rendezvous let `member` in: it echoed the nonce, and its token is listed."""
+        return member.nonce == self.nonce and self.accepted.get(str(member.node_rank)) == (
+            member.token
+        )
 
 
 @dataclass
@@ -89,6 +128,9 @@ class MemberState:
     log: str | None = None
     beat: int = 0
     launch: str | None = None
+    nonce: str | None = None
+    """The nonce of the rendezvous this node joins (None: it failed before reading one)."""
+    token: str = field(default_factory=new_token)
     written: float = field(default_factory=time.time)
 
 
@@ -133,10 +175,21 @@ def write_member(registry: Path, state: MemberState) -> None:
 
 
 def read_member(
-    registry: Path, server: int, node_rank: int, launch: str | None, started_at: float
+    registry: Path,
+    server: int,
+    node_rank: int,
+    launch: str | None,
+    started_at: float,
+    nonce: str | None = None,
 ) -> MemberState | None:
+    """Node `node_rank`'s state when it is this launch's: fresh, and (given the leader's
+    `nonce`) echoing it; a node that failed before reading any rendezvous echoes none."""
     data = _read(member_path(registry, server, node_rank))
     if data is None or not fresh(data, launch, started_at):
+        return None
+    echoed = data.get("nonce")
+    failed_early = echoed is None and data.get("state") in GONE
+    if nonce is not None and echoed != nonce and not failed_early:
         return None
     with contextlib.suppress(TypeError):
         return MemberState(**data)

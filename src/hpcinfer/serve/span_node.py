@@ -194,15 +194,17 @@ class PeerWatch:
     """The leader's view of its server's other nodes: `__call__` says why they cannot serve
     (one exited, or went silent), or None."""
 
-    def __init__(self, registry: Path, seat: SpanRank) -> None:
+    def __init__(self, registry: Path, seat: SpanRank, nonce: str | None = None) -> None:
         self._registry = registry
         self._seat = seat
+        self._nonce = nonce
         self._beats: dict[int, tuple[int, float]] = {}
 
     def read(self, node_rank: int) -> files.MemberState | None:
+        """Node `node_rank`'s state, when it joins this launch's rendezvous (`nonce`)."""
         seat = self._seat
         return files.read_member(
-            self._registry, seat.server, node_rank, seat.launch, seat.started_at
+            self._registry, seat.server, node_rank, seat.launch, seat.started_at, self._nonce
         )
 
     def __call__(self) -> str | None:
@@ -224,11 +226,11 @@ class PeerWatch:
 
 
 def await_members(
-    registry: Path, seat: SpanRank, deadline: float, stop: StopSignal
+    registry: Path, seat: SpanRank, deadline: float, stop: StopSignal, nonce: str | None = None
 ) -> list[files.MemberState]:
-    """Wait until every other node of this server has said who it is; ServeError naming
-    the missing node ranks at the deadline, or the one that failed."""
-    watch = PeerWatch(registry, seat)
+    """Wait until every other node of this server has said who it is (echoing `nonce`);
+    ServeError naming the missing node ranks at the deadline, or the one that failed."""
+    watch = PeerWatch(registry, seat, nonce)
     missing = list(range(1, seat.layout.nodes))
     while True:
         found = {r: m for r in missing if (m := watch.read(r)) is not None}
@@ -290,7 +292,13 @@ def plan_span_leader(
     write_to.unlink(missing_ok=True)  # an earlier launch's state must not reach the others
     files.write_rendezvous(registry, rendezvous)
     began = time.monotonic()
-    members = await_members(registry, seat, began + serve.ready_timeout_s, stop)
+    members = await_members(
+        registry, seat, began + serve.ready_timeout_s, stop, rendezvous.nonce
+    )
+    # Only the members listed here start their headless ranks (not one that read an
+    # earlier launch's rendezvous, which waits for this one's nonce instead).
+    rendezvous = replace(rendezvous, accepted={str(m.node_rank): m.token for m in members})
+    files.write_rendezvous(registry, rendezvous)
     ready_left = max(1.0, serve.ready_timeout_s - (time.monotonic() - began))  # one bound
     argv, child_env, plan = _argv_and_env(spec, cwd, seat, rendezvous, port.port, env, key)
     group = plan.placements[0].group
@@ -328,7 +336,7 @@ def plan_span_leader(
         cores=frozenset(cores) if cores else None,
         rank=seat.rank,
         nodes=tuple(nodes),
-        peers=PeerWatch(registry, seat),
+        peers=PeerWatch(registry, seat, rendezvous.nonce),
         verify=True,
     )
     notes = list(plan.warnings)
@@ -367,6 +375,28 @@ def await_rendezvous(
                 f"publish its address within {_waited(seat)} "
                 f"({files.rendezvous_path(registry, seat.server)}): check that rank's output; "
                 "the registry's folder must be on a file system every node sees"
+            )
+        stop.wait(POLL_S)
+
+
+def await_acceptance(
+    registry: Path, seat: SpanRank, beat: _Heartbeat, deadline: float, stop: StopSignal
+) -> files.Rendezvous:
+    """Wait until the first node lists this node (its token) in the rendezvous it echoes; a
+    newer rendezvous (this launch's, replacing an earlier one's) is echoed instead."""
+    while True:
+        found = files.read_rendezvous(registry, seat.server, seat.launch, seat.started_at)
+        if found is not None and found.nonce != beat.state.nonce:
+            beat.update(nonce=found.nonce)
+        elif found is not None and found.accepts(beat.state):
+            return found
+        if stop.requested:
+            raise ServeError(f"server {seat.server}: stopped while joining its first node")
+        if time.monotonic() >= deadline:
+            raise ServeError(
+                f"server {seat.server}: its first node (serve rank {seat.leader_rank}) did not "
+                f"take node rank {seat.node_rank} in within {_waited(seat)} "
+                f"({files.rendezvous_path(registry, seat.server)}): check that rank's output"
             )
         stop.wait(POLL_S)
 
@@ -417,9 +447,7 @@ def run_follower(
     deadline = time.monotonic() + spec.serve.ready_timeout_s
     with failure_reported(registry, seat):
         rendezvous = await_rendezvous(registry, seat, deadline, stop)
-        # No API key: a headless rank serves no API (and ssh rightly does not forward it).
-        argv, child_env, plan = _argv_and_env(spec, cwd, seat, rendezvous, 0, env, None)
-    group = plan.placements[0].group
+        group = node_placement(spec, seat.layout).placements[0].group
     log = _log(spec, cwd, registry, seat)
     state = files.MemberState(
         server=seat.server,
@@ -430,17 +458,25 @@ def run_follower(
         devices=list(group.labels),
         log=str(log),
         launch=seat.launch,
+        nonce=rendezvous.nonce,
     )
     beat = _Heartbeat(registry, state, threading.Lock(), threading.Event())
     beat.update()
-    say(
-        f"server {seat.server} node rank {seat.node_rank}: joining {rendezvous.node} "
-        f"({rendezvous.address}:{rendezvous.master_port}) headless, log {log}"
-    )
     thread = threading.Thread(target=beat.run, name="span-heartbeat", daemon=True)
     thread.start()
     process: ServerProcess | None = None
     try:
+        try:
+            rendezvous = await_acceptance(registry, seat, beat, deadline, stop)
+            # No API key: a headless rank serves no API (and ssh rightly does not forward it).
+            argv, child_env, _ = _argv_and_env(spec, cwd, seat, rendezvous, 0, env, None)
+        except Exception as exc:
+            beat.update(state=files.FAILED, error=str(exc) or type(exc).__name__)
+            raise
+        say(
+            f"server {seat.server} node rank {seat.node_rank}: joining {rendezvous.node} "
+            f"({rendezvous.address}:{rendezvous.master_port}) headless, log {log}"
+        )
         cores = cpu_affinity(group)
         try:
             process = ServerProcess(argv, child_env, log, cores)
