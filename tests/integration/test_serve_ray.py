@@ -138,3 +138,34 @@ def test_serve_starts_vllm_with_the_ray_backend_named_and_the_cluster_given(
     text = Path(entry.log or "").read_text(errors="replace") + done.stderr
     assert "does not support ray" in text  # vLLM reached its Ray executor ...
     assert cluster.address in text  # ... and joined this cluster (RAY_ADDRESS) first
+
+
+def test_a_refused_placement_ends_the_job_scripts_endpoints_wait_at_once(
+    cluster: RayClusterFile, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """The Aurora job script's `hpcinfer serve ... & hpcinfer endpoints --expect 1 --wait
+    55m`: a placement the cluster cannot hold fails the serve in seconds, and the wait with it
+    (the failed entry it lists), not 55 minutes later."""
+    claimed = _file(cluster, tmp_path, gpus_per_node=8)
+    env = cli_env | {"PBS_JOBID": "4242.test"}
+    args = ["serve", "--backend", "ray", "--tp", "8", "--ray-cluster", str(claimed)]
+    serve = subprocess.Popen(
+        hpcinfer_cmd(*args, "--endpoints", "endpoints.json"), cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        began = time.monotonic()
+        wait = ["endpoints", "--endpoints", "endpoints.json", "--expect", "1", "--wait", "55m"]
+        done = subprocess.run(
+            hpcinfer_cmd(*wait), cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert time.monotonic() - began < 2 * QUICK_S
+        assert done.returncode == 1, done.stderr[-3000:]
+        assert "will not come up" in done.stderr and "needs 8 GPUs" in done.stderr
+        assert serve.wait(timeout=60) == 1
+    finally:
+        serve.kill()
+        serve.wait()
+    (entry,) = read_registry(tmp_path / "endpoints.json")
+    assert entry.state == "failed" and "needs 8 GPUs" in (entry.error or "")

@@ -237,7 +237,10 @@ def test_cli_refuses_an_unset_key_variable_before_starting_anything(
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     code, out = run_main(["serve", "--api-key-env", "NO_SUCH_KEY_VAR"], monkeypatch, capsys)
     assert code == 2 and "$NO_SUCH_KEY_VAR is not set" in out
-    assert not (tmp_path / "endpoints.json").exists()
+    # Nothing started: the registry only lists the failure, for `endpoints --wait` to end on.
+    (entry,) = read_registry(tmp_path / "endpoints.json")
+    assert entry.state == "failed" and entry.pid is None
+    assert "$NO_SUCH_KEY_VAR is not set" in (entry.error or "")
 
 
 def test_cli_refuses_loopback_across_hosts_before_launching(

@@ -367,7 +367,9 @@ def test_cli_refuses_a_spanning_server_without_ranks_or_with_a_partial_allocatio
     code, out = run_main(["serve", "--tp", "2", *ssh, "--profile", "cpu.yaml"], monkeypatch, capsys)
     assert code == 2, out
     assert "allocation has 3 nodes (h1, h2, h3), not a multiple of 2" in out
-    assert not (tmp_path / "endpoints.json").exists() and not (tmp_path / "serve-logs").exists()
+    assert not (tmp_path / "serve-logs").exists()  # nothing started: the registry says why
+    (entry,) = read_registry(tmp_path / "endpoints.json")
+    assert entry.state == FAILED and "not a multiple of 2" in (entry.error or "")
     code, out = run_main(["serve", "--tp", "3", "--nodes-per-server", "2"], monkeypatch, capsys)
     assert code == 2 and "do not divide over 2 nodes" in out
 

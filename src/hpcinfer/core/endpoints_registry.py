@@ -81,14 +81,27 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def write_registry(path: Path, endpoints: Sequence[Endpoint]) -> None:
-    """Replace the registry atomically."""
-    document = {
+def write_registry(path: Path, endpoints: Sequence[Endpoint], job: str | None = None) -> None:
+    """Replace the registry atomically; `job`: the scheduler job that wrote it, when a
+    reader must tell it from an earlier job's (a failed serve's entry)."""
+    document: dict[str, Any] = {
         "version": REGISTRY_VERSION,
         "updated": now_iso(),
         "endpoints": [e.as_dict() for e in endpoints],
     }
+    if job is not None:
+        document["job"] = job
     write_text_atomic(path, json.dumps(document, indent=1) + "\n")
+
+
+def registry_job(path: Path) -> str | None:
+    """The scheduler job that wrote the registry, when it says (None: unknown, unreadable)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    job = document.get("job") if isinstance(document, dict) else None
+    return job if isinstance(job, str) else None
 
 
 def read_registry(path: Path) -> list[Endpoint]:

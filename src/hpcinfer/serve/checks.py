@@ -4,7 +4,9 @@ and waiting until it is (the Aurora vLLM server scripts' test_servers.sh, with a
 Endpoints are checked concurrently, each with a short timeout, so one hung server does not
 hide the others. While waiting, a registry that does not exist yet (the servers are still
 being planned) is waited for; one that names a failed server ends the wait at once, unless
-it was written before the wait began (a new `hpcinfer serve` may be about to replace it).
+it was written before the wait began (a new `hpcinfer serve` may be about to replace it)
+by another job than this one (a `serve` that failed before starting any server lists
+itself as failed, with its job).
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ from hpcinfer.core.endpoints_registry import (
     Endpoint,
     RegistryError,
     read_registry,
+    registry_job,
 )
 from hpcinfer.core.server_probe import CHECK_TIMEOUT_S, Check, check_servers
 from hpcinfer.serve.errors import ServeError
+from hpcinfer.serve.failed_entry import scheduler_job
 
 WAIT_POLL_S = 2.0
+GONE = (FAILED, DEAD, STOPPED)
+"""States of an endpoint that will not come up (as the registry says)."""
 
 
 @dataclass(frozen=True)
@@ -138,9 +144,18 @@ def _look(
         fresh = registry is None or registry.stat().st_mtime >= began
     except OSError:
         fresh = False  # replaced right now: the next look reads the new one
+    if not fresh and registry is not None:
+        # `serve & endpoints --wait` in one job: a serve that failed in its first second
+        # may have written its failed entry before this wait began.
+        job = scheduler_job()
+        fresh = job is not None and registry_job(registry) == job
     if len(endpoints) < max(1, expect or 0):
         need = max(1, expect or 0)
-        return _Look([], fresh, f"{len(endpoints)} endpoint(s) listed, waiting for {need}")
+        # A failed one (e.g. the failed entry of a serve that stopped before starting its
+        # servers) ends the wait now, whatever the count.
+        gone = [e for e in endpoints if e.state in GONE]
+        statuses = check_all(gone, api_key, timeout_s) if gone else []
+        return _Look(statuses, fresh, f"{len(endpoints)} endpoint(s) listed, waiting for {need}")
     starting = [e for e in endpoints if e.state not in (READY, "-")]
     statuses = check_all(endpoints, api_key, timeout_s)
     down = [s for s in statuses if not s.up]
@@ -155,7 +170,7 @@ def _look(
 
 def _failed(statuses: Sequence[EndpointStatus]) -> str:
     """The message for endpoints the registry says will not come up ('' when none)."""
-    gone = [s.endpoint for s in statuses if s.endpoint.state in (FAILED, DEAD, STOPPED)]
+    gone = [s.endpoint for s in statuses if s.endpoint.state in GONE]
     if not gone:
         return ""
     lines = [

@@ -20,6 +20,7 @@ from hpcinfer.core.stop import StopSignal
 from hpcinfer.errors import SpecError
 from hpcinfer.launch.outcome import launch_self
 from hpcinfer.launch.rank_env import LAUNCH_ID_ENV
+from hpcinfer.serve.failed_entry import failure_recorded
 from hpcinfer.serve.layout import check_allocation, plan_layout
 from hpcinfer.serve.node import registry_path
 from hpcinfer.serve.plan import check_reachable
@@ -43,22 +44,23 @@ def launch_serve_ranks(
 ) -> int:
     """Start one serve rank per node of the allocation, wait, return the worst exit code. A
     stop request reaches every rank through its launcher, and each stops its servers."""
-    allocation = read_allocation(hostfile=hostfile)
-    hosts = allocation.hosts if allocation.source != "local" else allocation.hosts[:1]
-    check_reachable(spec.serve.host, len(hosts) > 1)
-    api_key(spec.serve, os.environ)  # fail here, not once per rank
-    # A layout that cannot be placed fails here, before any rank starts.
-    if spec.serve.backend == "ray":
-        spans = check_ray_layout(spec, hosts)
-    else:
-        layout = plan_layout(spec, resolve_profile(spec.workers.profile), len(hosts))
-        check_allocation(layout, hosts)
-        spans = layout.spans_nodes
+    registry = registry_path(spec, Path.cwd())
+    with failure_recorded(spec, registry):  # `endpoints --wait` hears of it at once
+        allocation = read_allocation(hostfile=hostfile)
+        hosts = allocation.hosts if allocation.source != "local" else allocation.hosts[:1]
+        check_reachable(spec.serve.host, len(hosts) > 1)
+        api_key(spec.serve, os.environ)  # fail here, not once per rank
+        # A layout that cannot be placed fails here, before any rank starts.
+        if spec.serve.backend == "ray":
+            spans = check_ray_layout(spec, hosts)
+        else:
+            layout = plan_layout(spec, resolve_profile(spec.workers.profile), len(hosts))
+            check_allocation(layout, hosts)
+            spans = layout.spans_nodes
     # The ranks tell this launch's files (rendezvous, stop request) from an earlier one's by
     # this id: the ssh launcher passes it to each rank, mpiexec and srun pass the environment.
     launch = uuid.uuid4().hex
     os.environ[LAUNCH_ID_ENV] = launch
-    registry = registry_path(spec, Path.cwd())
     stop = stop or StopSignal()
     on_failure = None
     if spans:

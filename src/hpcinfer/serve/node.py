@@ -27,6 +27,7 @@ from hpcinfer.core.stop import StopSignal
 from hpcinfer.core.time_limits import effective_time_limit
 from hpcinfer.launch.rank_env import LAUNCH_ID_ENV
 from hpcinfer.serve.errors import ServeError
+from hpcinfer.serve.failed_entry import failure_recorded
 from hpcinfer.serve.fleet import Fleet
 from hpcinfer.serve.layout import nodes_of, plan_layout
 from hpcinfer.serve.parts import PartsMerger
@@ -93,10 +94,13 @@ def _serve_node(
     node = short_hostname(socket.gethostname())
     write_to = part_path(registry, node, rank.rank) if multi and rank else registry
     printer = EventPrinter(quiet=options.quiet)
-    if spec.serve.backend == "ray":
-        planned = _plan_ray(spec, options, registry, rank, write_to, printer)
-    else:
-        planned = _plan_mp(spec, options, registry, rank, write_to, printer)
+    # Rank 0 (or the only rank) writes the registry: a failure before any server starts is
+    # listed there, so `hpcinfer endpoints --wait` ends at once instead of at its deadline.
+    with failure_recorded(spec, registry, record=rank is None or rank.rank == 0):
+        if spec.serve.backend == "ray":
+            planned = _plan_ray(spec, options, registry, rank, write_to, printer)
+        else:
+            planned = _plan_mp(spec, options, registry, rank, write_to, printer)
     if isinstance(planned, str):  # a node that runs no API server, done
         return ServeOutcome(registry, [], planned)
     fleet, servers = planned
