@@ -548,6 +548,8 @@ def test_a_failed_rank_of_a_spanning_server_stops_the_launchs_other_ranks(
     from hpcinfer.serve.stop_file import requested
 
     outside_any_rank(tmp_path, monkeypatch)
+    # after the grace in which the server's first node would record a dead follower itself
+    monkeypatch.setattr(serve_launch, "FAILED_RANK_GRACE_S", 0.2)
     hostfile = tmp_path / "hosts"
     hostfile.write_text("h1\nh2\n")
     seen: list[bool] = []

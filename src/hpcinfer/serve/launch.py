@@ -11,6 +11,7 @@ launchers as SIGTERM only if the ranks have not ended after a grace period.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -27,6 +28,10 @@ from hpcinfer.serve.plan import check_reachable
 from hpcinfer.serve.server_argv import api_key
 from hpcinfer.serve.stop_file import relay_to_ranks
 from hpcinfer.spec import JobSpec
+
+FAILED_RANK_GRACE_S = 15.0
+"""How long the other ranks of a launch whose rank failed get to end on their own (a
+server's first node records a dead follower itself) before the stop file ends them."""
 
 
 def one_rank_per_node(spec: JobSpec) -> JobSpec:
@@ -63,16 +68,28 @@ def launch_serve_ranks(
     os.environ[LAUNCH_ID_ENV] = launch
     stop = stop or StopSignal()
     on_failure = None
+    pending: list[threading.Timer] = []
     if spans:
         # The nodes of a server cannot serve without each other: a rank that failed ends
         # the launch, as mpiexec does (ssh clients each run on alone), through the stop file.
+        # Not at once: the server's first node sees a follower's death itself and records
+        # the server dead with the reason; a stop arriving first would record it stopped.
         def on_failure(why: str) -> None:
-            stop.drain(f"serve {why}: stopping the other ranks")
+            timer = threading.Timer(
+                FAILED_RANK_GRACE_S, stop.drain, (f"serve {why}: stopping the other ranks",)
+            )
+            timer.daemon = True
+            pending.append(timer)
+            timer.start()
 
-    with relay_to_ranks(registry, launch, stop) as launchers:
-        return launch_self(
-            one_rank_per_node(spec), launcher, argv, allocation, launchers, on_failure
-        )
+    try:
+        with relay_to_ranks(registry, launch, stop) as launchers:
+            return launch_self(
+                one_rank_per_node(spec), launcher, argv, allocation, launchers, on_failure
+            )
+    finally:
+        for timer in pending:
+            timer.cancel()
 
 
 def check_ray_layout(spec: JobSpec, hosts: tuple[str, ...]) -> bool:
