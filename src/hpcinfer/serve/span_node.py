@@ -363,20 +363,16 @@ def plan_span_leader(
 def await_rendezvous(
     registry: Path, seat: SpanRank, deadline: float, stop: StopSignal
 ) -> files.Rendezvous:
-    while True:
-        found = files.read_rendezvous(registry, seat.server, seat.launch, seat.started_at)
-        if found is not None:
-            return found
-        if stop.requested:
-            raise ServeError(f"server {seat.server}: stopped before its first node published")
-        if time.monotonic() >= deadline:
-            raise ServeError(
-                f"server {seat.server}: its first node (serve rank {seat.leader_rank}) did not "
-                f"publish its address within {_waited(seat)} "
-                f"({files.rendezvous_path(registry, seat.server)}): check that rank's output; "
-                "the registry's folder must be on a file system every node sees"
-            )
-        stop.wait(POLL_S)
+    return _poll_rendezvous(
+        registry,
+        seat,
+        deadline,
+        stop,
+        lambda found: found,
+        stopped="stopped before its first node published",
+        late=f"did not publish its address within {_waited(seat)}",
+        hint="; the registry's folder must be on a file system every node sees",
+    )
 
 
 def await_acceptance(
@@ -384,19 +380,50 @@ def await_acceptance(
 ) -> files.Rendezvous:
     """Wait until the first node lists this node (its token) in the rendezvous it echoes; a
     newer rendezvous (this launch's, replacing an earlier one's) is echoed instead."""
+
+    def accepted(found: files.Rendezvous) -> files.Rendezvous | None:
+        if found.nonce != beat.state.nonce:
+            beat.update(nonce=found.nonce)
+            return None
+        return found if found.accepts(beat.state) else None
+
+    return _poll_rendezvous(
+        registry,
+        seat,
+        deadline,
+        stop,
+        accepted,
+        stopped="stopped while joining its first node",
+        late=f"did not take node rank {seat.node_rank} in within {_waited(seat)}",
+        hint="",
+    )
+
+
+def _poll_rendezvous(
+    registry: Path,
+    seat: SpanRank,
+    deadline: float,
+    stop: StopSignal,
+    take: Callable[[files.Rendezvous], files.Rendezvous | None],
+    *,
+    stopped: str,
+    late: str,
+    hint: str,
+) -> files.Rendezvous:
+    """Read this launch's rendezvous every POLL_S until `take` returns it; a stop request or
+    the deadline is a ServeError saying `stopped` or `late`."""
     while True:
         found = files.read_rendezvous(registry, seat.server, seat.launch, seat.started_at)
-        if found is not None and found.nonce != beat.state.nonce:
-            beat.update(nonce=found.nonce)
-        elif found is not None and found.accepts(beat.state):
-            return found
+        taken = take(found) if found is not None else None
+        if taken is not None:
+            return taken
         if stop.requested:
-            raise ServeError(f"server {seat.server}: stopped while joining its first node")
+            raise ServeError(f"server {seat.server}: {stopped}")
         if time.monotonic() >= deadline:
             raise ServeError(
-                f"server {seat.server}: its first node (serve rank {seat.leader_rank}) did not "
-                f"take node rank {seat.node_rank} in within {_waited(seat)} "
+                f"server {seat.server}: its first node (serve rank {seat.leader_rank}) {late} "
                 f"({files.rendezvous_path(registry, seat.server)}): check that rank's output"
+                f"{hint}"
             )
         stop.wait(POLL_S)
 
