@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from hpcinfer.raycluster.request import DEFAULT_READY_TIMEOUT_S, DEFAULT_STAGGER_S
+
 if TYPE_CHECKING:
     from hpcinfer.bench.documents import FomDocument, OfflineDocument, ServeDocument
     from hpcinfer.bench.fom_server import FomServer
@@ -219,8 +221,8 @@ def ray_up(
     name: str | None = None,
     cluster_file: Path | str | None = None,
     port_base: int | None = None,
-    ready_timeout_s: float = 300.0,
-    stagger_s: float = 1.0,
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+    stagger_s: float = DEFAULT_STAGGER_S,
     profile: str | None = None,
     note: Callable[[str], None] | None = None,
 ) -> RayClusterFile:

@@ -17,6 +17,7 @@ from rich.markup import escape
 from hpcinfer.cli import flags
 from hpcinfer.raycluster.node import RAY_START_TIMEOUT_S
 from hpcinfer.raycluster.node_processes import TERM_GRACE_S
+from hpcinfer.raycluster.request import DEFAULT_READY_TIMEOUT_S, DEFAULT_STAGGER_S
 
 RAY_HELP = (
     "A Ray cluster over the allocation, verified before use: `up` starts the head on the "
@@ -121,7 +122,7 @@ def up(
             help=READY_TIMEOUT_HELP,
             show_default=False,
         ),
-    ] = 300.0,
+    ] = DEFAULT_READY_TIMEOUT_S,
     stagger: Annotated[
         float,
         typer.Option(
@@ -130,7 +131,7 @@ def up(
             help="Delay between worker nodes' starts (default 1s; 0: all at once).",
             show_default=False,
         ),
-    ] = 1.0,
+    ] = DEFAULT_STAGGER_S,
     *,
     flags: flags.Flags,
 ) -> None:
