@@ -221,6 +221,7 @@ def ray_up(
     name: str | None = None,
     cluster_file: Path | str | None = None,
     port_base: int | None = None,
+    head_gpus: int | None = None,
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     stagger_s: float = DEFAULT_STAGGER_S,
     profile: str | None = None,
@@ -230,7 +231,8 @@ def ray_up(
     wait until every node joined with its GPUs and the same Python/Ray/vLLM/torch versions,
     write the cluster file and return it. RayClusterError (naming each host at fault) when
     it is not ready by `ready_timeout_s`; nothing of the cluster is left running then.
-    `note` receives progress lines."""
+    `head_gpus`: what the head declares when it differs from the other nodes (a control
+    node with no GPU as the head: 0). `note` receives progress lines."""
     from hpcinfer.raycluster.request import resolve_up_request
     from hpcinfer.raycluster.up import ray_up as start_cluster
 
@@ -239,6 +241,7 @@ def ray_up(
         launcher=launcher,
         interface=interface,
         gpus_per_node=gpus_per_node,
+        head_gpus=head_gpus,
         cpus_per_node=cpus_per_node,
         name=name,
         cluster_file=cluster_file,

@@ -32,9 +32,15 @@ from hpcinfer.raycluster.node import RAY_START_TIMEOUT_S, which_host
 from hpcinfer.raycluster.node_processes import names_dir, write_node_record
 from hpcinfer.raycluster.ports import BLOCK, FIRST_BASE, LAST_BASE, port_base_for, ray_ports
 from hpcinfer.raycluster.readiness import ExpectedNode, assess
-from hpcinfer.raycluster.request import down_hint
+from hpcinfer.raycluster.request import down_hint, resolve_up_request
 from hpcinfer.raycluster.start_argv import NodeStart, ray_start_argv, shown
-from hpcinfer.raycluster.up import UpRequest, _node_start_argv, settle_s
+from hpcinfer.raycluster.up import (
+    UpRequest,
+    _node_start_argv,
+    _starting_record,
+    expected_nodes,
+    settle_s,
+)
 
 FINGERPRINT = {"python": "3.11.7", "ray": "2.60.0", "vllm": "0.32.0", "torch": "2.13.0-cpu"}
 
@@ -454,6 +460,54 @@ def test_node_commands_stay_for_the_clusters_life_under_mpi_and_srun(
     assert opts["--temp-root"] == str(request.temp_root) and opts["--host"] == "h2"
     assert opts["--port-base"] == str(port_base_for("job1")) and opts["--rank-offset"] == "1"
     assert opts["--head-address"] == "10.0.0.1:26800" and opts["--interface"] == "hsn0"
+
+
+def _control_headed(tmp_path: Path, head_gpus: int | None) -> UpRequest:
+    return UpRequest(
+        name="own",
+        hosts=("control", "c1", "c2"),
+        launcher="ssh",
+        cluster_file=tmp_path / "c.json",
+        gpus_per_node=1,
+        head_gpus=head_gpus,
+    )
+
+
+def test_a_gpu_less_control_node_heads_gpu_workers(tmp_path: Path) -> None:
+    """--head-gpus 0: the head starts declaring no GPU, each worker its --gpus-per-node, and
+    readiness expects exactly that (a cluster of one's own: a NUC heads A770 nodes)."""
+    request = _control_headed(tmp_path, 0)
+    head = dict(itertools.pairwise(_node_start_argv(request, None)(["control"], 0)))
+    worker = dict(itertools.pairwise(_node_start_argv(request, "10.0.0.1:26800")(["c1"], 1)))
+    assert head["--gpus"] == "0" and worker["--gpus"] == "1"
+    expected = expected_nodes(request)
+    assert [(e.host, e.gpus) for e in expected] == [("control", 0), ("c1", 1), ("c2", 1)]
+    live = [_node("control", gpus=0, cluster="own"), _node("c1", gpus=1, cluster="own")]
+    live.append(_node("c2", gpus=1, cluster="own"))
+    assert assess(expected, live, "own") == []
+    live[0] = _node("control", gpus=1, cluster="own")  # a head declaring a GPU is not it
+    assert [str(p) for p in assess(expected, live, "own")] == ["control: 1 GPUs (expected 0)"]
+    assert _starting_record(request).head_gpus == 0
+
+
+def test_without_head_gpus_the_head_declares_what_every_node_does(tmp_path: Path) -> None:
+    request = _control_headed(tmp_path, None)
+    head = dict(itertools.pairwise(_node_start_argv(request, None)(["control"], 0)))
+    assert head["--gpus"] == "1" and request.head_gpu_count == 1
+    assert {e.gpus for e in expected_nodes(request)} == {1}
+
+
+def test_head_gpus_is_resolved_and_a_negative_count_refused(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("control\nc1\n")
+    env = {"HOME": str(tmp_path)}
+    request = resolve_up_request(
+        hostfile=hostfile, gpus_per_node=2, head_gpus=0, name="own", env=env
+    )
+    assert request.head_gpu_count == 0 and request.gpus_per_node == 2
+    assert request.hosts == ("control", "c1") and request.launcher == "ssh"
+    with pytest.raises(SpecError, match="--head-gpus -1: give 0 or more"):
+        resolve_up_request(hostfile=hostfile, gpus_per_node=2, head_gpus=-1, env=env)
 
 
 def test_a_node_stop_ends_its_session_and_its_folders_processes_only(

@@ -102,6 +102,14 @@ def up(
             "GPUs or tiles per node; 0 on a CPU)."
         ),
     ] = None,
+    head_gpus: Annotated[
+        int | None,
+        typer.Option(
+            help="GPUs the head (the first host) declares, when it differs from the others: "
+            "a control node with no GPU heading GPU compute nodes gives 0 (default: "
+            "--gpus-per-node)."
+        ),
+    ] = None,
     cpus_per_node: Annotated[
         int | None, typer.Option(help="CPUs each node declares (default: Ray counts them).")
     ] = None,
@@ -144,6 +152,7 @@ def up(
         launcher=launcher,
         interface=interface,
         gpus_per_node=gpus_per_node,
+        head_gpus=head_gpus,
         cpus_per_node=cpus_per_node,
         name=name,
         cluster_file=cluster_file,
@@ -161,9 +170,16 @@ def up(
         where = cluster_path(cluster_file, name)
         _note(
             f"Ray cluster {cluster.name!r} ready at {cluster.address}: "
-            f"{len(cluster.nodes)} node(s), {cluster.gpus_per_node} GPU(s) each; "
-            f"recorded in {where}"
+            f"{len(cluster.nodes)} node(s), {_gpus_text(cluster)}; recorded in {where}"
         )
+
+
+def _gpus_text(cluster: Any) -> str:
+    """'4 GPU(s) each', or with a head of its own count '4 GPU(s) on each worker, 0 on the
+    head'."""
+    if cluster.head_gpus is None or cluster.head_gpus == cluster.gpus_per_node:
+        return f"{cluster.gpus_per_node} GPU(s) each"
+    return f"{cluster.gpus_per_node} GPU(s) on each worker, {cluster.head_gpus} on the head"
 
 
 def status(

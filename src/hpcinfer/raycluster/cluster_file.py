@@ -75,6 +75,11 @@ class RayClusterFile(BaseModel):
         "while the cluster is starting and `nodes` is still empty).",
     )
     gpus_per_node: int
+    head_gpus: int | None = Field(
+        default=None,
+        description="GPUs the head declares when they differ from gpus_per_node (a control "
+        "node with no GPU: 0); None: gpus_per_node.",
+    )
     cpus_per_node: int | None = None
     ports: RayPorts
     temp_root: str = Field(description="The cluster's temp root; node folders are below it.")

@@ -2,7 +2,8 @@
 
 Hosts: the allocation (a hostfile, PBS, Slurm, or this machine). Launcher: `local` for
 this machine alone, else ssh. Name: --name, else the job id, else "local". GPUs per node
-and the interface: the hardware profile's (GPUs or tiles per node; `network_interface`).
+and the interface: the hardware profile's (GPUs or tiles per node; `network_interface`);
+the head's GPUs: --head-gpus, else the same as every node's.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def resolve_up_request(
     launcher: str | None = None,
     interface: str | None = None,
     gpus_per_node: int | None = None,
+    head_gpus: int | None = None,
     cpus_per_node: int | None = None,
     name: str | None = None,
     cluster_file: Path | str | None = None,
@@ -52,6 +54,8 @@ def resolve_up_request(
         raise SpecError(f"--launcher {chosen!r}: choose one of {', '.join(LAUNCHERS)}")
     if gpus_per_node is not None and gpus_per_node < 0:
         raise SpecError(f"--gpus-per-node {gpus_per_node}: give 0 or more")
+    if head_gpus is not None and head_gpus < 0:
+        raise SpecError(f"--head-gpus {head_gpus}: give 0 or more")
     if cpus_per_node is not None and cpus_per_node < 1:
         raise SpecError(f"--cpus-per-node {cpus_per_node}: give 1 or more")
     if port_base is not None:
@@ -70,6 +74,7 @@ def resolve_up_request(
         launcher=launcher_name,
         cluster_file=cluster_path(cluster_file, name, env),
         gpus_per_node=gpus,
+        head_gpus=head_gpus,
         cpus_per_node=cpus_per_node,
         interface=interface or (hardware.network_interface if hardware else None),
         port_base=port_base,

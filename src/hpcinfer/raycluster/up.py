@@ -70,11 +70,19 @@ class UpRequest:
     cpus_per_node: int | None = None
     interface: str | None = None
     port_base: int | None = None
+    head_gpus: int | None = None
+    """GPUs the head declares; None: `gpus_per_node` (a GPU-less control node as the head of
+    a cluster of one's own: 0)."""
     ready_timeout_s: float = 300.0
     stagger_s: float = 1.0
     down_hint: str = ""
     """The options of the matching `ray down` (the flag the user gave: --cluster-file,
     --name; empty when both are the defaults)."""
+
+    @property
+    def head_gpu_count(self) -> int:
+        """GPUs the head declares: `head_gpus`, else `gpus_per_node`."""
+        return self.gpus_per_node if self.head_gpus is None else self.head_gpus
 
     @property
     def blocking(self) -> bool:
@@ -94,6 +102,7 @@ class UpRequest:
 
 def _node_start_argv(request: UpRequest, head_address: str | None) -> Callable[..., list[str]]:
     base = request.ports.base
+    gpus = request.gpus_per_node if head_address else request.head_gpu_count
 
     def argv(hosts: Sequence[str], offset: int) -> list[str]:
         args = [
@@ -106,7 +115,7 @@ def _node_start_argv(request: UpRequest, head_address: str | None) -> Callable[.
             "--port-base",
             str(base),
             "--gpus",
-            str(request.gpus_per_node),
+            str(gpus),
             "--stagger",
             f"{request.stagger_s:g}",
             "--rank-offset",
@@ -150,7 +159,7 @@ def _start_head(
         request.hosts[:1],
         _node_start_argv(request, None),
         env,
-        whole_node_gpus=request.gpus_per_node,
+        whole_node_gpus=request.head_gpu_count,
     )
     (head,) = start_launches(launches, log_dir, env, "head", detached=request.blocking)
     started.append(head)
@@ -231,6 +240,7 @@ def _starting_record(request: UpRequest) -> RayClusterFile:
         nodes=[],
         planned_hosts=list(request.hosts),
         gpus_per_node=request.gpus_per_node,
+        head_gpus=request.head_gpus,
         cpus_per_node=request.cpus_per_node,
         ports=request.ports,
         temp_root=str(request.temp_root),
@@ -240,15 +250,21 @@ def _starting_record(request: UpRequest) -> RayClusterFile:
     )
 
 
-def _expected(request: UpRequest) -> list[ExpectedNode]:
-    return [ExpectedNode(h, request.gpus_per_node, request.cpus_per_node) for h in request.hosts]
+def expected_nodes(request: UpRequest) -> list[ExpectedNode]:
+    """The hosts with the GPUs each must declare: the head its own count, the workers
+    `gpus_per_node`."""
+    head, *workers = request.hosts
+    cpus = request.cpus_per_node
+    return [ExpectedNode(head, request.head_gpu_count, cpus)] + [
+        ExpectedNode(h, request.gpus_per_node, cpus) for h in workers
+    ]
 
 
 def _wait_ready(
     request: UpRequest, address: str, workers: Sequence[RunningLaunch], deadline: float
 ) -> list[LiveNode]:
     """Poll until ready; RayClusterError naming the hosts on a final problem or deadline."""
-    expected = _expected(request)
+    expected = expected_nodes(request)
     problems: list[NodeProblem] = []
     nodes: list[LiveNode] = []
     while True:
@@ -309,6 +325,7 @@ def _record(request: UpRequest, address: str, nodes: Sequence[LiveNode]) -> RayC
         head_host=request.hosts[0],
         nodes=records,
         gpus_per_node=request.gpus_per_node,
+        head_gpus=request.head_gpus,
         cpus_per_node=request.cpus_per_node,
         ports=request.ports,
         temp_root=str(root),
