@@ -136,6 +136,15 @@ BAD = [
     ("compute", [], ["compute:", "at least 1 item"]),
     ("compute.0.hardware", "no-such-profile", ["compute.0.hardware:", "unknown hardware profile"]),
     ("compute.1.hardware", "arc-a770", ["profiles arc-a770, cpu", "one profile"]),
+    ("python.wheelhouse", "wheels", ["python.wheelhouse:", "not a plain absolute path"]),
+    ("control.workdir", "~/hpcinfer", ["control.workdir:", "not a plain absolute path"]),
+    ("compute.0.workdir", "/srv/x", ["compute.0.workdir:", "Extra inputs are not permitted"]),
+    ("vllm.verify", {"model": "gemma"}, ["vllm.verify.model:", "Hugging Face id ORG/NAME"]),
+    ("vllm.verify", {"prompt": ""}, ["vllm.verify.prompt:", "one line of printable text"]),
+    ("vllm.verify", {"max_tokens": 0}, ["vllm.verify.max_tokens:", "greater than or equal"]),
+    ("server", {"model": "org/m", "port": 70000}, ["server.port:", "less than or equal"]),
+    ("server", {"port": 8000}, ["server.model:", "Field required"]),
+    ("server", {"model": "org/m"}, ["server.shared_dir: required", "CPU build"]),
 ]  # fmt: skip
 
 
@@ -161,6 +170,13 @@ HOSTILE = [
     ("python.venv", "/opt/x'\n- evil"),
     ("control.interface", "eth0;reboot"),
     ("vllm.oneapi_setvars", "/opt/intel/setvars.sh; curl x|sh"),
+    ("python.wheelhouse", "/srv/wheels;id"),
+    ("control.workdir", "/home/c/$(id)"),
+    ("vllm.verify.model", "org/m;id"),
+    ("vllm.verify.model", "../../etc/passwd"),
+    ("vllm.verify.prompt", "Hi\n- evil"),
+    ("vllm.verify.prompt", "{{ lookup('pipe', 'id') }}"),
+    ("server.shared_dir", "/srv/$HOME"),
 ]
 
 
@@ -168,7 +184,10 @@ HOSTILE = [
 def test_values_that_could_break_out_of_a_shell_are_refused(
     tmp_path: Path, field: str, value: str
 ) -> None:
-    message = refusal(tmp_path, _set(base(), field, value))
+    data = base()
+    data["vllm"]["verify"] = {}
+    data["server"] = {"model": "org/m", "shared_dir": "/srv/shared"}
+    message = refusal(tmp_path, _set(data, field, value))
     assert f"{field}:" in message
 
 
@@ -227,6 +246,41 @@ def test_an_unknown_shipped_address_lists_the_shipped_ones() -> None:
     with pytest.raises(SpecError) as caught:
         load_cluster("a770-cluster@9.9")
     assert "a770-cluster@0.1, ryzen-ai-cluster@0.2" in str(caught.value)
+
+
+def test_new_settings_default_and_render_into_the_group_variables(tmp_path: Path) -> None:
+    data = base()
+    cluster = load_cluster(str(write(tmp_path, data)))
+    file = cluster.file
+    assert (file.control.workdir, file.python.wheelhouse, file.server) == (None, None, None)
+    assert file.vllm is not None
+    check = file.vllm.verify
+    assert (check.model, check.prompt, check.max_tokens) == (
+        "shuyuej/gemma-2b-it-GPTQ",
+        "The capital of France is",
+        16,
+    )
+    data["python"]["wheelhouse"] = "/srv/wheels/"
+    data["control"]["workdir"] = "/home/compute/work"
+    data["vllm"]["verify"] = {"model": "/srv/models/tiny", "prompt": "Say 'hi' & $HOME"}
+    data["server"] = {"model": "org/tiny", "shared_dir": "/srv/shared", "max_model_len": 512}
+    every = yaml.safe_load(
+        render_inventory(load_cluster(str(write(tmp_path, data))))["group_vars/all.yml"]
+    )
+    assert every["wheelhouse"] == "/srv/wheels"
+    assert every["workdir"] == "/home/compute/work"
+    assert every["vllm_verify_model"] == "/srv/models/tiny"
+    assert every["vllm_verify_prompt"] == "Say 'hi' & $HOME"  # data: the roles quote it
+    assert (every["vllm_server_model"], every["vllm_server_port"]) == ("org/tiny", 8000)
+    assert (every["vllm_server_backend"], every["vllm_server_shared_dir"]) == ("mp", "/srv/shared")
+    assert every["vllm_server_max_model_len"] == 512
+
+
+def test_a_server_needs_vllm(tmp_path: Path) -> None:
+    data = base()
+    del data["vllm"]
+    data["server"] = {"model": "org/m", "shared_dir": "/srv/shared"}
+    assert "server: needs a vllm: section" in refusal(tmp_path, data)
 
 
 # --- the NPU ---------------------------------------------------------------------------

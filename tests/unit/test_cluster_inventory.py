@@ -111,9 +111,10 @@ def test_doc_describes_nodes_addresses_accelerators_and_what_runs_where(cli: Any
     lines = ran.out.splitlines()
     assert "ray: 2.60.0 on every node; head on control_0_1" in lines
     assert (
-        "server: on control_0_1: tensor parallel 2, expert parallel 2 over 2 compute node(s)"
-        in lines
+        "server: AMead10/Mistral-Small-Instruct-2409-awq on control_0_1:8000, max model len "
+        "4096: tensor parallel 2, expert parallel 2 over 2 compute node(s) (ray)" in lines
     )
+    assert any(line.startswith("verify: shuyuej/gemma-2b-it-GPTQ answers") for line in lines)
     rows = {line.split("│")[1].strip(): line for line in lines if line.startswith("│")}
     assert list(rows) == ["control_0_1", "compute0", "compute1"]
     assert "192.168.50.1 (enx8cae4cf44e21)" in rows["control_0_1"]
@@ -125,3 +126,21 @@ def test_doc_of_the_npu_plan_says_no_vllm_on_each_compute_node() -> None:
     rows = node_rows(load_cluster("ryzen-ai-cluster@0.2"))
     assert [r.runs for r in rows] == ["Ray head"] + ["Ray worker (no vLLM: NPU)"] * 4
     assert {r.accelerator for r in rows[1:]} == {"AMD XDNA 2 NPU"}
+
+
+def test_ansible_runs_on_the_control_node_and_reaches_compute_nodes_over_ssh() -> None:
+    rendered = render_inventory(load_cluster("a770-cluster@0.1"))
+    groups = _read(rendered, "inventory.yml")["all"]["children"]
+    assert groups["control"]["hosts"]["control_0_1"]["ansible_connection"] == "local"
+    assert all("ansible_connection" not in h for h in groups["compute"]["hosts"].values())
+
+
+def test_the_a770_cluster_verifies_gemma_and_serves_mistral_over_ray() -> None:
+    every = _read(render_inventory(load_cluster("a770-cluster@0.1")), "group_vars/all.yml")
+    assert every["vllm_verify_model"] == "shuyuej/gemma-2b-it-GPTQ"
+    assert every["vllm_verify_max_tokens"] == 16
+    assert every["vllm_server_model"] == "AMead10/Mistral-Small-Instruct-2409-awq"
+    assert (every["vllm_server_port"], every["vllm_server_backend"]) == (8000, "ray")
+    assert "wheelhouse" not in every and "workdir" not in every  # unset: left out
+    ryzen = _read(render_inventory(load_cluster("ryzen-ai-cluster@0.2")), "group_vars/all.yml")
+    assert not any(key.startswith(("vllm_verify", "vllm_server")) for key in ryzen)

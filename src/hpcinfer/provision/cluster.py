@@ -51,6 +51,12 @@ class Cluster:
         return self.ranks_per_node * len(self.file.compute)
 
     @property
+    def server_backend(self) -> str:
+        """How the server spans the compute nodes: Ray for GPUs, ssh-launched ranks (mp) for
+        CPU nodes (vLLM's CPU build has no Ray executor)."""
+        return "mp" if self.vllm_device == "cpu" else "ray"
+
+    @property
     def expert_parallel(self) -> int:
         """vLLM's EP = TP x DP, with one data-parallel replica."""
         return self.tensor_parallel
@@ -116,4 +122,11 @@ def _check(cluster: Cluster) -> None:
         raise SpecError(
             f"cluster file {cluster.source}: vllm: cannot be installed: "
             f"{cluster.no_vllm_reason()}; or remove the vllm: section"
+        )
+    if file.server is not None and file.server.shared_dir is None and cluster.vllm_device == "cpu":
+        raise SpecError(
+            f"cluster file {cluster.source}: server.shared_dir: required where the compute nodes "
+            "run vLLM's CPU build (it has no Ray executor, so the server spans the nodes over "
+            "ssh and its registry must be a folder every node shares); write e.g. "
+            "shared_dir: /srv/cluster/hpcinfer (an NFS export every node mounts)"
         )

@@ -1,9 +1,11 @@
 """The cluster file: one versioned YAML description of a cluster of one's own.
 
 Name and version, the control node, the compute nodes (name, address, MAC), each node's
-hardware profile, the login the tools use, the Python environment on the nodes and the Ray
-and vLLM versions to pin. Everything else (the Ansible inventory, group variables, the
-description) is rendered from it, so it is the one place a node or a version is written.
+hardware profile, the login the tools use, the Python environment on the nodes (and the
+wheelhouse of air-gapped ones), the Ray and vLLM versions to pin, vLLM's reproducible check
+and the optional server on the control node. Everything else (the Ansible inventory, group
+variables, the description) is rendered from it, so it is the one place a node or a version
+is written.
 Validated as the job spec is: unknown keys are refused, and each error names the file, the
 field and what to write instead.
 """
@@ -48,6 +50,13 @@ ClusterVersion = Annotated[str, BeforeValidator(_text_version), Field(pattern=r"
 Slug = Annotated[str, AfterValidator(values.slug)]
 GitUrl = Annotated[str, AfterValidator(values.git_url)]
 GitRef = Annotated[str, AfterValidator(values.git_ref)]
+Model = Annotated[str, AfterValidator(values.model)]
+Prompt = Annotated[str, AfterValidator(values.prompt)]
+
+VERIFY_MODEL = "shuyuej/gemma-2b-it-GPTQ"
+VERIFY_PROMPT = "The capital of France is"
+VERIFY_MAX_TOKENS = 16
+SERVER_PORT = 8000
 
 
 class _Strict(BaseModel):
@@ -72,11 +81,26 @@ class Node(_Strict):
     user: User | None = Field(default=None, description="This node's login, if not remote_user.")
 
 
+class ControlNode(Node):
+    """The control node: where Ansible runs, the Ray head and the vLLM server."""
+
+    workdir: AbsolutePath | None = Field(
+        default=None,
+        description="Where `hpcinfer cluster sync` puts the project on the control node "
+        "(default: hpcinfer under the login's home).",
+    )
+
+
 class PythonEnv(_Strict):
     """Where hpcinfer, Ray and vLLM are installed on every node."""
 
     venv: AbsolutePath = Field(description="The virtual environment, e.g. /opt/venvs/cluster.")
     version: PythonVersion = Field(description='The Python it is made with, e.g. "3.12".')
+    wheelhouse: AbsolutePath | None = Field(
+        default=None,
+        description="A folder of wheels every node can read; pip then installs from it alone "
+        "(--no-index --find-links): nodes without internet access.",
+    )
 
 
 class RayPin(_Strict):
@@ -92,6 +116,15 @@ class GitSource(_Strict):
     ref: GitRef
 
 
+class VllmVerify(_Strict):
+    """The reproducible check of vLLM on every compute node: one prompt at temperature 0 with a
+    fixed seed, whose answer is recorded by the first verify and must recur."""
+
+    model: Model = Field(default=VERIFY_MODEL, description="ORG/NAME or a model folder.")
+    prompt: Prompt = VERIFY_PROMPT
+    max_tokens: int = Field(default=VERIFY_MAX_TOKENS, ge=1, le=4096)
+
+
 class VllmPin(_Strict):
     """The vLLM to install on the nodes: a released version, or a build from git."""
 
@@ -101,6 +134,7 @@ class VllmPin(_Strict):
         default="/opt/intel/oneapi/setvars.sh",
         description="Intel oneAPI's environment script, sourced for XPU builds.",
     )
+    verify: VllmVerify = Field(default_factory=VllmVerify)
 
     @model_validator(mode="after")
     def _one_source(self) -> VllmPin:
@@ -109,6 +143,19 @@ class VllmPin(_Strict):
                 "give exactly one of version (a release, e.g. 0.11.1) or git (url and ref)"
             )
         return self
+
+
+class Server(_Strict):
+    """The vLLM server on the control node (`hpcinfer serve`), over every compute device."""
+
+    model: Model = Field(description="ORG/NAME or a model folder every compute node can read.")
+    port: int = Field(default=SERVER_PORT, ge=1, le=65535)
+    max_model_len: int | None = Field(default=None, ge=16)
+    shared_dir: AbsolutePath | None = Field(
+        default=None,
+        description="A folder every node shares (e.g. the NFS root PXE-booted nodes mount): "
+        "the server's registry; needed where the compute nodes run vLLM's CPU build.",
+    )
 
 
 class ClusterFile(_Strict):
@@ -125,7 +172,10 @@ class ClusterFile(_Strict):
     vllm: VllmPin | None = Field(
         default=None, description="The vLLM to install; leave out where none can run."
     )
-    control: Node
+    server: Server | None = Field(
+        default=None, description="A vLLM server on the control node; leave out for none."
+    )
+    control: ControlNode
     compute: list[Node] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -144,6 +194,15 @@ class ClusterFile(_Strict):
             raise ValueError(
                 f"compute node(s) {', '.join(missing)} have no mac; compute nodes PXE boot "
                 "from the control node, so write each one's MAC address"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _server_needs_vllm(self) -> ClusterFile:
+        if self.server is not None and self.vllm is None:
+            raise ValueError(
+                "server: needs a vllm: section (the server runs the vLLM installed on the "
+                "compute nodes); add vllm: or remove server:"
             )
         return self
 

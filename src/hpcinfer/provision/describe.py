@@ -42,19 +42,38 @@ def facts(cluster: Cluster) -> list[tuple[str, str]]:
         vllm_text = f"{cluster.vllm_device} build from {vllm.git.url} at {vllm.git.ref}"
     else:
         vllm_text = f"{cluster.vllm_device} build, version {vllm.version}"
+    python = f"{file.python.version} in {file.python.venv}" + (
+        f"; pip installs only from the wheelhouse {file.python.wheelhouse}"
+        if file.python.wheelhouse
+        else ""
+    )
     rows = [
         ("cluster", file.label + (f": {file.description}" if file.description else "")),
         ("login", f"{file.remote_user} (ansible_user)"),
-        ("python", f"{file.python.version} in {file.python.venv}"),
+        ("workdir", f"{file.control.workdir or '~/hpcinfer'} on {file.control.name}"),
+        ("python", python),
         ("ray", f"{file.ray.version} on every node; head on {file.control.name}"),
         ("vllm", vllm_text),
     ]
     if vllm is not None:
+        check = vllm.verify
+        rows.append(
+            (
+                "verify",
+                f"{check.model} answers {check.prompt!r} ({check.max_tokens} tokens, "
+                "temperature 0, seed 0) on each compute node, as recorded",
+            )
+        )
+    server = file.server
+    if server is not None:
+        limit = f", max model len {server.max_model_len}" if server.max_model_len else ""
+        shared = f", registry in {server.shared_dir}" if server.shared_dir else ""
         rows.append(
             (
                 "server",
-                f"on {file.control.name}: tensor parallel {cluster.tensor_parallel}, expert "
-                f"parallel {cluster.expert_parallel} over {len(file.compute)} compute node(s)",
+                f"{server.model} on {file.control.name}:{server.port}{limit}: tensor parallel "
+                f"{cluster.tensor_parallel}, expert parallel {cluster.expert_parallel} over "
+                f"{len(file.compute)} compute node(s) ({cluster.server_backend}){shared}",
             )
         )
     return rows
@@ -78,7 +97,7 @@ def node_rows(cluster: Cluster) -> list[NodeRow]:
     """The control node first, then the compute nodes in the file's order."""
     file = cluster.file
     installed = file.vllm is not None
-    head = "Ray head, vLLM server" if installed else "Ray head"
+    head = "Ray head, vLLM server" if file.server is not None else "Ray head"
     if installed:
         worker = f"Ray worker, vLLM ({cluster.vllm_device}) x {cluster.ranks_per_node}"
     elif cluster.vllm_device is None:

@@ -1,8 +1,10 @@
 """The Ansible inventory and group variables, rendered from a cluster file and nothing else.
 
-YAML inventory format: groups `control` (the Ray head, where the vLLM server runs) and
-`compute` (Ray workers), each host with ansible_host and ansible_user; group_vars/ holds what
-the roles read (versions, the venv, the accelerator, TP/EP). Output is deterministic (same file,
+YAML inventory format: groups `control` (the Ray head, where the vLLM server runs; Ansible runs
+there, so it is `ansible_connection: local`) and `compute` (Ray workers, reached over ssh), each
+host with ansible_host and ansible_user; group_vars/ holds what the roles read (versions, the
+venv, the wheelhouse, the accelerator, TP/EP, vLLM's check, the server). Optional settings are
+left out when not set, so a role tests `is defined`. Output is deterministic (same file,
 same bytes) and every value in it passed the cluster file's checks (host names, logins, paths
 and versions of plain characters), so nothing in it can break out of a shell or a template.
 """
@@ -42,6 +44,8 @@ def _host(cluster: Cluster, node: Node) -> dict[str, Any]:
         entry["mac_address"] = node.mac
     if node.interface is not None:
         entry["cluster_interface"] = node.interface
+    if node is cluster.file.control:
+        entry["ansible_connection"] = "local"  # Ansible always runs on the control node
     return entry
 
 
@@ -67,6 +71,8 @@ def all_vars(cluster: Cluster) -> dict[str, Any]:
         "cluster_user": file.remote_user,
         "python_version": file.python.version,
         "venv": file.python.venv,
+        **({"wheelhouse": file.python.wheelhouse} if file.python.wheelhouse else {}),
+        **({"workdir": file.control.workdir} if file.control.workdir else {}),
         "ray_version": file.ray.version,
         "ray_head": file.control.name,
         "ray_head_address": file.control.address,
@@ -87,6 +93,19 @@ def all_vars(cluster: Cluster) -> dict[str, Any]:
     data["vllm_tensor_parallel_size"] = cluster.tensor_parallel
     data["vllm_expert_parallel_size"] = cluster.expert_parallel
     data["vllm_pipeline_parallel_size"] = 1
+    verify = file.vllm.verify
+    data["vllm_verify_model"] = verify.model
+    data["vllm_verify_prompt"] = verify.prompt
+    data["vllm_verify_max_tokens"] = verify.max_tokens
+    server = file.server
+    if server is not None:
+        data["vllm_server_model"] = server.model
+        data["vllm_server_port"] = server.port
+        if server.max_model_len is not None:
+            data["vllm_server_max_model_len"] = server.max_model_len
+        data["vllm_server_backend"] = cluster.server_backend
+        if server.shared_dir is not None:
+            data["vllm_server_shared_dir"] = server.shared_dir
     return data
 
 
@@ -100,8 +119,8 @@ def _group_vars(cluster: Cluster, nodes: list[Node], role: str) -> dict[str, Any
 
 
 def control_role(cluster: Cluster) -> str:
-    """What the control node runs: the Ray head, and the vLLM server where vLLM is installed."""
-    return "ray head and vLLM server" if cluster.file.vllm is not None else "ray head"
+    """What the control node runs: the Ray head, and the vLLM server where one is asked for."""
+    return "ray head and vLLM server" if cluster.file.server is not None else "ray head"
 
 
 def render_inventory(cluster: Cluster) -> dict[str, str]:

@@ -119,3 +119,33 @@ def git_ref(value: str) -> str:
             f"{value!r} is not a git branch, tag or commit (e.g. v0.11.1 or a commit id)"
         )
     return value
+
+
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def model(value: str) -> str:
+    """A Hugging Face model id (ORG/NAME) or a plain absolute path to a model folder."""
+    if value.startswith("/"):
+        try:
+            return absolute_path(value)
+        except ValueError:
+            pass
+    elif _MODEL_ID.fullmatch(value) and ".." not in value:
+        return value
+    raise ValueError(
+        f"{value!r} is not a model: write a Hugging Face id ORG/NAME of letters, digits, '_', "
+        "'.' and '-' (e.g. shuyuej/gemma-2b-it-GPTQ) or a plain absolute path to its folder"
+    )
+
+
+def prompt(value: str) -> str:
+    """One line of printable text: passed as one quoted argument, so no control characters,
+    and no template markers ({{, {%, {#), which Ansible would evaluate in a variable."""
+    templated = any(mark in value for mark in ("{{", "{%", "{#"))
+    if not value.strip() or len(value) > 1000 or not value.isprintable() or templated:
+        raise ValueError(
+            f"{value!r} is not a prompt: write one line of printable text, at most 1000 "
+            "characters, no tabs, newlines or '{{', '{%', '{#' (e.g. The capital of France is)"
+        )
+    return value
