@@ -12,7 +12,7 @@ raise `HpcinferError` subclasses. Every call works from any thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,9 +28,14 @@ if TYPE_CHECKING:
     from hpcinfer.core.endpoints_registry import Endpoint
     from hpcinfer.core.stop import StopSignal
     from hpcinfer.profile.result import ProfileResult
+    from hpcinfer.provision.cluster import Cluster
+    from hpcinfer.provision.fanout import FanoutResult
+    from hpcinfer.provision.runner import PlaybookResult
+    from hpcinfer.provision.status import ClusterStatus
+    from hpcinfer.provision.sync import SyncResult
     from hpcinfer.raycluster.cluster_file import RayClusterFile
     from hpcinfer.raycluster.down import DownReport
-    from hpcinfer.raycluster.status import ClusterStatus
+    from hpcinfer.raycluster.status import ClusterStatus as RayStatus
     from hpcinfer.run.summary import RunSummary
     from hpcinfer.serve.fleet import Fleet
     from hpcinfer.spec import JobSpec
@@ -253,7 +258,7 @@ def ray_up(
     return start_cluster(request, note=note)
 
 
-def ray_status(cluster_file: Path | str | None = None, *, name: str | None = None) -> ClusterStatus:
+def ray_status(cluster_file: Path | str | None = None, *, name: str | None = None) -> RayStatus:
     """`hpcinfer ray status`: the live cluster against its cluster file (`.ok`, `.rows`,
     `.problems` naming each host at fault). InputError when there is no cluster file."""
     from hpcinfer.raycluster.status import ray_status as read_status
@@ -275,3 +280,183 @@ def ray_down(
 
 def _silent(_line: str) -> None:
     """A library call reports no progress lines."""
+
+
+def cluster_sync(
+    cluster: str | Path,
+    project: Path | str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> SyncResult:
+    """`hpcinfer cluster sync`: copy the project folder (default: the current one) to the
+    control node's workdir with rsync over ssh, skipping venvs, run outputs, caches and .git,
+    and the cluster file into the cluster's state folder there. ProvisionError when rsync or
+    ssh fails (the control node named)."""
+    from hpcinfer.provision.cluster import load_cluster
+    from hpcinfer.provision.remote import send_cluster_file
+    from hpcinfer.provision.sync import sync_project
+    from hpcinfer.provision.where import is_control_node
+
+    loaded = load_cluster(str(cluster))
+    environ = _environ(env)
+    here = is_control_node(loaded)
+    if not here:
+        send_cluster_file(loaded, environ)
+    return sync_project(loaded, Path(project or Path.cwd()), environ, local=here)
+
+
+def cluster_configure(
+    cluster: str | Path,
+    *,
+    limit: str | None = None,
+    check: bool = False,
+    env: Mapping[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    stop: StopSignal | None = None,
+    here: bool | None = None,
+) -> PlaybookResult:
+    """`hpcinfer cluster configure`: the configure playbook on the control node (forwarded
+    there from elsewhere), on `limit`'s hosts, `check`: Ansible's dry run. Ansible's output
+    goes to `progress` line by line. The result's `.ok`, `.failed_hosts` and `.problem()`
+    say how it went (a failed host is a result, not an exception); SpecError for a bad
+    cluster file or --limit, ProvisionError when the playbook could not run at all."""
+    return _playbook(cluster, "configure", limit, check, env, progress, stop, here)
+
+
+def cluster_verify(
+    cluster: str | Path,
+    *,
+    limit: str | None = None,
+    env: Mapping[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    stop: StopSignal | None = None,
+    here: bool | None = None,
+) -> PlaybookResult:
+    """`hpcinfer cluster verify`: the verify playbook (vLLM's recorded answer, the Ray
+    cluster's nodes, the server), as `cluster_configure`."""
+    return _playbook(cluster, "verify", limit, False, env, progress, stop, here)
+
+
+def cluster_compute(
+    cluster: str | Path,
+    command: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    stop: StopSignal | None = None,
+    here: bool | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> FanoutResult:
+    """`hpcinfer cluster compute CMD`: the shell command on every compute node at once
+    (from the control node); each node's output and exit status (`.ok`, `.failed`).
+    `progress` gets the control node's notes when the command is forwarded there."""
+    from hpcinfer.provision.fanout import FanoutResult, run_on_compute
+
+    loaded, environ = _load(cluster, env)
+    return _on_control(
+        loaded,
+        FanoutResult,
+        lambda: run_on_compute(loaded, command, environ, stop=stop),
+        ("compute", [], [command]),
+        environ,
+        here,
+        progress,
+        stop,
+    )
+
+
+def cluster_control(
+    cluster: str | Path,
+    command: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    stop: StopSignal | None = None,
+) -> FanoutResult:
+    """`hpcinfer cluster control CMD`: the shell command on the control node, in the
+    project folder (here when this is the control node, else over ssh)."""
+    from hpcinfer.provision.fanout import run_on_control
+    from hpcinfer.provision.where import is_control_node
+
+    loaded, environ = _load(cluster, env)
+    here = is_control_node(loaded)
+    return run_on_control(loaded, command, environ, here=here, stop=stop)
+
+
+def cluster_status(
+    cluster: str | Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    here: bool | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ClusterStatus:
+    """`hpcinfer cluster status`: each node reachable and its venv's versions (Python,
+    hpcinfer, Ray, vLLM), the Ray cluster's status and the server's endpoints (`.ok`,
+    `.problems()`), read on the control node."""
+    from hpcinfer.provision.status import ClusterStatus, cluster_status
+
+    loaded, environ = _load(cluster, env)
+    return _on_control(
+        loaded,
+        ClusterStatus,
+        lambda: cluster_status(loaded, environ),
+        ("status", [], []),
+        environ,
+        here,
+        progress,
+        None,
+    )
+
+
+def _playbook(
+    cluster: str | Path,
+    playbook: str,
+    limit: str | None,
+    check: bool,
+    env: Mapping[str, str] | None,
+    progress: Callable[[str], None] | None,
+    stop: StopSignal | None,
+    here: bool | None,
+) -> PlaybookResult:
+    from hpcinfer.provision.runner import PlaybookResult, check_limit, run_playbook
+
+    loaded, environ = _load(cluster, env)
+    check_limit(loaded, limit)  # refused here, before anything is copied
+    options = [*(["--limit", limit] if limit else []), *(["--check"] if check else [])]
+    return _on_control(
+        loaded,
+        PlaybookResult,
+        lambda: run_playbook(
+            loaded, playbook, environ, limit=limit, check=check, progress=progress, stop=stop
+        ),
+        (playbook, options, []),
+        environ,
+        here,
+        progress,
+        stop,
+    )
+
+
+def _load(cluster: str | Path, env: Mapping[str, str] | None) -> tuple[Cluster, dict[str, str]]:
+    from hpcinfer.provision.cluster import load_cluster
+
+    return load_cluster(str(cluster)), _environ(env)
+
+
+def _environ(env: Mapping[str, str] | None) -> dict[str, str]:
+    import os
+
+    return dict(os.environ if env is None else env)
+
+
+def _on_control(
+    cluster: Cluster,
+    model: Any,
+    local: Callable[[], Any],
+    forwarded: tuple[str, list[str], list[str]],
+    env: dict[str, str],
+    here: bool | None,
+    note: Callable[[str], None] | None,
+    stop: StopSignal | None,
+) -> Any:
+    from hpcinfer.provision.dispatch import on_control
+
+    return on_control(cluster, model, local, forwarded, env, here=here, note=note, stop=stop)

@@ -54,6 +54,12 @@ class RayClusterError(HpcinferError):
     exit_code = 1
 
 
+class ProvisionError(HpcinferError):
+    """A `cluster` command failed on a node of a cluster of one's own (each host named)."""
+
+    exit_code = 1
+
+
 class ModelBuildError(HpcinferError):
     """The built-in tiny model could not be built."""
 

@@ -239,9 +239,10 @@ def test_traces_imports_only_core_and_errors() -> None:
     assert not found, "hpcinfer.traces imports above core/errors:\n" + "\n".join(found)
 
 
-# Provisioning renders files from a cluster file: it reads hardware profiles (cluster), writes
-# atomically (outputs) and stands on core and errors; it starts no engine, server or run.
-PROVISION_MAY_IMPORT = ("provision", "cluster", "outputs", "core", "errors")
+# Provisioning renders files from a cluster file and drives its nodes: it reads hardware
+# profiles (cluster), writes atomically (outputs), reaches nodes through the ssh launcher's
+# command (launch) and stands on core, errors and logtail; it starts no engine, server or run.
+PROVISION_MAY_IMPORT = ("provision", "cluster", "outputs", "launch", "core", "errors", "logtail")
 
 
 def test_provision_imports_only_profiles_outputs_core_and_errors() -> None:

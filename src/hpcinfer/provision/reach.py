@@ -1,0 +1,57 @@
+"""How a cluster command reaches a node: ssh as the node's login, with hpcinfer's ssh command.
+
+The ssh program and its options come from $HPCINFER_SSH (the ssh launcher's own reading of
+it, e.g. "ssh -F ~/cluster/ssh_config"), else plain `ssh`; the target is `login@address`
+from the cluster file; BatchMode, so a missing key fails at once instead of asking for a
+password nobody will type. Every remote command is one shell string whose parts are quoted.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+
+from hpcinfer.launch.rank_commands import ssh_command
+from hpcinfer.provision.cluster import Cluster
+from hpcinfer.provision.cluster_file import Node
+from hpcinfer.provision.state import DEFAULT_WORKDIR
+
+SSH_UNREACHABLE = 255
+"""ssh's own exit status when it could not reach the host (nothing ran there)."""
+
+
+def ssh_prefix(env: Mapping[str, str]) -> list[str]:
+    """The ssh argv prefix ($HPCINFER_SSH split as a shell would, else `ssh`)."""
+    return ssh_command(dict(env))
+
+
+def login(cluster: Cluster, node: Node) -> str:
+    return node.user or cluster.file.remote_user
+
+
+def target(cluster: Cluster, node: Node) -> str:
+    """`login@address`, as ssh and rsync take it."""
+    return f"{login(cluster, node)}@{node.address}"
+
+
+def ssh_argv(cluster: Cluster, node: Node, remote: str, env: Mapping[str, str]) -> list[str]:
+    """ssh to `node` running the shell command `remote` there."""
+    return [*ssh_prefix(env), "-o", "BatchMode=yes", target(cluster, node), remote]
+
+
+def workdir(cluster: Cluster) -> str:
+    """Where the project lives on the control node: `control.workdir`, else `hpcinfer`
+    (relative: under the login's home, where an ssh session starts)."""
+    return getattr(cluster.file.control, "workdir", None) or DEFAULT_WORKDIR
+
+
+def home_path(relative: str) -> str:
+    """A path under the remote home as a shell word: "$HOME"/quoted-rest."""
+    return '"$HOME"/' + shlex.quote(relative)
+
+
+def in_workdir(cluster: Cluster, command: str) -> str:
+    """The shell command line `command` run in the project folder on the control node
+    (made if missing: a command may come before the first sync)."""
+    where = shlex.quote(workdir(cluster))
+    return f"mkdir -p {where} && cd {where} && {command}"
