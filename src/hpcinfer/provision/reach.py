@@ -42,7 +42,7 @@ def ssh_argv(cluster: Cluster, node: Node, remote: str, env: Mapping[str, str]) 
 def workdir(cluster: Cluster) -> str:
     """Where the project lives on the control node: `control.workdir`, else `hpcinfer`
     (relative: under the login's home, where an ssh session starts)."""
-    return getattr(cluster.file.control, "workdir", None) or DEFAULT_WORKDIR
+    return cluster.file.control.workdir or DEFAULT_WORKDIR
 
 
 def home_path(relative: str) -> str:

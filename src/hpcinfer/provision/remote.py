@@ -129,7 +129,7 @@ def control_build(cluster: Cluster, env: Mapping[str, str]) -> Build | None:
 
 def pip_source_options(cluster: Cluster) -> list[str]:
     """pip's index options: the cluster's wheelhouse alone when it has one."""
-    wheelhouse = getattr(cluster.file.python, "wheelhouse", None)
+    wheelhouse = cluster.file.python.wheelhouse
     return ["--no-index", "--find-links", wheelhouse] if wheelhouse else []
 
 

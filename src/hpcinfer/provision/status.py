@@ -143,7 +143,7 @@ def cluster_status(cluster: Cluster, env: Mapping[str, str]) -> ClusterStatus:
     )
     ray = _json_of(out)
     ray_problem = "" if ray_code == 0 else (err.strip().splitlines() or [f"exit {ray_code}"])[-1]
-    server = getattr(cluster.file, "server", None)
+    server = cluster.file.server
     servers: list[dict[str, Any]] = []
     servers_problem = ""
     if server is not None:
