@@ -241,8 +241,13 @@ def test_traces_imports_only_core_and_errors() -> None:
 
 # Provisioning renders files from a cluster file and drives its nodes: it reads hardware
 # profiles (cluster), writes atomically (outputs), reaches nodes through the ssh launcher's
-# command (launch) and stands on core, errors and logtail; it starts no engine, server or run.
-PROVISION_MAY_IMPORT = ("provision", "cluster", "outputs", "launch", "core", "errors", "logtail")
+# command (launch) and stands on core, errors and logtail; it starts no server or run. Its one
+# engine is the verify answer (provision.answer): hpcinfer's own offline vLLM engine (engines,
+# with the shared vocabulary spec and records), so a node is checked the way `run` uses it.
+PROVISION_MAY_IMPORT = (
+    "provision", "cluster", "outputs", "launch", "core", "errors", "logtail",
+    "engines", "spec", "records",
+)  # fmt: skip
 
 
 def test_provision_imports_only_profiles_outputs_core_and_errors() -> None:
