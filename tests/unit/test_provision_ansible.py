@@ -202,7 +202,7 @@ def test_the_cpu_path_serves_over_ssh_with_the_shared_registry(tmp_path: Path) -
         '"--launcher",\n+        "ssh"',
         '"--nodes-per-server",\n+        "2"',
         '"--host",\n+        "0.0.0.0"',
-        '"--endpoints",\n+        "/srv/shared/lab/endpoints.json"',
+        '"--endpoints",\n+        "/srv/shared/endpoints.json"',
     ):
         assert flag in settings
     assert '"--ep"' not in settings

@@ -17,7 +17,6 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -28,6 +27,7 @@ from hpcinfer.logtail import log_tail
 from hpcinfer.provision.cluster import Cluster
 from hpcinfer.provision.following import LineSink, run_following
 from hpcinfer.provision.inventory import INVENTORY, write_inventory
+from hpcinfer.provision.playbooks import ansible_dir
 from hpcinfer.provision.reach import ssh_prefix
 from hpcinfer.provision.state import (
     WHEEL_BUILD_RECORD,
@@ -101,11 +101,6 @@ class PlaybookResult(BaseModel):
             lines.append(f"  {failure.host}: {what}: {message}")
         lines.append(f"  log: {self.log}")
         return "\n".join(lines)
-
-
-def ansible_dir() -> Path:
-    """The shipped Ansible content (package data: playbooks, ansible.cfg, roles, plugins)."""
-    return Path(str(resources.files("hpcinfer.provision").joinpath("ansible")))
 
 
 def ansible_playbook(env: Mapping[str, str]) -> str:
