@@ -59,16 +59,24 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
+def require_test_hosts() -> None:
+    """What test hosts need: root, and sshd, ip, ssh and rsync (installed where missing)."""
+    require("root", os.geteuid() == 0, "the test hosts need root (network namespaces, sshd)")
+    problem = apt_install(
+        ["openssh-server", "iproute2", "rsync"], [str(SSHD), "ip", "ssh", "ssh-keygen", "rsync"]
+    )
+    require("sshd (openssh-server) and rsync", problem is None, problem or "")
+
+
 @pytest.fixture(scope="session")
 def test_hosts() -> Iterator[NetnsHosts]:
     """Three hosts h1 h2 h3 on this machine, made once per session (network namespaces on a
     link of their own, an sshd in each; see hpcinfer.testing.netns_hosts). Run hpcinfer
     inside h1, as on the first node of an allocation: `test_hosts.run("h1", argv,
-    env=test_hosts.env(cli_env), cwd=...)` with `--hostfile test_hosts.hostfile`. Removed at
-    the end of the session, whatever the tests did."""
-    require("root", os.geteuid() == 0, "the test hosts need root (network namespaces, sshd)")
-    problem = apt_install(["openssh-server", "iproute2"], [str(SSHD), "ip", "ssh", "ssh-keygen"])
-    require("sshd (openssh-server)", problem is None, problem or "")
+    env=test_hosts.env(cli_env), cwd=...)` with `--hostfile test_hosts.hostfile`. Each host
+    has its own `test_hosts.node_dir` and /etc/hosts; rsync is installed (`cluster sync`).
+    Removed at the end of the session, whatever the tests did."""
+    require_test_hosts()
     hosts = make_hosts()
     try:
         yield hosts

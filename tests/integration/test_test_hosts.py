@@ -1,7 +1,8 @@
 """The three test hosts (network namespaces with an sshd each) that multi-node tests use:
-they reach each other by name over their own link and nothing else does; `hpcinfer run
---launcher ssh` spans them with real ssh; nothing of theirs outlives `close()`, and a killed
-run's leftovers go at the next start."""
+they reach each other by name over their own link and nothing else does; each has a private
+folder at one path and its own /etc/hosts, as separate machines do; `hpcinfer run --launcher
+ssh` spans them with real ssh; nothing of theirs outlives `close()`, and a killed run's
+leftovers go at the next start."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcinfer.testing.netns_hosts import NetnsHosts, make_hosts
+from hpcinfer.testing.netns_hosts import ETC_NETNS, NetnsHosts, make_hosts
 from tests.conftest import hpcinfer_cmd, read_rows, write_prompts
 from tests.harness import wait_for
 
@@ -73,6 +74,46 @@ def test_set_env_reaches_new_sessions_on_that_host_only(test_hosts: NetnsHosts) 
     assert seen("h2") == ""
 
 
+def test_each_host_has_its_own_node_dir_at_one_path(test_hosts: NetnsHosts) -> None:
+    """A file written in node_dir on h2 (over ssh, as a role would) is h2's alone: h3 and
+    this machine see nothing at that path; processes `run` starts inside h2 see it too."""
+    hosts = test_hosts
+    mark = hosts.node_dir / "mark"
+    try:
+        write = hosts.ssh_from_first("h2", ["sh", "-c", f"echo h2-was-here > {mark}"])
+        assert write.returncode == 0, write.stderr
+        assert hosts.ssh_from_first("h2", ["cat", str(mark)]).stdout == "h2-was-here\n"
+        assert hosts.run("h2", ["cat", str(mark)]).stdout == "h2-was-here\n"
+        on_h3 = hosts.ssh_from_first("h3", ["cat", str(mark)])
+        assert on_h3.returncode != 0 and "No such file" in on_h3.stderr
+        assert hosts.run("h1", ["ls", "-A", str(hosts.node_dir)]).stdout == ""
+        assert (hosts.node_dir_of("h2") / "mark").read_text() == "h2-was-here\n"
+        assert not (hosts.node_dir_of("h3") / "mark").exists()
+        assert not mark.exists(), "this machine sees the shared path's own empty folder"
+    finally:
+        (hosts.node_dir_of("h2") / "mark").unlink(missing_ok=True)
+
+
+def test_each_host_has_its_own_etc_hosts(test_hosts: NetnsHosts) -> None:
+    """h2's /etc/hosts edited in place (as the hosts role does): h3 and this machine keep
+    theirs."""
+    hosts = test_hosts
+    mine = Path("/etc/hosts").read_text()
+    line = "10.213.0.99 hpci-test-mark"
+    before = {n: hosts.ssh_from_first(n, ["cat", "/etc/hosts"]).stdout for n in ("h2", "h3")}
+    copy = ETC_NETNS / hosts.namespace("h2") / "hosts"
+    assert copy.read_text() == before["h2"]
+    try:
+        edit = hosts.ssh_from_first("h2", ["sh", "-c", f"echo '{line}' >> /etc/hosts"])
+        assert edit.returncode == 0, edit.stderr
+        assert line in hosts.ssh_from_first("h2", ["cat", "/etc/hosts"]).stdout
+        assert line in copy.read_text()
+        assert hosts.ssh_from_first("h3", ["cat", "/etc/hosts"]).stdout == before["h3"]
+        assert Path("/etc/hosts").read_text() == mine
+    finally:
+        copy.write_text(before["h2"])
+
+
 def test_run_over_ssh_spans_the_three_hosts(
     test_hosts: NetnsHosts, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -120,11 +161,15 @@ def test_close_leaves_nothing_and_a_killed_runs_hosts_go_at_the_next_start(
     killed.wait()
     prefix = f"hpci-{killed.pid}-"
     assert prefix in _ip("netns", "list") and _processes_naming(left)
+    assert list(ETC_NETNS.glob(f"{prefix}*")), "its hosts' /etc/hosts are left too"
 
     hosts = make_hosts(2)
     try:
         assert prefix not in _ip("netns", "list")
+        assert not list(ETC_NETNS.glob(f"{prefix}*"))
         assert not Path(left).exists()
+        fresh = (ETC_NETNS / hosts.namespace("h1") / "hosts").read_text()
+        assert fresh == Path("/etc/hosts").read_text(), "a host starts with this machine's"
         wait_for(lambda: not _processes_naming(left), 30, "the killed run's sshd to end")
         sleeper = hosts.popen("h2", ["sleep", "600"])
         over_ssh = hosts.ssh_from_first("h2", ["sh", "-c", "sleep 600 >/dev/null 2>&1 &"])
@@ -136,6 +181,7 @@ def test_close_leaves_nothing_and_a_killed_runs_hosts_go_at_the_next_start(
     finally:
         hosts.close()
     assert run_prefix not in _ip("netns", "list")
+    assert not list(ETC_NETNS.glob(f"{run_prefix}*")), "no /etc/netns folder of the run is left"
     assert sleeper.poll() is not None
     assert not hosts.directory.exists()
     assert not _processes_naming(str(hosts.directory)), "no sshd of the run is left"

@@ -7,17 +7,28 @@ namespace `hpci-<run>-br`, so the link between the hosts exists only inside thes
 namespaces: the machine's own namespace has no address or route on it. Each host runs its
 own sshd (Debian's openssh-server) on its address, with host keys and one client key made
 for the run; the hosts are reached by name through an ssh config file (`ssh -F`), and a
-hostfile lists them, so nothing outside the run's directory changes (no /etc/hosts).
+hostfile lists them.
 
 What the hosts share, because only the network is separate: the host name, the file
 systems (a directory is "shared storage" for free) and the PID space. As the shared host
 name resolves to loopback, each host's sshd sets `HPCINFER_COORDINATOR_HOST` to the host's
 own address in every session: that is the address a rank 0 started there advertises.
 
-`close()` kills every process in the namespaces, deletes them and the run's directory.
-A run killed before it could close leaves its namespaces behind; the next `make_hosts`
-removes those of runs whose process is gone (the run id starts with the creator's pid), and
-never touches a live run's.
+What each host has of its own, as separate machines do:
+- `node_dir`: one absolute path (`<run dir>/node`) that inside host hN is a bind mount of
+  `<run dir>/hN/node` (`node_dir_of`), so a venv installed at node_dir/venv on h2 is h2's
+  alone. `ip netns exec` gives every process it starts a mount namespace of its own (a
+  slave of the machine's); the bind is made there before sshd (or a test's command) is
+  exec'd, so it stays inside that host: sshd's sessions inherit it, nothing else sees it.
+- /etc/hosts: `ip netns exec` bind-mounts /etc/netns/<namespace>/hosts over /etc/hosts; the
+  run writes that file (a copy of this machine's) for every host, so editing /etc/hosts on
+  a host edits its copy, never this machine's. As over any bind-mounted /etc/hosts (Docker's
+  too), a rename onto it fails (EBUSY): an editor must write the file in place.
+
+`close()` kills every process in the namespaces, deletes them, their /etc/netns folders and
+the run's directory. A run killed before it could close leaves them behind; the next
+`make_hosts` removes those of runs whose process is gone (the run id starts with the
+creator's pid), and never touches a live run's.
 """
 
 from __future__ import annotations
@@ -44,6 +55,12 @@ INTERFACE = "hpci0"
 BRIDGE = "br0"
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")  # sshd's privilege separation directory, required to exist
+ETC_NETNS = Path("/etc/netns")  # `ip netns exec` bind-mounts ETC_NETNS/<namespace>/* over /etc
+ETC_HOSTS = Path("/etc/hosts")
+NODE_DIR = "node"
+_BIND_THEN_EXEC = '"$1" --bind "$2" "$3" && shift 3 && exec "$@"'
+"""Run inside the fresh mount namespace of `ip netns exec`: the host's own folder over the
+shared path, then the command itself (exec: the same process, as tests expect)."""
 COORDINATOR_HOST_ENV = "HPCINFER_COORDINATOR_HOST"  # see the module docstring
 _RUN_NAME = re.compile(rf"{PREFIX}(\d+)-(\d+)")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -91,7 +108,12 @@ class NetnsHosts:
         self.subnet = subnet
         self.ssh_config = root / "ssh_config"
         self.hostfile = root / "hostfile"
+        self.node_dir = root / NODE_DIR
+        """The path of each host's private folder, the same on every host (see the module
+        docstring); from this machine it is an empty folder: read a host's through
+        `node_dir_of`."""
         self._ip = shutil.which("ip") or "/usr/sbin/ip"
+        self._mount = shutil.which("mount") or "/usr/bin/mount"
         self._host_env: dict[str, dict[str, str]] = {name: {} for name in self.names}
         self._sshd: dict[str, subprocess.Popen[bytes]] = {}
         self._started: list[subprocess.Popen[Any]] = []
@@ -127,9 +149,16 @@ class NetnsHosts:
         env["HPCINFER_SSH"] = shlex.join(self.ssh)
         return env
 
+    def node_dir_of(self, name: str) -> Path:
+        """Where host `name`'s `node_dir` really is, for inspection from this machine."""
+        self._check_name(name)
+        return self.directory / name / NODE_DIR
+
     def command(self, name: str, argv: Sequence[str]) -> list[str]:
-        """`argv` as run inside host `name` (`ip netns exec`)."""
-        return [self._ip, "netns", "exec", self.namespace(name), *argv]
+        """`argv` as run inside host `name` (`ip netns exec`), with its own `node_dir`."""
+        bind = ["/bin/sh", "-c", _BIND_THEN_EXEC, "hpci-node-dir", self._mount]
+        bind += [str(self.node_dir_of(name)), str(self.node_dir)]
+        return [self._ip, "netns", "exec", self.namespace(name), *bind, *argv]
 
     def run(
         self, name: str, argv: Sequence[str], timeout: float = 600, **kwargs: Any
@@ -211,6 +240,7 @@ class NetnsHosts:
         for name, values in host_env.items():
             self._host_env[name] = _checked_env(values)
         self.directory.mkdir(mode=0o700, parents=True)
+        self.node_dir.mkdir(mode=0o755)
         self._make_link()
         self._write_keys()
         self._write_client_files()
@@ -250,6 +280,7 @@ class NetnsHosts:
             )
             self._ip_cmd("-n", namespace, "link", "set", INTERFACE, "up")
             self._ip_cmd("-n", namespace, "link", "set", "lo", "up")
+            _write_etc_hosts(namespace)
 
     def _add_namespace(self, namespace: str) -> None:
         self._namespaces.append(namespace)  # before it exists: close() deletes what was tried
@@ -259,6 +290,7 @@ class NetnsHosts:
         self._keygen(self.directory / "id_ed25519", f"{PREFIX}{self.run_id}-client")
         for name in self.names:
             (self.directory / name).mkdir(mode=0o700)
+            self.node_dir_of(name).mkdir(mode=0o755)
             self._keygen(self._host_key(name), f"{PREFIX}{self.run_id}-{name}")
 
     def _write_client_files(self) -> None:
@@ -391,11 +423,22 @@ def remove_stale(base: Path | None = None) -> list[str]:
     _stop_namespaces(ip, stale)
     for namespace in stale:
         _delete_namespace(ip, namespace)
+    for etc in ETC_NETNS.glob(f"{PREFIX}*"):  # a killed run's, whose namespace went already
+        if not _owner_alive(etc.name):
+            shutil.rmtree(etc, ignore_errors=True)
     folder = base or Path(tempfile.gettempdir())
     for path in folder.glob(f"{PREFIX}*"):
         if _RUN_NAME.fullmatch(path.name) and not _owner_alive(path.name):
             shutil.rmtree(path, ignore_errors=True)
     return stale
+
+
+def _write_etc_hosts(namespace: str) -> None:
+    """The host's own /etc/hosts: a copy of this machine's, which `ip netns exec` mounts over
+    /etc/hosts in every process of the namespace."""
+    folder = ETC_NETNS / namespace
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ETC_HOSTS, folder / "hosts")
 
 
 def _owner_alive(name: str) -> bool:
@@ -439,7 +482,9 @@ def _stop_namespaces(ip: str, namespaces: Iterable[str]) -> None:
 
 
 def _delete_namespace(ip: str, namespace: str) -> None:
+    """Delete the namespace and its /etc/netns folder (the host's /etc/hosts)."""
     subprocess.run([ip, "netns", "delete", namespace], capture_output=True, timeout=30)
+    shutil.rmtree(ETC_NETNS / namespace, ignore_errors=True)
 
 
 def _checked_env(values: Mapping[str, str]) -> dict[str, str]:
@@ -468,7 +513,7 @@ def _check_run(argv: Sequence[str]) -> None:
 def _check_prerequisites() -> None:
     if os.geteuid() != 0:
         raise HostsError("the test hosts need root (network namespaces, sshd)")
-    missing = [p for p in ("ip", "ssh", "ssh-keygen") if shutil.which(p) is None]
+    missing = [p for p in ("ip", "ssh", "ssh-keygen", "mount") if shutil.which(p) is None]
     if not SSHD.exists():
         missing.append(f"{SSHD} (apt-get install openssh-server)")
     if missing:
