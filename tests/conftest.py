@@ -192,3 +192,11 @@ def check_startup_phases(phases: dict[str, Any] | None, server: bool = False) ->
         assert (phases[measured] is None) if server else (phases[measured] is not None)
     parts = [value for name, value in phases.items() if name != "total_s" and value is not None]
     assert sum(parts) <= phases["total_s"] + 0.01  # each phase is rounded to 1 ms
+
+
+@pytest.fixture(scope="session")
+def rsync() -> str:
+    """rsync (what `hpcinfer cluster sync` runs), installed with apt where it is missing."""
+    problem = apt_install(["rsync"], ["rsync"])
+    require("rsync", problem is None, problem or "")
+    return "rsync"

@@ -158,7 +158,7 @@ def write_inputs(folder: Path) -> None:
 
 @pytest.mark.parametrize("example", RUN, ids=[example.name for example in RUN])
 def test_the_readme_example_runs_as_written(
-    example: Example, tmp_path: Path, cli_env: dict[str, str]
+    example: Example, tmp_path: Path, cli_env: dict[str, str], rsync: str
 ) -> None:
     folder = tmp_path / "example"
     folder.mkdir()

@@ -178,7 +178,7 @@ def test_forwarded_compute_runs_on_the_control_node_and_reports_the_same(
 
 
 def test_sync_copies_the_project_and_leaves_venvs_outputs_and_caches_out(
-    cli: InProcessCLI, tmp_path: Path, home: Path
+    cli: InProcessCLI, tmp_path: Path, home: Path, rsync: str
 ) -> None:
     project = tmp_path / "project"
     files = {
