@@ -15,6 +15,8 @@ import stat
 import subprocess
 import sys
 import sysconfig
+import threading
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,14 +24,15 @@ from typing import Any
 import pytest
 import yaml
 
-from hpcinfer.errors import SpecError
+from hpcinfer.core.stop import StopSignal
+from hpcinfer.errors import SpecError, StoppedError
 from hpcinfer.provision import runner, wheel
 from hpcinfer.provision.cluster import load_cluster
 from hpcinfer.provision.fanout import run_on_compute
 from hpcinfer.provision.remote import cluster_files, install_script
 from hpcinfer.provision.sync import marked_folders, parse_itemized
 from hpcinfer.provision.where import holds_address, is_control_node
-from tests.harness import InProcessCLI
+from tests.harness import InProcessCLI, wait_for
 
 CALLBACKS = Path(runner.__file__).parent / "ansible" / "callback_plugins"
 
@@ -65,15 +68,16 @@ def write_cluster(folder: Path, control: str = "127.0.0.1", **extra: Any) -> Pat
 
 
 def fake_ssh(folder: Path) -> str:
-    """An ssh stand-in: `ssh -o BatchMode=yes USER@HOST CMD` runs CMD here with bash; a
-    host ending in .99 is unreachable (exit 255, as ssh)."""
+    """An ssh stand-in: `ssh -o BatchMode=yes USER@HOST CMD` runs CMD here with bash in a
+    session of its own (as sshd would: stopping the ssh does not reach it), with ssh's
+    stdin; a host ending in .99 is unreachable (exit 255, as ssh)."""
     script = folder / "fake-ssh"
     script.write_text(
         "#!/bin/bash\n"
         'while [ "${1:0:1}" = - ]; do shift 2; done\n'
         'case "$1" in *.99) echo "ssh: connect to host $1: No route" >&2; exit 255;; esac\n'
         'export FAKE_SSH_HOST="$1"; shift\n'
-        'cd "$HOME" && exec bash -c "$*"\n',
+        'cd "$HOME" && exec setsid -w bash -c "$*"\n',
         encoding="utf-8",
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
@@ -134,6 +138,42 @@ def test_compute_names_an_unreachable_node(tmp_path: Path, home: Path) -> None:
     assert result.failed == ["c1"]
     assert not result.hosts[1].reached
     assert "c1 (exit 255: ssh could not reach it)" in result.problem()
+
+
+def test_a_stopped_compute_command_ends_on_the_nodes_too(tmp_path: Path, home: Path) -> None:
+    """ssh leaves a remote command running when its session drops; a compute command ends
+    with the ssh that started it (its stdin closes), also when that ssh is killed."""
+    marker = f"300.{uuid.uuid4().int % 10**9}"  # the sleep's argument tells it apart
+    env = {**os.environ, "HPCINFER_SSH": fake_ssh(tmp_path)}
+    cluster = load_cluster(str(write_cluster(tmp_path)))
+    stop = StopSignal()
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_on_compute(cluster, f"sleep {marker}", env, stop=stop)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        wait_for(lambda: len(_sleeping(marker)) == 2, 60, f"both nodes' {marker} sleep")
+    finally:
+        stop.abort("test")
+        worker.join(60)
+    assert isinstance(outcome[0], StoppedError)
+    wait_for(
+        lambda: not _sleeping(marker),
+        30,
+        f"no {marker} sleep left",
+        state=lambda: _sleeping(marker),
+    )
+
+
+def _sleeping(marker: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", f"^sleep {marker}$"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
 
 
 def test_control_runs_in_the_project_folder_here_with_its_exit_code(

@@ -3,7 +3,8 @@
 compute: on every compute node at once (at most MAX_PARALLEL ssh sessions), each node's
 output and exit status kept apart; control: on the control node, in the project folder
 (locally when this is the control node). Each ssh is a `core.processes` child, so an
-interrupted command leaves no ssh behind; a stop request stops them all.
+interrupted command leaves no ssh behind, and the remote command is `session_bound`: it ends
+with its ssh session rather than running on unseen; a stop request stops them all.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from hpcinfer.core.stop import StopSignal
 from hpcinfer.errors import StoppedError
 from hpcinfer.provision.cluster import Cluster
 from hpcinfer.provision.cluster_file import Node
-from hpcinfer.provision.reach import SSH_UNREACHABLE, in_workdir, ssh_argv, target, workdir
+from hpcinfer.provision.reach import (
+    SSH_UNREACHABLE,
+    in_workdir,
+    session_bound,
+    ssh_argv,
+    target,
+    workdir,
+)
 
 MAX_PARALLEL = 16
 STOP_GRACE_S = 5.0
@@ -83,15 +91,25 @@ class _Runs:
         self.stop = stop
 
     def run(self, argv: list[str], env: Mapping[str, str], log: Path, cwd: Path | None) -> int:
-        with self.lock:
-            if self.stop is not None and self.stop.requested:
-                return -1
-            child = spawn(argv, env=env, log=log, fresh_log=True, cwd=cwd)
-            self.children.append(child)
-        while child.alive():
-            if self.stop is not None and self.stop.requested:
-                break
-            time.sleep(POLL_S)
+        """Run `argv` to its end (or the stop), its stdin a pipe held open meanwhile: a
+        remote command started `session_bound` ends when it closes."""
+        read_end, write_end = os.pipe()
+        try:
+            with self.lock:
+                if self.stop is not None and self.stop.requested:
+                    return -1
+                child = spawn(argv, env=env, log=log, fresh_log=True, cwd=cwd, stdin=read_end)
+                self.children.append(child)
+            os.close(read_end)
+            read_end = -1
+            while child.alive():
+                if self.stop is not None and self.stop.requested:
+                    break
+                time.sleep(POLL_S)
+        finally:
+            for end in (read_end, write_end):
+                if end >= 0:
+                    os.close(end)
         child.stop(STOP_GRACE_S, first_signal=signal.SIGTERM if child.alive() else None)
         code = child.returncode
         return -1 if code is None else code
@@ -115,7 +133,8 @@ def run_on_compute(
         def one(index_node: tuple[int, Node]) -> HostRun:
             index, node = index_node
             log = Path(temp) / f"{index}.log"
-            code = runs.run(ssh_argv(cluster, node, command, env), env, log, None)
+            remote = session_bound(command)
+            code = runs.run(ssh_argv(cluster, node, remote, env), env, log, None)
             return HostRun(host=node.name, exit_code=code, output=_read(log),
                            reached=code != SSH_UNREACHABLE)  # fmt: skip
 
@@ -149,7 +168,7 @@ def run_on_control(
                 folder.mkdir(parents=True, exist_ok=True)
                 code = runs.run(["bash", "-c", command], env, log, folder)
             else:
-                remote = in_workdir(cluster, command)
+                remote = in_workdir(cluster, session_bound(command))
                 code = runs.run(ssh_argv(cluster, node, remote, env), env, log, None)
         finally:
             stop_all(runs.children, STOP_GRACE_S)

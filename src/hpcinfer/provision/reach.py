@@ -39,6 +39,23 @@ def ssh_argv(cluster: Cluster, node: Node, remote: str, env: Mapping[str, str]) 
     return [*ssh_prefix(env), "-o", "BatchMode=yes", target(cluster, node), remote]
 
 
+SESSION_BOUND = (
+    'exec 3>&2 2>/dev/null; set -m; (eval "$1") </dev/null 2>&3 3>&- & c=$!; '
+    "{ cat >/dev/null; kill -TERM -- -$c; } 3>&- & w=$!; wait $c; s=$?; kill -- -$w; exit $s"
+)
+"""bash: run $1 in a process group of its own, and end that group when stdin closes. ssh
+leaves a remote command running when the session drops (no terminal, no SIGHUP); a command
+started through this ends with the ssh that started it, whose stdin must stay open (a pipe
+held by the caller) while it should run."""
+
+
+def session_bound(command: str) -> str:
+    """The remote shell command running `command` (a shell command line) with bash, ended
+    when the ssh session's stdin closes (see SESSION_BOUND); its exit status is the
+    command's (143 when ended so)."""
+    return f"bash -c {shlex.quote(SESSION_BOUND)} hpcinfer-cluster {shlex.quote(command)}"
+
+
 def workdir(cluster: Cluster) -> str:
     """Where the project lives on the control node: `control.workdir`, else `hpcinfer`
     (relative: under the login's home, where an ssh session starts)."""

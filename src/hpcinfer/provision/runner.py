@@ -222,4 +222,3 @@ def run_playbook(
         failures=[TaskFailure.model_validate(f) for f in found["failures"]],
         log=str(log),
     )
-
