@@ -303,6 +303,15 @@ def test_the_wheel_is_built_once_per_source_and_says_which(tmp_path: Path) -> No
     assert wheel.parse_probe(f"noise\nhpcinfer-build 0.1.0 {build.source}\n") == build
 
 
+def test_the_roles_get_this_builds_wheel_in_the_state_folder(tmp_path: Path, home: Path) -> None:
+    cluster = load_cluster(str(write_cluster(tmp_path)))
+    state = home / ".hpcinfer" / "clusters" / "unit"
+    given = Path(runner.hpcinfer_wheel(cluster, state, dict(os.environ)))
+    assert given.parent == state / "dist" and given.name.startswith("hpcinfer-")
+    assert (state / "dist" / "build.txt").read_text().strip() == wheel.this_build().label
+    assert runner.hpcinfer_wheel(cluster, state, dict(os.environ)) == str(given)
+
+
 # --- configure and verify ------------------------------------------------------------------
 
 PLAYBOOK = """
@@ -337,7 +346,7 @@ def content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (folder / "configure.yml").write_text(PLAYBOOK.format(python=sys.executable))
     shutil.copytree(CALLBACKS, folder / "callback_plugins")
     monkeypatch.setattr(runner, "ansible_dir", lambda: folder)
-    monkeypatch.setattr(runner, "hpcinfer_wheel", lambda state: "hpcinfer==0.1.0")
+    monkeypatch.setattr(runner, "hpcinfer_wheel", lambda *_: "/nowhere/hpcinfer.whl")
     return folder
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -145,24 +146,41 @@ def ssh_env(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def hpcinfer_wheel(state: Path) -> str:
-    """What the roles pip-install as hpcinfer on the nodes: this build's wheel in dist/
-    (copied there by forwarding, or built here), else this version from the index."""
+def hpcinfer_wheel(cluster: Cluster, state: Path, env: Mapping[str, str]) -> str:
+    """The wheel the roles install as hpcinfer on the nodes: this build's, in dist/ (copied
+    there by forwarding, else built here from the checkout, else this version downloaded
+    from the index or the cluster's wheelhouse)."""
     build = this_build()
     dist = dist_dir(state)
     record = dist / WHEEL_BUILD_RECORD
     wheels = sorted(dist.glob("hpcinfer-*.whl"))
     if wheels and record.is_file() and record.read_text().strip() == build.label:
         return str(wheels[0])
-    built = build_wheel()
-    if built is None:
-        return f"hpcinfer=={build.version}"
     dist.mkdir(parents=True, exist_ok=True)
     for old in wheels:
         old.unlink()
-    shutil.copy2(built, dist / built.name)
+    built = build_wheel()
+    if built is not None:
+        shutil.copy2(built, dist / built.name)
+    else:
+        _download_wheel(cluster, build.version, dist, env)
     record.write_text(build.label + "\n", encoding="utf-8")
-    return str(dist / built.name)
+    return str(sorted(dist.glob("hpcinfer-*.whl"))[0])
+
+
+def _download_wheel(cluster: Cluster, version: str, dist: Path, env: Mapping[str, str]) -> None:
+    wheelhouse = cluster.file.python.wheelhouse
+    sources = ["--no-index", "--find-links", wheelhouse] if wheelhouse else []
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary",
+            ":all:", "-d", str(dist), *sources, f"hpcinfer=={version}"]  # fmt: skip
+    done = subprocess.run(argv, env=dict(env), capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 or not list(dist.glob("hpcinfer-*.whl")):
+        raise ProvisionError(
+            f"no hpcinfer {version} wheel for the nodes: this hpcinfer has no source checkout "
+            f"to build one from and `pip download` failed: {done.stderr.strip()[-1500:]}; put "
+            f"hpcinfer-{version}-py3-none-any.whl into the wheelhouse"
+            + (f" {wheelhouse}" if wheelhouse else " (python.wheelhouse)")
+        )
 
 
 def run_playbook(
@@ -188,7 +206,7 @@ def run_playbook(
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log = logs_dir(state) / f"{playbook}-{stamp}.log"
     summary = logs_dir(state) / f"{playbook}-{stamp}.json"
-    extra = {"cluster_state_dir": str(state), "hpcinfer_wheel": hpcinfer_wheel(state)}
+    extra = {"cluster_state_dir": str(state), "hpcinfer_wheel": hpcinfer_wheel(cluster, state, env)}
     argv = [ansible_playbook(env), "-i", str(inventory_dir(state) / INVENTORY), str(book),
             "-e", json.dumps(extra)]  # fmt: skip
     argv += ["--limit", limit] if limit else []
