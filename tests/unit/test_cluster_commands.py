@@ -214,6 +214,15 @@ def test_forwarded_compute_runs_on_the_control_node_and_reports_the_same(
     assert "failed on 2 of 2 node(s): c0 (exit 4), c1 (exit 4)" in ran.err
 
 
+def test_an_unreachable_control_node_is_named(
+    cli: InProcessCLI, tmp_path: Path, home: Path
+) -> None:
+    write_cluster(tmp_path, "192.0.2.99")
+    ran = cli("cluster", "compute", "true", env={"HPCINFER_SSH": fake_ssh(tmp_path)})
+    assert ran.code == 1
+    assert "ctl: ssh could not reach the control node as root@192.0.2.99" in ran.err
+
+
 # --- sync ----------------------------------------------------------------------------------
 
 

@@ -14,7 +14,6 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from hpcinfer.core.stop import StopSignal
-from hpcinfer.errors import ProvisionError
 from hpcinfer.provision.cluster import Cluster
 from hpcinfer.provision.following import LineSink
 from hpcinfer.provision.remote import forward
@@ -41,10 +40,5 @@ def on_control(
     if here:
         return local()
     command, options, operands = forwarded
-    code, found = forward(cluster, command, options, operands, env, note=note, stop=stop)
-    if found is None:
-        raise ProvisionError(
-            f"{cluster.file.control.name}: `hpcinfer cluster {command}` ended (exit {code}) "
-            "without a result; its messages are above"
-        )
+    _code, found = forward(cluster, command, options, operands, env, note=note, stop=stop)
     return model.model_validate(found)

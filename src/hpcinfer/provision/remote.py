@@ -11,13 +11,16 @@ when its ssh session does (it watches its stdin), so stopping us stops it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shlex
 import subprocess
+import sys
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -36,6 +39,8 @@ from hpcinfer.provision.state import (
 from hpcinfer.provision.wheel import PROBE, Build, build_wheel, parse_probe, this_build
 
 RESULT_PREFIX = "hpcinfer-cluster-result: "
+SAID_LINES = 20
+"""How many of a forwarded command's last lines an error without its result quotes."""
 COPY_TIMEOUT_S = 300
 
 
@@ -198,10 +203,10 @@ def forward(
     *,
     note: LineSink | None = None,
     stop: StopSignal | None = None,
-) -> tuple[int, dict[str, Any] | None]:
+) -> tuple[int, dict[str, Any]]:
     """Run `hpcinfer cluster COMMAND OPTIONS --cluster FILE --forwarded -- OPERANDS` on the
-    control node: its exit code and the result it reported (None: it reported none, e.g. a
-    refusal). Its progress lines go to `note`."""
+    control node: its exit code and the result it reported. Its progress lines go to `note`;
+    one that reports no result is an error quoting its last lines (SpecError for a refusal)."""
     where = send_cluster_file(cluster, env)
     ensure_hpcinfer(cluster, env, note)
     argv = [*venv_hpcinfer(cluster), "cluster", command, *options]
@@ -209,11 +214,15 @@ def forward(
     if operands:
         remote += " -- " + shlex.join(operands)
     results: list[dict[str, Any]] = []
+    said: list[str] = []
 
     def line(text: str) -> None:
         if text.startswith(RESULT_PREFIX):
-            results.append(json.loads(text[len(RESULT_PREFIX) :]))
-        elif note is not None:
+            with contextlib.suppress(json.JSONDecodeError):
+                results.append(json.loads(text[len(RESULT_PREFIX) :]))
+            return
+        said[:] = [*said[-(SAID_LINES - 1) :], text]
+        if note is not None:
             note(text)
 
     read_end, write_end = os.pipe()  # held open while it runs: its end is our end
@@ -230,17 +239,20 @@ def forward(
     finally:
         os.close(read_end)
         os.close(write_end)
-    if code == SSH_UNREACHABLE and not results:
+    if results:
+        return code, results[-1]
+    node = cluster.file.control.name
+    told = "\n".join(f"  {text}" for text in said)
+    if code == SSH_UNREACHABLE:
         raise ProvisionError(
-            f"{cluster.file.control.name}: ssh could not reach the control node as "
-            f"{target(cluster, cluster.file.control)}"
+            f"{node}: ssh could not reach the control node as "
+            f"{target(cluster, cluster.file.control)}:\n{told}"
         )
-    if code == SpecError.exit_code and not results:
-        raise SpecError(
-            f"the control node {cluster.file.control.name} refused `hpcinfer cluster "
-            f"{command}` (see its message above)"
-        )
-    return code, results[-1] if results else None
+    if code == SpecError.exit_code:
+        raise SpecError(f"the control node {node} refused `hpcinfer cluster {command}`:\n{told}")
+    raise ProvisionError(
+        f"{node}: `hpcinfer cluster {command}` ended (exit {code}) without a result:\n{told}"
+    )
 
 
 def result_line(result: Any) -> str:
@@ -251,8 +263,6 @@ def result_line(result: Any) -> str:
 def end_with_stdin(on_end: Callable[[], None]) -> None:
     """For a forwarded command: call `on_end` once stdin closes (the ssh session, hence
     the caller, ended), from a daemon thread."""
-    import sys
-    import threading
 
     def watch() -> None:
         try:
