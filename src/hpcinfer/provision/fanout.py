@@ -35,6 +35,8 @@ from hpcinfer.provision.reach import (
 )
 
 MAX_PARALLEL = 16
+NOT_STARTED = 127
+"""A host's exit code when its ssh (or bash) could not be started, as a shell says it."""
 STOP_GRACE_S = 5.0
 POLL_S = 0.05
 
@@ -98,7 +100,11 @@ class _Runs:
             with self.lock:
                 if self.stop is not None and self.stop.requested:
                     return -1
-                child = spawn(argv, env=env, log=log, fresh_log=True, cwd=cwd, stdin=read_end)
+                try:
+                    child = spawn(argv, env=env, log=log, fresh_log=True, cwd=cwd, stdin=read_end)
+                except OSError as exc:
+                    log.write_text(f"cannot start {argv[0]!r}: {exc.strerror or exc}\n")
+                    return NOT_STARTED
                 self.children.append(child)
             os.close(read_end)
             read_end = -1
