@@ -46,12 +46,7 @@ def file_dir(state: Path) -> Path:
     return state / "file"
 
 
-def server_registry(state: Path, name: str, shared_dir: str | None) -> Path:
-    """The endpoints registry of the cluster's server: under `server.shared_dir` when given
-    (every node writes it), else in the state folder (the roles' vllm_server_registry)."""
-    return (Path(shared_dir) / name if shared_dir else state / "server") / "endpoints.json"
-
-
-def ray_cluster_file(state: Path, name: str) -> Path:
-    """The Ray cluster file the ray role's `hpcinfer ray up` writes (ray_cluster_file)."""
-    return state / "ray" / f"{name}.json"
+def server_registry(state: Path, shared_dir: str | None) -> Path:
+    """The endpoints registry of the cluster's server (the roles' vllm_server_registry): in
+    `server.shared_dir` when given (every node writes it), else in the state folder."""
+    return (Path(shared_dir) if shared_dir else state / "server") / "endpoints.json"

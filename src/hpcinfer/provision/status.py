@@ -2,8 +2,8 @@
 
 Run on the control node: each node's venv Python prints the versions of Python, hpcinfer, Ray
 and vLLM (over ssh for compute nodes, here for the control node); `hpcinfer ray status` of the
-cluster (the Ray cluster file the ray role writes into the state folder) and `hpcinfer
-endpoints` of the server's registry come from the control node's venv, as JSON.
+cluster (by its name: the ray role's `ray up --name NAME`) and `hpcinfer endpoints` of the
+server's registry come from the control node's venv, as JSON.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from hpcinfer.provision.cluster import Cluster
 from hpcinfer.provision.cluster_file import Node
 from hpcinfer.provision.reach import SSH_UNREACHABLE, ssh_argv
-from hpcinfer.provision.state import ray_cluster_file, server_registry, state_dir
+from hpcinfer.provision.state import server_registry, state_dir
 
 PROBE_TIMEOUT_S = 60
 VERSIONS = ("python", "hpcinfer", "ray", "vllm")
@@ -138,10 +138,8 @@ def cluster_status(cluster: Cluster, env: Mapping[str, str]) -> ClusterStatus:
             pool.map(lambda n: node_status(cluster, n, env, n is cluster.file.control), nodes)
         )
     hpcinfer = [f"{cluster.file.python.venv}/bin/python", "-m", "hpcinfer"]
-    state = state_dir(cluster.file.name)
-    ray_file = ray_cluster_file(state, cluster.file.name)
     ray_code, out, err = _run(
-        [*hpcinfer, "ray", "status", "--json", "--cluster-file", str(ray_file)], env
+        [*hpcinfer, "ray", "status", "--json", "--name", cluster.file.name], env
     )
     ray = _json_of(out)
     ray_problem = "" if ray_code == 0 else (err.strip().splitlines() or [f"exit {ray_code}"])[-1]
@@ -149,7 +147,7 @@ def cluster_status(cluster: Cluster, env: Mapping[str, str]) -> ClusterStatus:
     servers: list[dict[str, Any]] = []
     servers_problem = ""
     if server is not None:
-        registry = server_registry(state, cluster.file.name, server.shared_dir)
+        registry = server_registry(state_dir(cluster.file.name), server.shared_dir)
         code, out, err = _run([*hpcinfer, "endpoints", "--json", "--endpoints", str(registry)], env)
         found = _json_of(out)
         if isinstance(found, dict):
