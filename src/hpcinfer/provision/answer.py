@@ -21,6 +21,11 @@ from typing import TextIO
 
 from hpcinfer.errors import HpcinferError
 
+CPU_KV_CACHE_BYTES = 256 * 2**20
+"""On a CPU node the KV cache is sized, not a share of RAM: one short prompt needs little, and
+vLLM then skips its check that a share of all RAM is free (a node that also holds a server
+rank, or other work, has not that much)."""
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -35,10 +40,31 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile", default=None, help="Hardware profile (default: detect this node's)."
     )
+    parser.add_argument(
+        "--memory-share",
+        type=float,
+        default=None,
+        help="vLLM gpu_memory_utilization (default: vLLM's; on a GPU that also holds a server, "
+        "a share that fits beside it).",
+    )
+    parser.add_argument(
+        "--kv-cache-bytes",
+        type=int,
+        default=None,
+        help=f"KV cache size (default on CPU: {CPU_KV_CACHE_BYTES}).",
+    )
     return parser
 
 
-def answer(model: str, prompt: str, max_tokens: int, seed: int, profile: str | None) -> str:
+def answer(
+    model: str,
+    prompt: str,
+    max_tokens: int,
+    seed: int,
+    profile: str | None = None,
+    memory_share: float | None = None,
+    kv_cache_bytes: int | None = None,
+) -> str:
     """The engine's completion of `prompt`: temperature 0, the given seed, `max_tokens`."""
     from hpcinfer.cluster import resolve_profile
     from hpcinfer.core.models import resolve_model
@@ -49,12 +75,18 @@ def answer(model: str, prompt: str, max_tokens: int, seed: int, profile: str | N
 
     spec = JobSpec.model_validate({"model": model})
     model_path, model_name = resolve_model(spec, Path.cwd())
+    on_cpu = resolve_profile(profile).is_cpu
+    if kv_cache_bytes is None and memory_share is None and on_cpu:
+        kv_cache_bytes = CPU_KV_CACHE_BYTES
+    engine_spec = spec.engine.model_copy(
+        update={"memory_share": memory_share, "kv_cache_bytes": kv_cache_bytes}
+    )
     setup = EngineSetup(
         model_path=model_path,
         model_name=model_name,
-        engine=spec.engine,
+        engine=engine_spec,
         sampling=SamplingSpec(temperature=0.0, seed=seed, max_tokens=max_tokens),
-        on_cpu=resolve_profile(profile).is_cpu,
+        on_cpu=on_cpu,
     )
     os.environ.update(engine_env(setup))
     engine = VllmOfflineEngine(setup)
@@ -93,7 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     with _stdout_to_stderr() as out:
         try:
-            text = answer(args.model, args.prompt, args.max_tokens, args.seed, args.profile)
+            text = answer(
+                args.model,
+                args.prompt,
+                args.max_tokens,
+                args.seed,
+                args.profile,
+                args.memory_share,
+                args.kv_cache_bytes,
+            )
         except HpcinferError as exc:
             print(f"answer: {exc}", file=sys.stderr)
             return 1
