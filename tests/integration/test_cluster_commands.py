@@ -176,3 +176,17 @@ def test_status_names_a_compute_node_that_is_down(site: Site) -> None:
         site.file = kept
     assert ran.returncode == 1
     assert "h3" in ran.stdout and "NO" in ran.stdout and "ssh could not reach it" in ran.stdout
+
+
+def test_verify_of_a_cluster_not_configured_fails_naming_the_host(site: Site) -> None:
+    """The shipped verify playbook, run by Ansible on h1 (forwarded from h2), with Ansible's
+    output coming back as progress: no Ray cluster runs, so the control node fails."""
+    ran = site.run("verify", "--json")
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    result = json.loads(ran.stdout)
+    assert "PLAY [Verify the Ray cluster against the inventory]" in ran.stderr
+    assert [f["task"] for f in result["failures"]] == ["Check that the head answers"]
+    assert result["failures"][0]["host"] == "h1"
+    assert "the Ray cluster of" in result["failures"][0]["message"]
+    assert "verify failed on h1" in ran.stderr
+    assert Path(result["log"]).is_file()

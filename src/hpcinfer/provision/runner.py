@@ -11,6 +11,7 @@ counts and failed tasks, which become the typed result.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 import shutil
@@ -104,18 +105,19 @@ class PlaybookResult(BaseModel):
         return "\n".join(lines)
 
 
-def ansible_playbook(env: Mapping[str, str]) -> str:
-    """ansible-playbook beside this Python (the cluster venv), else on PATH."""
-    beside = Path(sys.executable).parent / "ansible-playbook"
-    if beside.exists():
-        return str(beside)
+def ansible_playbook(env: Mapping[str, str]) -> list[str]:
+    """ansible-playbook of this Python's environment (the cluster venv): the one its
+    ansible-core installs (`python -m ansible.cli.playbook`, also where the venv has no
+    console script), else the one on PATH."""
+    if importlib.util.find_spec("ansible") is not None:
+        return [sys.executable, "-m", "ansible.cli.playbook"]
     found = shutil.which("ansible-playbook", path=env.get("PATH"))
     if found is None:
         raise ProvisionError(
             "ansible-playbook is not installed on the control node: "
             f"pip install 'hpcinfer[cluster]' into {Path(sys.executable).parent.parent}"
         )
-    return found
+    return [found]
 
 
 def check_limit(cluster: Cluster, limit: str | None) -> str | None:
@@ -207,7 +209,7 @@ def run_playbook(
     log = logs_dir(state) / f"{playbook}-{stamp}.log"
     summary = logs_dir(state) / f"{playbook}-{stamp}.json"
     extra = {"cluster_state_dir": str(state), "hpcinfer_wheel": hpcinfer_wheel(cluster, state, env)}
-    argv = [ansible_playbook(env), "-i", str(inventory_dir(state) / INVENTORY), str(book),
+    argv = [*ansible_playbook(env), "-i", str(inventory_dir(state) / INVENTORY), str(book),
             "-e", json.dumps(extra)]  # fmt: skip
     argv += ["--limit", limit] if limit else []
     argv += ["--check"] if check else []
