@@ -95,6 +95,23 @@ def test_inventory_out_writes_the_files_and_names_them(cli: Any, tmp_path: Path)
         assert (tmp_path / "inv" / name).read_text("utf-8") == expected[name]
 
 
+def test_the_file_is_named_as_every_cluster_command_names_it(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """inventory and doc take the file as `-c/--cluster`, $HPCINFER_CLUSTER or ./cluster.yaml,
+    like sync, configure and the rest; the positional form stays."""
+    printed = cli("cluster", "inventory", "a770-cluster@0.1").out
+    assert cli("cluster", "inventory", "-c", "a770-cluster@0.1").out == printed
+    monkeypatch.setenv("HPCINFER_CLUSTER", "a770-cluster@0.1")
+    assert cli("cluster", "inventory").out == printed
+    monkeypatch.delenv("HPCINFER_CLUSTER")
+    (tmp_path / "cluster.yaml").write_text(shipped_text("a770-cluster@0.1"), "utf-8")
+    assert cli("cluster", "doc").out == cli("cluster", "doc", "--cluster", "a770-cluster@0.1").out
+    (tmp_path / "cluster.yaml").unlink()
+    ran = cli("cluster", "doc")
+    assert ran.code == 2 and "which cluster? give --cluster" in ran.err
+
+
 def test_a_bad_file_exits_2_naming_file_and_field(cli: Any, tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("name: lab\nversion: 0.1\n", "utf-8")
     ran = cli("cluster", "inventory", "bad.yaml")

@@ -77,7 +77,14 @@ STATUS_EPILOG = (
     "something is not (named); 2 bad input."
 )
 
-CLUSTER_FILE = Annotated[str, typer.Argument(metavar="NAME@VERSION|FILE.yaml", help=FILE_HELP)]
+CLUSTER_FILE = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="NAME@VERSION|FILE.yaml",
+        help=f"{FILE_HELP} The same as --cluster, which every cluster command takes.",
+        show_default=False,
+    ),
+]
 CLUSTER_OPTION = Annotated[
     str | None,
     typer.Option(
@@ -98,7 +105,8 @@ COMMAND = Annotated[str, typer.Argument(metavar="CMD", help="A shell command lin
 
 
 def inventory(
-    file: CLUSTER_FILE,
+    file: CLUSTER_FILE = None,
+    cluster_file: CLUSTER_OPTION = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -110,7 +118,7 @@ def inventory(
     from hpcinfer.provision.cluster import load_cluster
     from hpcinfer.provision.inventory import render_inventory, write_inventory
 
-    cluster = load_cluster(file)
+    cluster = load_cluster(_cluster_source(file or cluster_file))
     if cluster.vllm_device is None:
         _note(f"note: {cluster.no_vllm_reason()}")
     if out is None:
@@ -121,7 +129,7 @@ def inventory(
         typer.echo(str(path))
 
 
-def doc(file: CLUSTER_FILE) -> None:
+def doc(file: CLUSTER_FILE = None, cluster_file: CLUSTER_OPTION = None) -> None:
     """Describe the cluster from its file: settings, then each node and what runs on it."""
     from rich.table import Table
 
@@ -129,7 +137,7 @@ def doc(file: CLUSTER_FILE) -> None:
     from hpcinfer.provision.cluster import load_cluster
     from hpcinfer.provision.describe import COLUMNS, facts, node_rows
 
-    cluster = load_cluster(file)
+    cluster = load_cluster(_cluster_source(file or cluster_file))
     console = wide_console()
     for label, value in facts(cluster):
         console.print(f"[bold]{label}:[/bold] {escape(value)}", highlight=False, soft_wrap=True)
