@@ -568,3 +568,42 @@ def test_a_failed_rank_of_a_spanning_server_stops_the_launchs_other_ranks(
     spec = job(2, host="0.0.0.0", nodes_per_server=2, registry=str(tmp_path / "endpoints.json"))
     assert serve_launch.launch_serve_ranks(spec, "ssh", ["serve"], hostfile) == 1
     assert seen == [True]
+
+
+def test_a_gpu_less_head_runs_the_driver_and_its_gpu_nodes_the_ranks(tmp_path: Path) -> None:
+    """A cluster of one's own: `ray up --head-gpus 0` makes the control node a head without
+    GPUs; a TP=2 server spans the two GPU nodes, its API process on the head."""
+    from hpcinfer.raycluster.cluster_file import RayClusterFile, RayNodeRecord
+    from hpcinfer.raycluster.ports import ray_ports
+    from hpcinfer.serve.ray_backend import plan_ray_server, ray_layout
+
+    here = node_network(None).address
+    nodes = [
+        RayNodeRecord(host=h, address=a, gpus=g, cpus=8, temp_dir=str(tmp_path / h))
+        for h, a, g in (("control", here, 0), ("c0", "10.9.9.2", 1), ("c1", "10.9.9.3", 1))
+    ]
+    cluster = RayClusterFile(
+        name="own", address=f"{here}:26000", head_host="control", nodes=nodes,
+        gpus_per_node=1, head_gpus=0, ports=ray_ports(26000), temp_root=str(tmp_path),
+        launcher="ssh", created_at="2026-12-05T10:00:00+00:00",
+    )  # fmt: skip
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    spec = JobSpec.model_validate(
+        {"model": str(model), "engine": {"tensor_parallel_size": 2}, "serve": {"backend": "ray"}}
+    )
+    layout, groups = ray_layout(spec, cluster)
+    assert (layout.nodes, layout.ranks_per_node, groups) == (2, 1, [("c0", "c1")])
+    registry = tmp_path / "endpoints.json"
+    fleet = plan_ray_server(spec, tmp_path, registry, cluster, layout, 0, write_to=registry)
+    (launch,) = fleet.launches
+    assert launch.node == "control"
+    assert launch.argv[launch.argv.index("--tensor-parallel-size") + 1] == "2"
+    assert launch.devices == ("c0:gpu0", "c1:gpu0")
+    assert launch.env["RAY_ADDRESS"] == cluster.address
+    elsewhere = cluster.model_copy(
+        update={"nodes": [nodes[0].model_copy(update={"address": "10.9.9.1"}), *nodes[1:]]}
+    )
+    with pytest.raises(SpecError, match=r"runs on the cluster's head, control \(10\.9\.9\.1\)"):
+        plan_ray_server(spec, tmp_path, registry, elsewhere, layout, 0, write_to=registry)

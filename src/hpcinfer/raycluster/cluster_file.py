@@ -100,6 +100,20 @@ class RayClusterFile(BaseModel):
         """The nodes' host names, head first (the allocation's order)."""
         return [node.host for node in self.nodes] or list(self.planned_hosts)
 
+    @property
+    def gpu_hosts(self) -> list[str]:
+        """The hosts whose GPUs servers use: all of them, less a head that declares none (a
+        cluster of one's own, whose control node is the head)."""
+        if self.head_gpus == 0 and self.gpus_per_node > 0:
+            return [host for host in self.hosts if host != self.head_host]
+        return self.hosts
+
+    @property
+    def driver_on_head(self) -> bool:
+        """Whether servers' API processes (Ray's drivers) run on a GPU-less head rather than
+        on their first GPU node."""
+        return self.gpu_hosts != self.hosts
+
 
 def now_text() -> str:
     """The creation time as the file writes it (UTC, ISO 8601)."""

@@ -61,7 +61,7 @@ def ray_layout(
             f"the Ray cluster {cluster.name} declares no GPUs per node: vLLM's Ray backend "
             "places one GPU per rank; bring it up with `hpcinfer ray up --gpus-per-node N`"
         )
-    hosts = cluster.hosts
+    hosts = cluster.gpu_hosts
     layout = plan_layout(spec, shape, len(hosts))
     check_allocation(layout, hosts)
     return layout, layout.groups(hosts)
@@ -154,19 +154,21 @@ def plan_ray_server(
     on_event: EventSink | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Fleet:
-    """Server `server`'s API process (Ray's driver) on this node, its first one."""
+    """Server `server`'s API process (Ray's driver) on this node: its first one, or the
+    cluster's head where the head has no GPU (vLLM's Ray executor then needs none there)."""
     env = os.environ if env is None else env
     serve = spec.serve
-    group = layout.groups(cluster.hosts)[server]
+    group = layout.groups(cluster.gpu_hosts)[server]
     records = {n.host: n for n in cluster.nodes}
     network = node_network(serve.interface or cluster.interface)
-    first = records[group[0]]
+    first = records[cluster.head_host if cluster.driver_on_head else group[0]]
     if network.address != first.address:
+        where = "the cluster's head" if cluster.driver_on_head else "its first node"
         raise SpecError(
-            f"server {server}'s API process runs on its first node, {first.host} "
+            f"server {server}'s API process runs on {where}, {first.host} "
             f"({first.address}), but this node's address is {network.address}: run it there "
-            "(vLLM's Ray driver needs a GPU of its node), or pass the --interface of the "
-            "cluster's network"
+            "(vLLM's Ray driver needs a GPU of its node, unless the head has none), or pass "
+            "the --interface of the cluster's network"
         )
     key = api_key(serve, env)
     model_path, model_name = resolve_model(spec, cwd)
