@@ -187,6 +187,8 @@ def test_control_runs_in_the_project_folder_here_with_its_exit_code(
     assert json.loads(ran.out)["hosts"][0] == {
         "host": "ctl", "exit_code": 0, "output": "hi\n", "reached": True
     }  # fmt: skip
+    ran = cli("cluster", "control", "cat; echo read to the end")  # stdin: at its end at once
+    assert ran.code == 0 and ran.out.strip() == "read to the end"
 
 
 def test_forwarded_compute_runs_on_the_control_node_and_reports_the_same(

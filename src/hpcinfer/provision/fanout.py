@@ -92,10 +92,19 @@ class _Runs:
         self.children: list[Child] = []
         self.stop = stop
 
-    def run(self, argv: list[str], env: Mapping[str, str], log: Path, cwd: Path | None) -> int:
-        """Run `argv` to its end (or the stop), its stdin a pipe held open meanwhile: a
-        remote command started `session_bound` ends when it closes."""
-        read_end, write_end = os.pipe()
+    def run(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        log: Path,
+        cwd: Path | None,
+        *,
+        hold_stdin: bool = True,
+    ) -> int:
+        """Run `argv` to its end (or the stop). `hold_stdin`: its stdin a pipe held open
+        meanwhile (a remote command started `session_bound` ends when it closes); else
+        /dev/null, so a local command that reads stdin sees its end instead of waiting."""
+        read_end, write_end = os.pipe() if hold_stdin else (os.open(os.devnull, os.O_RDONLY), -1)
         try:
             with self.lock:
                 if self.stop is not None and self.stop.requested:
@@ -172,7 +181,7 @@ def run_on_control(
             if here:
                 folder = Path(os.path.expanduser("~")) / workdir(cluster)
                 folder.mkdir(parents=True, exist_ok=True)
-                code = runs.run(["bash", "-c", command], env, log, folder)
+                code = runs.run(["bash", "-c", command], env, log, folder, hold_stdin=False)
             else:
                 remote = in_workdir(cluster, session_bound(command))
                 code = runs.run(ssh_argv(cluster, node, remote, env), env, log, None)
