@@ -26,9 +26,10 @@ import yaml
 
 from hpcinfer.core.stop import StopSignal
 from hpcinfer.errors import SpecError, StoppedError
-from hpcinfer.provision import runner, wheel
+from hpcinfer.provision import runner, status, wheel
 from hpcinfer.provision.cluster import load_cluster
 from hpcinfer.provision.fanout import run_on_compute
+from hpcinfer.provision.reach import ssh_argv
 from hpcinfer.provision.remote import cluster_files, install_script
 from hpcinfer.provision.sync import marked_folders, parse_itemized
 from hpcinfer.provision.where import holds_address, is_control_node
@@ -413,6 +414,30 @@ def test_ansible_gets_the_ssh_command_without_a_lasting_master() -> None:
     assert env["ANSIBLE_SSH_EXECUTABLE"] == "ssh"
     assert env["ANSIBLE_SSH_COMMON_ARGS"] == "-F '/cfg dir/ssh_config'"
     assert "ControlPersist=no" in env["ANSIBLE_SSH_ARGS"]
+
+
+def test_ssh_gives_up_on_a_silent_node_unless_told_how_long_to_wait(tmp_path: Path) -> None:
+    cluster = load_cluster(str(write_cluster(tmp_path)))
+    node = cluster.file.compute[0]
+    argv = ssh_argv(cluster, node, "true", {"HPCINFER_SSH": "ssh -F /cfg"})
+    assert argv[:5] == ["ssh", "-F", "/cfg", "-o", "ConnectTimeout=10"]
+    argv = ssh_argv(cluster, node, "true", {"HPCINFER_SSH": "ssh -o ConnectTimeout=3"})
+    assert argv.count("ConnectTimeout=3") == 1 and "ConnectTimeout=10" not in argv
+
+
+def test_status_reports_a_node_whose_probe_never_answers_as_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hanging = tmp_path / "hanging-ssh"
+    hanging.write_text("#!/bin/bash\nexec sleep 60\n", encoding="utf-8")
+    hanging.chmod(0o755)
+    monkeypatch.setattr(status, "PROBE_TIMEOUT_S", 1)
+    cluster = load_cluster(str(write_cluster(tmp_path)))
+    found = status.node_status(
+        cluster, cluster.file.compute[0], {"HPCINFER_SSH": str(hanging)}, here=False
+    )
+    assert not found.reachable
+    assert found.problem == "ssh could not reach it (no answer in 1s)"
 
 
 def test_no_cluster_file_is_a_usage_error(cli: InProcessCLI) -> None:

@@ -18,6 +18,9 @@ from hpcinfer.provision.state import DEFAULT_WORKDIR
 
 SSH_UNREACHABLE = 255
 """ssh's own exit status when it could not reach the host (nothing ran there)."""
+CONNECT_TIMEOUT_S = 10
+"""How long ssh waits for a node to answer before giving up (exit 255), unless the user's
+$HPCINFER_SSH options set ConnectTimeout themselves."""
 
 
 def ssh_prefix(env: Mapping[str, str]) -> list[str]:
@@ -34,9 +37,25 @@ def target(cluster: Cluster, node: Node) -> str:
     return f"{login(cluster, node)}@{node.address}"
 
 
+def connect_timeout_options(prefix: list[str]) -> list[str]:
+    """`-o ConnectTimeout=N`, so that a node that does not answer fails in seconds instead
+    of the TCP timeout; none when the ssh prefix already sets ConnectTimeout."""
+    if any("connecttimeout" in word.lower() for word in prefix[1:]):
+        return []
+    return ["-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}"]
+
+
 def ssh_argv(cluster: Cluster, node: Node, remote: str, env: Mapping[str, str]) -> list[str]:
     """ssh to `node` running the shell command `remote` there."""
-    return [*ssh_prefix(env), "-o", "BatchMode=yes", target(cluster, node), remote]
+    prefix = ssh_prefix(env)
+    return [
+        *prefix,
+        *connect_timeout_options(prefix),
+        "-o",
+        "BatchMode=yes",
+        target(cluster, node),
+        remote,
+    ]
 
 
 SESSION_BOUND = (

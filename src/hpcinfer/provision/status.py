@@ -79,6 +79,10 @@ class ClusterStatus(BaseModel):
         return found
 
 
+NO_ANSWER = -1
+"""_run's code when the command could not start or gave no answer in PROBE_TIMEOUT_S."""
+
+
 def _run(argv: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
     try:
         done = subprocess.run(
@@ -90,9 +94,9 @@ def _run(argv: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
-        return -1, "", f"no answer in {PROBE_TIMEOUT_S}s"
+        return NO_ANSWER, "", f"no answer in {PROBE_TIMEOUT_S}s"
     except OSError as exc:
-        return -1, "", str(exc.strerror or exc)
+        return NO_ANSWER, "", str(exc.strerror or exc)
     return done.returncode, done.stdout, done.stderr
 
 
@@ -107,10 +111,11 @@ def node_status(cluster: Cluster, node: Node, env: Mapping[str, str], here: bool
     for line in out.splitlines():
         if line.startswith("hpcinfer-versions "):
             versions.update(json.loads(line.split(" ", 1)[1]))
-    reachable = here or code != SSH_UNREACHABLE
+    # a probe with no answer in time (a node that hangs) is as unreachable as ssh's own 255
+    reachable = here or code not in (SSH_UNREACHABLE, NO_ANSWER)
     problem = ""
     if not reachable:
-        problem = f"ssh could not reach it ({err.strip() or 'exit 255'})"
+        problem = f"ssh could not reach it ({err.strip() or f'exit {code}'})"
     elif code != 0:
         problem = f"no Python in {cluster.file.python.venv} ({err.strip()[-300:] or code})"
     return NodeStatus(
