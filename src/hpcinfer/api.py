@@ -326,15 +326,15 @@ def cluster_configure(
 def cluster_verify(
     cluster: str | Path,
     *,
-    limit: str | None = None,
     env: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
     stop: StopSignal | None = None,
     here: bool | None = None,
 ) -> PlaybookResult:
     """`hpcinfer cluster verify`: the verify playbook (vLLM's recorded answer, the Ray
-    cluster's nodes, the server), as `cluster_configure`."""
-    return _playbook(cluster, "verify", limit, False, env, progress, stop, here)
+    cluster's nodes, the server), as `cluster_configure`; always on the whole cluster (its
+    checks compare the nodes with each other: a subset would fail or skip them)."""
+    return _playbook(cluster, "verify", None, False, env, progress, stop, here)
 
 
 def cluster_compute(

@@ -409,6 +409,19 @@ def test_a_limit_naming_no_node_is_refused_before_anything_runs(
         runner.check_limit(load_cluster(str(tmp_path / "cluster.yaml")), "")
 
 
+def test_verify_always_checks_the_whole_cluster(
+    cli: InProcessCLI, tmp_path: Path, home: Path
+) -> None:
+    write_cluster(tmp_path)
+    ran = cli("cluster", "verify", "--limit", "c0")
+    assert ran.code == 2 and "--limit" in ran.err
+    assert "--limit HOSTS" not in cli("cluster", "verify", "--help").out
+    assert "--limit HOSTS" in cli("cluster", "configure", "--help").out
+    with pytest.raises(SpecError, match="verify playbook takes no limit"):
+        runner.run_playbook(load_cluster(str(tmp_path / "cluster.yaml")), "verify", {}, limit="c0")
+    assert not (home / ".hpcinfer" / "clusters" / "unit" / "logs").exists()
+
+
 def test_ansible_gets_the_ssh_command_without_a_lasting_master() -> None:
     env = runner.ssh_env({"HPCINFER_SSH": "ssh -F '/cfg dir/ssh_config'"})
     assert env["ANSIBLE_SSH_EXECUTABLE"] == "ssh"

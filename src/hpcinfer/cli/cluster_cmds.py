@@ -58,7 +58,9 @@ CONFIGURE_EPILOG = (
 VERIFY_EPILOG = (
     "Example: `hpcinfer cluster verify -c cluster.yaml`: vLLM answers the fixed prompt at "
     "temperature 0 with the recorded answer on every compute node, the Ray cluster has "
-    "exactly the file's nodes and devices, the server answers. " + PLAYBOOK_EXIT
+    "exactly the file's nodes and devices, the server answers. It always checks the whole "
+    "cluster (the checks compare the nodes with each other), so it takes no --limit. "
+    + PLAYBOOK_EXIT
 )
 COMPUTE_EPILOG = (
     "Example: `hpcinfer cluster compute -c cluster.yaml 'hostname'` prints each compute "
@@ -251,9 +253,7 @@ def _playbook_command(
                 source, limit=limit, check=check, progress=run.progress, stop=run.stop, here=here
             )
         else:
-            result = api.cluster_verify(
-                source, limit=limit, progress=run.progress, stop=run.stop, here=here
-            )
+            result = api.cluster_verify(source, progress=run.progress, stop=run.stop, here=here)
     if not run.report(result):
         hosts = len(result.hosts)
         if result.ok and not run.quiet:
@@ -283,13 +283,12 @@ def configure(
 @flags.takes(*flags.OUTPUT_MODE)
 def verify(
     cluster: CLUSTER_OPTION = None,
-    limit: LIMIT = None,
     forwarded: FORWARDED = False,
     *,
     flags: flags.Flags,
 ) -> None:
     """Verify the cluster with Ansible: vLLM's answer, the Ray cluster, the server."""
-    _playbook_command("verify", cluster, limit, False, forwarded, flags)
+    _playbook_command("verify", cluster, None, False, forwarded, flags)
 
 
 @flags.takes("json_out")

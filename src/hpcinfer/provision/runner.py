@@ -198,6 +198,11 @@ def run_playbook(
     """Run a shipped playbook (configure, verify) on this, the control node."""
     if playbook not in PLAYBOOKS:
         raise SpecError(f"no playbook {playbook!r}; choose one of {', '.join(PLAYBOOKS)}")
+    if limit is not None and playbook == "verify":
+        raise SpecError(
+            "the verify playbook takes no limit: its checks compare every node with the "
+            "others; run it on the whole cluster"
+        )
     limit = check_limit(cluster, limit)
     content = ansible_dir()
     book = content / f"{playbook}.yml"
