@@ -257,7 +257,8 @@ def test_sync_copies_the_project_and_leaves_venvs_outputs_and_caches_out(
     result = json.loads(ran.out)
     target = home / "hpcinfer"
     copied = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
-    assert copied == ["data/prompts.txt", "spec.yaml", "src/mod.py"]
+    assert copied == [".hpcinfer-workdir", "data/prompts.txt", "spec.yaml", "src/mod.py"]
+    copied.remove(".hpcinfer-workdir")
     assert sorted(result["copied"]) == copied
     assert {"env", "results", ".venv", "out", ".git"} <= set(result["skipped"])
 
@@ -267,6 +268,23 @@ def test_sync_copies_the_project_and_leaves_venvs_outputs_and_caches_out(
     assert ran.code == 0, ran.output
     assert not (target / "spec.yaml").exists()  # deleted here, deleted there
     assert "0 file(s) copied, 2 deleted" in ran.err
+    assert (target / ".hpcinfer-workdir").is_file()  # the marker outlives --delete
+
+
+def test_sync_refuses_to_mirror_into_a_folder_it_did_not_make(
+    cli: InProcessCLI, tmp_path: Path, home: Path, rsync: str
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "spec.yaml").write_text("a")
+    theirs = home / "hpcinfer"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("years of work")
+    write_cluster(tmp_path)
+    ran = cli("cluster", "sync", str(project))
+    assert ran.code == 2
+    assert "refuses to mirror into hpcinfer" in ran.err and ".hpcinfer-workdir" in ran.err
+    assert sorted(p.name for p in theirs.iterdir()) == ["thesis.tex"]  # nothing copied or lost
 
 
 def test_rsyncs_itemized_lines_are_read() -> None:

@@ -41,8 +41,10 @@ SYNC_EPILOG = (
     "copies it (rsync over ssh, deleting there what was deleted here) into the control "
     "node's control.workdir (default ~/hpcinfer), skipping virtual environments (any folder "
     "holding pyvenv.cfg), run outputs (any folder holding run.json; out/, outputs/, runs/), "
-    "caches and .git; each copied file is listed. Exit codes: 0 copied; 1 rsync or ssh "
-    "failed; 2 bad input."
+    "caches and .git; each copied file is listed. It mirrors only into a folder it made "
+    "(marked .hpcinfer-workdir): an existing non-empty folder without the mark is refused, "
+    "nothing copied or deleted. Exit codes: 0 copied; 1 rsync or ssh failed; 2 bad input or "
+    "a refused workdir."
 )
 PLAYBOOK_EXIT = (
     "Ansible's output is the progress on stderr (--quiet: none), also logged in "

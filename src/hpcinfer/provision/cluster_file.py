@@ -43,6 +43,7 @@ Address = Annotated[str, AfterValidator(values.address)]
 User = Annotated[str, AfterValidator(values.user)]
 Mac = Annotated[str, AfterValidator(values.mac)]
 AbsolutePath = Annotated[str, AfterValidator(values.absolute_path)]
+Workdir = Annotated[str, AfterValidator(values.workdir)]
 Interface = Annotated[str, AfterValidator(values.interface)]
 Version = Annotated[str, BeforeValidator(_text_version), AfterValidator(values.version)]
 PythonVersion = Annotated[str, BeforeValidator(_text_version), Field(pattern=r"^3\.\d{1,2}$")]
@@ -84,7 +85,7 @@ class Node(_Strict):
 class ControlNode(Node):
     """The control node: where Ansible runs, the Ray head and the vLLM server."""
 
-    workdir: AbsolutePath | None = Field(
+    workdir: Workdir | None = Field(
         default=None,
         description="Where `hpcinfer cluster sync` puts the project on the control node "
         "(default: hpcinfer under the login's home).",

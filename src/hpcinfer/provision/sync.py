@@ -6,6 +6,10 @@ deleted there: outputs made on the control node stay). Skipped: virtual environm
 folder holding pyvenv.cfg, and .venv/venv), run outputs (any folder holding run.json, and the
 usual output folders), caches, __pycache__ and .git. The result lists what was copied and
 deleted, from rsync's --itemize-changes.
+
+--delete removes whatever the project lacks, so sync mirrors only into a folder it made: the
+workdir holds the marker file WORKDIR_MARKER, and an existing non-empty folder without it
+(someone's home, another project) is refused before anything is copied or deleted.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pydantic import BaseModel
 
 from hpcinfer.errors import InputError, ProvisionError
 from hpcinfer.provision.cluster import Cluster
-from hpcinfer.provision.reach import SSH_UNREACHABLE, ssh_prefix, target, workdir
+from hpcinfer.provision.reach import SSH_UNREACHABLE, ssh_argv, ssh_prefix, target, workdir
 
 SKIPPED_NAMES = (
     ".git", "__pycache__", ".venv", "venv", ".mypy_cache", ".pytest_cache", ".ruff_cache",
@@ -31,6 +35,18 @@ SKIPPED_NAMES = (
 MARKERS = ("pyvenv.cfg", "run.json")
 """A folder holding one of these is a venv or a run's output: skipped whatever its name."""
 SYNC_TIMEOUT_S = 3600
+WORKDIR_MARKER = ".hpcinfer-workdir"
+"""The file that makes a folder sync's own (never copied, never deleted by --delete)."""
+NOT_OURS = 3
+"""CLAIM's exit status for an existing non-empty folder without the marker."""
+CLAIM = (
+    'd=$1; m="$d"/' + WORKDIR_MARKER + "; "
+    'if [ -e "$d" ] && [ ! -e "$m" ] && [ -n "$(ls -A -- "$d" 2>/dev/null)" ]; then '
+    f"exit {NOT_OURS}; fi; "
+    'mkdir -p -- "$d" && : > "$m"'
+)
+"""bash, $1 the workdir: make it sync's own (the marker), unless it is a non-empty folder
+that is not already."""
 
 
 class SyncResult(BaseModel):
@@ -74,6 +90,7 @@ def rsync_argv(
     argv = [rsync, "--archive", "--delete", "--itemize-changes", "--mkpath"]
     if not local:
         argv += ["-e", shlex.join([*ssh_prefix(env), "-o", "BatchMode=yes"])]
+    argv += [f"--exclude=/{WORKDIR_MARKER}"]
     argv += [f"--exclude=/{path}/" for path in marked]
     argv += [f"--exclude={name}/" for name in SKIPPED_NAMES]
     argv += [str(source).rstrip("/") + "/", destination]
@@ -104,6 +121,7 @@ def sync_project(
     if local and Path(destination).resolve() == source:
         return SyncResult(source=str(source), target=destination, copied=[], deleted=[],
                           skipped=[])  # fmt: skip
+    claim_workdir(cluster, env, local=local)
     try:
         done = subprocess.run(
             argv, env=dict(env), capture_output=True, text=True, timeout=SYNC_TIMEOUT_S,
@@ -122,6 +140,39 @@ def sync_project(
     skipped = sorted({*marked, *(n for n in SKIPPED_NAMES if _anywhere(source, n))})
     return SyncResult(source=str(source), target=destination, copied=copied, deleted=deleted,
                       skipped=skipped)  # fmt: skip
+
+
+def claim_workdir(cluster: Cluster, env: Mapping[str, str], *, local: bool) -> None:
+    """Make the workdir sync's own (WORKDIR_MARKER), or refuse: an existing non-empty folder
+    without the marker would lose everything the project lacks to rsync --delete."""
+    where = workdir(cluster)
+    command = f"bash -c {shlex.quote(CLAIM)} hpcinfer-sync {shlex.quote(where)}"
+    node = cluster.file.control
+    if local:
+        argv = ["bash", "-c", CLAIM, "hpcinfer-sync", where]
+    else:
+        argv = ssh_argv(cluster, node, command, env)
+    try:
+        done = subprocess.run(
+            argv, env=dict(env), capture_output=True, text=True, timeout=SYNC_TIMEOUT_S,
+            stdin=subprocess.DEVNULL, cwd=Path.home() if local else None,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ProvisionError(f"{node.name}: checking {where} took over {SYNC_TIMEOUT_S}s") from None
+    if done.returncode == NOT_OURS:
+        raise InputError(
+            f"{node.name}: sync refuses to mirror into {where}: it holds files but no "
+            f"{WORKDIR_MARKER}, so it is not a folder sync made, and --delete would remove "
+            f"what the project lacks. Set control.workdir to a new or empty folder; or, if "
+            f"{where} is only an earlier copy of this project, create {where}/"
+            f"{WORKDIR_MARKER} there. Nothing was copied or deleted."
+        )
+    if done.returncode != 0:
+        why = "ssh could not reach it" if done.returncode == SSH_UNREACHABLE else "failed"
+        raise ProvisionError(
+            f"{node.name}: preparing {where} for sync: {why} (exit {done.returncode}):\n"
+            f"{done.stderr.strip()[-2000:]}"
+        )
 
 
 def _anywhere(root: Path, name: str) -> bool:

@@ -84,6 +84,20 @@ def absolute_path(value: str) -> str:
     return value.rstrip("/") or "/"
 
 
+def workdir(value: str) -> str:
+    """An absolute path `sync` may mirror into with --delete: deep enough that it cannot be
+    the root, a top-level folder or a home folder itself (everything else there would go)."""
+    value = absolute_path(value)
+    parts = [part for part in value.split("/") if part]
+    if len(parts) < 2 or (parts[0] in ("home", "Users") and len(parts) == 2):
+        raise ValueError(
+            f"{value!r} is the root, a top-level folder or a home folder; sync mirrors the "
+            "project into it, deleting what the project lacks, so give a folder of its own "
+            "(e.g. /home/compute/hpcinfer), or leave it out for hpcinfer under the login's home"
+        )
+    return value
+
+
 def interface(value: str) -> str:
     """A network interface name as Linux allows it (at most 15 characters)."""
     return _matching(
