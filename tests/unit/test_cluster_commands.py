@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from hpcinfer.core.stop import StopSignal
-from hpcinfer.errors import SpecError, StoppedError
-from hpcinfer.provision import runner, status, wheel
+from hpcinfer.errors import ProvisionError, SpecError, StoppedError
+from hpcinfer.provision import remote, runner, status, wheel
 from hpcinfer.provision.cluster import load_cluster
 from hpcinfer.provision.fanout import run_on_compute
 from hpcinfer.provision.reach import ssh_argv
@@ -170,6 +170,23 @@ def test_a_stopped_compute_command_ends_on_the_nodes_too(tmp_path: Path, home: P
         f"no {marker} sleep left",
         state=lambda: _sleeping(marker),
     )
+
+
+def test_an_install_that_runs_out_of_time_ends_on_the_control_node_too(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The install on the control node is session_bound: when its ssh is ended (the
+    timeout, Ctrl-C) it ends there too instead of installing on, unseen."""
+    marker = f"301.{uuid.uuid4().int % 10**9}"
+    env = {**os.environ, "HPCINFER_SSH": fake_ssh(tmp_path)}
+    cluster = load_cluster(str(write_cluster(tmp_path, "192.0.2.77")))
+    monkeypatch.setattr(remote, "COPY_TIMEOUT_S", 2)
+    with pytest.raises(ProvisionError, match="did not finish in 2s"):
+        remote.run_bound(cluster, f"set -e\nsleep {marker}\ntouch {home}/installed", env)
+    wait_for(lambda: not _sleeping(marker), 30, f"no {marker} sleep left",
+             state=lambda: _sleeping(marker))  # fmt: skip
+    assert remote.run_bound(cluster, "set -e\nfalse\necho not reached", env).returncode == 1
+    assert not (home / "installed").exists()
 
 
 def _sleeping(marker: str) -> list[int]:

@@ -8,8 +8,10 @@ password nobody will type. Every remote command is one shell string whose parts 
 
 from __future__ import annotations
 
+import os
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from hpcinfer.launch.rank_commands import ssh_command
 from hpcinfer.provision.cluster import Cluster
@@ -73,6 +75,18 @@ def session_bound(command: str) -> str:
     when the ssh session's stdin closes (see SESSION_BOUND); its exit status is the
     command's (143 when ended so)."""
     return f"bash -c {shlex.quote(SESSION_BOUND)} hpcinfer-cluster {shlex.quote(command)}"
+
+
+@contextmanager
+def held_stdin() -> Iterator[int]:
+    """The read end of a pipe whose write end is held until the block ends: the stdin of an
+    ssh running a `session_bound` command (or a forwarded one), which ends when it closes."""
+    read_end, write_end = os.pipe()
+    try:
+        yield read_end
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def workdir(cluster: Cluster) -> str:

@@ -29,7 +29,15 @@ from hpcinfer.core.stop import StopSignal
 from hpcinfer.errors import ProvisionError, SpecError
 from hpcinfer.provision.cluster import Cluster
 from hpcinfer.provision.following import LineSink, run_following
-from hpcinfer.provision.reach import SSH_UNREACHABLE, home_path, in_workdir, ssh_argv, target
+from hpcinfer.provision.reach import (
+    SSH_UNREACHABLE,
+    held_stdin,
+    home_path,
+    in_workdir,
+    session_bound,
+    ssh_argv,
+    target,
+)
 from hpcinfer.provision.state import (
     WHEEL_BUILD_RECORD,
     dist_dir,
@@ -123,6 +131,13 @@ def send_cluster_file(cluster: Cluster, env: Mapping[str, str]) -> str:
 # --- hpcinfer on the control node ---------------------------------------------------------
 
 
+def run_bound(cluster: Cluster, command: str, env: Mapping[str, str]) -> Any:
+    """`command` on the control node, `session_bound` with a held stdin: when its ssh ends
+    (the timeout, Ctrl-C, our end) the command ends there too instead of running on."""
+    with held_stdin() as stdin:
+        return _ssh(cluster, session_bound(command), env, stdin=stdin)
+
+
 def control_build(cluster: Cluster, env: Mapping[str, str]) -> Build | None:
     """The hpcinfer build in the control node's venv (None: none there)."""
     python = shlex.quote(venv_python(cluster))
@@ -180,7 +195,7 @@ def ensure_hpcinfer(cluster: Cluster, env: Mapping[str, str], note: LineSink | N
             f"{home_path(record)}"
         )
         _check(cluster, _ssh(cluster, remote, env, input=wheel.read_bytes()), "copying the wheel")
-    done = _ssh(cluster, install_script(cluster, remote_wheel, wanted), env)
+    done = run_bound(cluster, install_script(cluster, remote_wheel, wanted), env)
     _check(cluster, done, f"installing hpcinfer into {cluster.file.python.venv}")
     found = control_build(cluster, env)
     if found != wanted:
@@ -225,20 +240,16 @@ def forward(
         if note is not None:
             note(text)
 
-    read_end, write_end = os.pipe()  # held open while it runs: its end is our end
-    try:
-        with tempfile.TemporaryDirectory(prefix="hpcinfer-forward-") as temp:
-            code = run_following(
-                ssh_argv(cluster, cluster.file.control, remote, env),
-                env=env,
-                log=Path(temp) / "forward.log",
-                on_line=line,
-                stop=stop,
-                stdin=read_end,
-            )
-    finally:
-        os.close(read_end)
-        os.close(write_end)
+    # stdin held open while it runs: its end (it watches stdin) is our end
+    with held_stdin() as stdin, tempfile.TemporaryDirectory(prefix="hpcinfer-forward-") as temp:
+        code = run_following(
+            ssh_argv(cluster, cluster.file.control, remote, env),
+            env=env,
+            log=Path(temp) / "forward.log",
+            on_line=line,
+            stop=stop,
+            stdin=stdin,
+        )
     if results:
         return code, results[-1]
     node = cluster.file.control.name
