@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -273,3 +274,42 @@ def test_a_hosts_file_without_a_loopback_line_gets_one(tmp_path: Path) -> None:
     argv += ["-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}"]
     _succeeded(_run([*argv, "-e", f"hosts_file={hosts}"], tmp_path), ["compute0"])
     assert hosts.read_text("utf-8").splitlines()[0] == "127.0.0.1 localhost compute-node"
+
+
+def _commit(repo: Path, text: str) -> str:
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "--quiet", "--initial-branch=main", str(repo)], check=True)
+    (repo / "f.txt").write_text(text)
+    subprocess.run([*git, "add", "f.txt"], check=True)
+    subprocess.run([*git, "commit", "--quiet", "-m", text], check=True)
+    return subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_the_xpu_build_fetches_from_the_url_asked_now_not_the_clones_old_origin(
+    tmp_path: Path,
+) -> None:
+    """A clone made for an earlier vllm.git.url is pointed at the current one before the
+    fetch: the stamp of the new url's commit then says the build is unchanged."""
+    import jinja2
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    _commit(old, "old fork")
+    wanted = _commit(new, "new fork")
+    src = tmp_path / "src"
+    subprocess.run(["git", "clone", "--quiet", str(old), str(src)], check=True)
+    stamp = tmp_path / "stamp"
+    stamp.write_text(wanted + "\n")
+    template = ansible_dir() / "roles" / "vllm" / "templates" / "build_vllm_xpu.sh.j2"
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    environment.filters["quote"] = shlex.quote
+    script = environment.from_string(template.read_text()).render(
+        ansible_managed="test", vllm_git_url=str(new), vllm_git_ref="main", vllm_src_dir=str(src),
+        vllm_xpu_stamp=str(stamp), cluster_python="/bin/true", venv=str(tmp_path / "venv"),
+        oneapi_setvars="/nonexistent/setvars.sh", cluster_pip_source=[],
+        vllm_xpu_requirements="requirements-xpu.txt",
+    )  # fmt: skip
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"vllm: unchanged (main at {wanted})" in done.stdout
