@@ -202,7 +202,7 @@ def test_the_cpu_path_serves_over_ssh_with_the_shared_registry(tmp_path: Path) -
         '"--backend",\n+        "mp"',
         '"--launcher",\n+        "ssh"',
         '"--nodes-per-server",\n+        "2"',
-        '"--host",\n+        "0.0.0.0"',
+        '"--host",\n+        "10.0.0.10"',  # node0's cluster address, not every address
         '"--endpoints",\n+        "/srv/shared/endpoints.json"',
     ):
         assert flag in settings
