@@ -276,6 +276,25 @@ def test_a_hosts_file_without_a_loopback_line_gets_one(tmp_path: Path) -> None:
     assert hosts.read_text("utf-8").splitlines()[0] == "127.0.0.1 localhost compute-node"
 
 
+def test_the_alias_goes_before_a_comment_on_the_loopback_line(tmp_path: Path) -> None:
+    data = yaml.safe_load(shipped_text("a770-cluster@0.1"))
+    del data["compute"][1]
+    inventory = _render(tmp_path, _cluster_file(tmp_path, data))
+    hosts = tmp_path / "etc-hosts"
+    comment = "# loopback, no compute-node yet"
+    hosts.write_text(f"127.0.0.1 localhost  {comment}\n::1 localhost\n", "utf-8")
+    play = _hosts_play(tmp_path)
+    argv = [_tool("ansible-playbook"), "-i", str(inventory), str(play)]
+    argv += ["-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}"]
+    argv += ["-e", f"hosts_file={hosts}"]
+    _succeeded(_run(argv, tmp_path), ["compute0"])
+    text = hosts.read_text("utf-8")
+    assert text.splitlines()[0] == f"127.0.0.1 localhost compute-node  {comment}"
+    again = _succeeded(_run(argv, tmp_path), ["compute0"])
+    assert _recap(again)["compute0"]["changed"] == 0
+    assert hosts.read_text("utf-8") == text
+
+
 def _commit(repo: Path, text: str) -> str:
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "--quiet", "--initial-branch=main", str(repo)], check=True)
