@@ -457,6 +457,21 @@ def test_verify_always_checks_the_whole_cluster(
     assert not (home / ".hpcinfer" / "clusters" / "unit" / "logs").exists()
 
 
+def test_runs_in_the_same_second_never_share_a_log(tmp_path: Path) -> None:
+    log, summary = runner.run_files(tmp_path, "verify")
+    assert log.name.endswith(f"-{os.getpid()}.log") and summary == log.with_suffix(".json")
+    log.write_text("first run")
+    again, _ = runner.run_files(tmp_path, "verify")
+    assert again != log and not again.exists()  # the same process, perhaps the same second
+    other = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from hpcinfer.provision.runner import run_files; "
+         "print(run_files(Path(sys.argv[1]), 'verify')[0].name)", str(tmp_path)],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    assert other != log.name and other.startswith("verify-")
+
+
 def test_ansible_gets_the_ssh_command_without_a_lasting_master() -> None:
     env = runner.ssh_env({"HPCINFER_SSH": "ssh -F '/cfg dir/ssh_config'"})
     assert env["ANSIBLE_SSH_EXECUTABLE"] == "ssh"

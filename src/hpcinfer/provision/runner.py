@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -185,6 +186,17 @@ def _download_wheel(cluster: Cluster, version: str, dist: Path, env: Mapping[str
         )
 
 
+def run_files(logs: Path, playbook: str) -> tuple[Path, Path]:
+    """(log, summary) of a new run: PLAYBOOK-DATE-TIME-PID, so that runs in the same second
+    (from two processes, or one process's runs: then -N) never share a file."""
+    stem = f"{playbook}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    name, taken = stem, 0
+    while (logs / f"{name}.log").exists() or (logs / f"{name}.json").exists():
+        taken += 1
+        name = f"{stem}-{taken}"
+    return logs / f"{name}.log", logs / f"{name}.json"
+
+
 def run_playbook(
     cluster: Cluster,
     playbook: str,
@@ -210,9 +222,7 @@ def run_playbook(
         raise ProvisionError(f"the {playbook} playbook is not shipped with this hpcinfer ({book})")
     state = state_dir(cluster.file.name)
     write_inventory(cluster, inventory_dir(state))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log = logs_dir(state) / f"{playbook}-{stamp}.log"
-    summary = logs_dir(state) / f"{playbook}-{stamp}.json"
+    log, summary = run_files(logs_dir(state), playbook)
     extra = {"cluster_state_dir": str(state), "hpcinfer_wheel": hpcinfer_wheel(cluster, state, env)}
     argv = [*ansible_playbook(env), "-i", str(inventory_dir(state) / INVENTORY), str(book),
             "-e", json.dumps(extra)]  # fmt: skip
