@@ -61,7 +61,7 @@ def facts(cluster: Cluster) -> list[tuple[str, str]]:
             (
                 "verify",
                 f"{check.model} answers {check.prompt!r} ({check.max_tokens} tokens, "
-                "temperature 0, seed 0) on each compute node, as recorded",
+                "temperature 0, sampling seed 0) on each compute node, as recorded",
             )
         )
     server = file.server
