@@ -32,6 +32,7 @@ from hpcinfer.provision.following import LineSink, run_following
 from hpcinfer.provision.inventory import INVENTORY, write_inventory
 from hpcinfer.provision.playbooks import ansible_dir
 from hpcinfer.provision.reach import ssh_prefix
+from hpcinfer.provision.remote import pip_source_options
 from hpcinfer.provision.state import (
     WHEEL_BUILD_RECORD,
     dist_dir,
@@ -173,9 +174,9 @@ def hpcinfer_wheel(cluster: Cluster, state: Path, env: Mapping[str, str]) -> str
 
 def _download_wheel(cluster: Cluster, version: str, dist: Path, env: Mapping[str, str]) -> None:
     wheelhouse = cluster.file.python.wheelhouse
-    sources = ["--no-index", "--find-links", wheelhouse] if wheelhouse else []
     argv = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary",
-            ":all:", "-d", str(dist), *sources, f"hpcinfer=={version}"]  # fmt: skip
+            ":all:", "-d", str(dist), *pip_source_options(cluster),
+            f"hpcinfer=={version}"]  # fmt: skip
     done = subprocess.run(argv, env=dict(env), capture_output=True, text=True, timeout=600)
     if done.returncode != 0 or not list(dist.glob("hpcinfer-*.whl")):
         raise ProvisionError(

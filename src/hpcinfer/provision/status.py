@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from hpcinfer.provision.cluster import Cluster
 from hpcinfer.provision.cluster_file import Node
 from hpcinfer.provision.reach import SSH_UNREACHABLE, ssh_argv
+from hpcinfer.provision.remote import venv_hpcinfer, venv_python
 from hpcinfer.provision.state import server_registry, state_dir
 
 PROBE_TIMEOUT_S = 60
@@ -101,8 +102,7 @@ def _run(argv: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
 
 
 def node_status(cluster: Cluster, node: Node, env: Mapping[str, str], here: bool) -> NodeStatus:
-    python = f"{cluster.file.python.venv}/bin/python"
-    argv = [python, "-c", VERSION_PROBE]
+    argv = [venv_python(cluster), "-c", VERSION_PROBE]
     if not here:
         argv = ssh_argv(cluster, node, shlex.join(argv), env)
     code, out, err = _run(argv, env)
@@ -142,7 +142,7 @@ def cluster_status(cluster: Cluster, env: Mapping[str, str]) -> ClusterStatus:
         rows = list(
             pool.map(lambda n: node_status(cluster, n, env, n is cluster.file.control), nodes)
         )
-    hpcinfer = [f"{cluster.file.python.venv}/bin/python", "-m", "hpcinfer"]
+    hpcinfer = venv_hpcinfer(cluster)
     ray_code, out, err = _run(
         [*hpcinfer, "ray", "status", "--json", "--name", cluster.file.name], env
     )
