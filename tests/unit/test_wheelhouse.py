@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcinfer.provision import wheel
 from tests import wheelhouse as wh
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +62,18 @@ def test_the_registry_is_asked_once_and_hpcinfer_rebuilt_only_when_its_sources_c
     assert second != first and not first.exists(), "the older sources' wheelhouse goes"
     assert len(downloads) == 1 and builds == ["x = 1\n", "x = 2\n"]
     assert (second / "hpcinfer-0.1.0-py3-none-any.whl").read_text() == "x = 2\n"
+
+
+def test_its_key_is_the_hash_of_what_the_wheel_is_built_from(tmp_path: Path) -> None:
+    """The same hash the cluster commands give a build: README.md goes into the wheel, so
+    it counts; caches do not."""
+    repo = _fake_repo(tmp_path)
+    first = wheel.source_hash(repo)
+    (repo / "src" / "hpcinfer" / "__pycache__").mkdir()
+    (repo / "src" / "hpcinfer" / "__pycache__" / "x.pyc").write_text("cache")
+    assert wheel.source_hash(repo) == first
+    (repo / "README.md").write_text("readme, edited\n")
+    assert wheel.source_hash(repo) != first
 
 
 def test_a_failed_download_leaves_no_half_made_wheelhouse(

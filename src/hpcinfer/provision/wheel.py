@@ -27,6 +27,9 @@ from hpcinfer.errors import ProvisionError
 
 WHEELS = Path(".hpcinfer") / "wheels"
 BUILD_MODULE = "_build.py"
+BUILD_TIMEOUT_S = 600
+TOP_FILES = ("pyproject.toml", "README.md", "LICENSE")
+"""The checkout's files beside src/hpcinfer that go into the wheel (those present)."""
 _SKIP = ("__pycache__",)
 
 
@@ -55,7 +58,8 @@ def source_checkout() -> Path | None:
     return None
 
 
-def _source_files(root: Path) -> list[Path]:
+def source_files(root: Path) -> list[Path]:
+    """What the wheel is built from: src/hpcinfer without caches, and TOP_FILES."""
     package = root / "src" / "hpcinfer"
     files = [
         p
@@ -65,13 +69,14 @@ def _source_files(root: Path) -> list[Path]:
         and p.suffix != ".pyc"
         and p.name != BUILD_MODULE
     ]
-    return sorted([root / "pyproject.toml", *files])
+    top = [root / name for name in TOP_FILES if (root / name).is_file()]
+    return sorted([*top, *files])
 
 
 def source_hash(root: Path) -> str:
-    """16 hex digits over every source file's path and bytes (and pyproject.toml)."""
+    """16 hex digits over every file the wheel is built from (paths and bytes)."""
     digest = hashlib.sha256()
-    for path in _source_files(root):
+    for path in source_files(root):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -112,18 +117,8 @@ def build_wheel(home: Path | None = None) -> Path | None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hpcinfer-wheel-", dir=folder.parent) as temp:
         work = Path(temp)
-        copy = _copy_sources(root, work / "src-copy", build)
         out = work / "wheel"
-        argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                "--quiet", "-w", str(out), str(copy)]  # fmt: skip
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-        built = sorted(out.glob("hpcinfer-*.whl"))
-        if done.returncode != 0 or not built:
-            raise ProvisionError(
-                f"could not build the hpcinfer wheel from {root} (`pip wheel` exit "
-                f"{done.returncode}):\n{(done.stdout + done.stderr).strip()[-3000:]}\n"
-                "the build needs setuptools and wheel in this Python: pip install setuptools wheel"
-            )
+        wheel_of(root, out)
         out.rename(work / build.label)
         try:
             (work / build.label).rename(folder)
@@ -133,11 +128,36 @@ def build_wheel(home: Path | None = None) -> Path | None:
     return sorted(folder.glob("hpcinfer-*.whl"))[0]
 
 
+def wheel_of(root: Path, out: Path) -> Path:
+    """Build the wheel of the checkout `root` into the folder `out`, from a copy of its
+    sources (the checkout gets no build/ or egg-info); ProvisionError with pip's output."""
+    build = Build(checkout_version(root), source_hash(root))
+    with tempfile.TemporaryDirectory(prefix="hpcinfer-src-") as temp:
+        copy = _copy_sources(root, Path(temp) / "src-copy", build)
+        argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                "--quiet", "-w", str(out), str(copy)]  # fmt: skip
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ProvisionError(
+                f"could not build the hpcinfer wheel from {root}: `pip wheel` took over "
+                f"{BUILD_TIMEOUT_S}s"
+            ) from None
+    built = sorted(out.glob("hpcinfer-*.whl"))
+    if done.returncode != 0 or not built:
+        raise ProvisionError(
+            f"could not build the hpcinfer wheel from {root} (`pip wheel` exit "
+            f"{done.returncode}):\n{(done.stdout + done.stderr).strip()[-3000:]}\n"
+            "the build needs setuptools and wheel in this Python: pip install setuptools wheel"
+        )
+    return built[0]
+
+
 def _copy_sources(root: Path, copy: Path, build: Build) -> Path:
-    """What the wheel is built from: pyproject.toml, README.md and src/hpcinfer (no caches),
-    plus the `_build` module naming the source hash."""
+    """What the wheel is built from: TOP_FILES and src/hpcinfer (no caches), plus the
+    `_build` module naming the source hash."""
     copy.mkdir(parents=True)
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in TOP_FILES:
         if (root / name).is_file():
             shutil.copy2(root / name, copy / name)
     shutil.copytree(
